@@ -1,0 +1,16 @@
+"""hierot: hierarchy-aware classification with CPCC and optimal-transport class distances."""
+
+from hierot.cpcc import CPCCLoss, cpcc
+from hierot.distances import class_distances, list_distances, register_distance
+from hierot.hierarchy import Hierarchy, HierarchyError
+
+__all__ = [
+    "CPCCLoss",
+    "Hierarchy",
+    "HierarchyError",
+    "class_distances",
+    "cpcc",
+    "list_distances",
+    "register_distance",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,61 @@
+"""Name -> class-distance function registry, so a new distance is one decorated function."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import torch
+
+from hierot.distances.batch import ClassBatch
+
+
+class DistanceFn(Protocol):
+    def __call__(self, batch: ClassBatch, **options: object) -> torch.Tensor: ...
+
+
+_DISTANCES: dict[str, DistanceFn] = {}
+
+
+def register_distance(name: str) -> Callable[[DistanceFn], DistanceFn]:
+    """Decorator: ``@register_distance("name")`` on ``fn(batch: ClassBatch, **options)``
+    returning the ``(P,)`` distances of ``batch``'s class pairs."""
+
+    def add(fn: DistanceFn) -> DistanceFn:
+        if name in _DISTANCES and _DISTANCES[name] is not fn:
+            raise ValueError(f"class distance '{name}' is already registered")
+        _DISTANCES[name] = fn
+        return fn
+
+    return add
+
+
+def get_distance(name: str) -> DistanceFn:
+    try:
+        return _DISTANCES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown class distance '{name}'; available: {', '.join(list_distances())}"
+        ) from None
+
+
+def list_distances() -> list[str]:
+    return sorted(_DISTANCES)
+
+
+def distance_options(name: str) -> dict[str, object]:
+    """``{option: default}`` of a registered distance (what configs may set)."""
+    params = list(inspect.signature(get_distance(name)).parameters.values())[1:]
+    return {p.name: p.default for p in params}
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """Refuse options the distance does not take, naming the ones it does."""
+    known = distance_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"class distance '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
+            f"its options: {', '.join(known) or 'none'}"
+        )

@@ -1,0 +1,157 @@
+"""Readers for hierarchy files: nested JSON/YAML, CSV/TSV paths, whitespace edge lists."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import yaml
+
+from hierot.hierarchy.tree import Edge, Hierarchy, HierarchyError
+
+FORMATS = ("json", "yaml", "csv", "tsv", "edges")
+_BY_SUFFIX = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".tsv": "tsv"}
+
+
+def detect_format(path: str | PathLike) -> str:
+    """The format a file's extension implies; anything unknown is an edge list."""
+    return _BY_SUFFIX.get(Path(path).suffix.lower(), "edges")
+
+
+def read_hierarchy(
+    path: str | PathLike,
+    classes: Sequence[str] | None = None,
+    format: str | None = None,
+) -> Hierarchy:
+    """Read ``path`` into a ``Hierarchy``; every problem is a one-line ``HierarchyError``."""
+    name = str(path)
+    fmt = format or detect_format(path)
+    if fmt not in FORMATS:
+        raise HierarchyError(f"{name}: unknown hierarchy format '{fmt}' (one of {FORMATS})")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise HierarchyError(f"{name}: hierarchy file not found") from None
+    except IsADirectoryError:
+        raise HierarchyError(f"{name}: is a directory, not a hierarchy file") from None
+    except UnicodeDecodeError as e:
+        raise HierarchyError(f"{name}: not a UTF-8 text file ({e.reason})") from None
+    except OSError as e:
+        raise HierarchyError(f"{name}: cannot read hierarchy file ({e.strerror})") from None
+    if not text.strip():
+        raise HierarchyError(f"{name}: empty hierarchy file")
+    if fmt == "json":
+        return Hierarchy.from_nested(_load_json(text, name), classes=classes, source=name)
+    if fmt == "yaml":
+        return Hierarchy.from_nested(_load_yaml(text, name), classes=classes, source=name)
+    if fmt in ("csv", "tsv"):
+        return _read_table(text, name, "," if fmt == "csv" else "\t", classes)
+    return _read_edges(text, name, classes)
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _load_json(text: str, name: str) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise HierarchyError(f"{name}:{e.lineno}: malformed JSON: {e.msg}") from None
+    except _DuplicateKey as e:
+        raise HierarchyError(f"{name}: node '{e.args[0]}' appears twice in one mapping") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (YAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise HierarchyError(
+                    f"{self.name}:{key_node.start_mark.line + 1}: node '{key}' appears twice "
+                    f"in one mapping (first at line {seen[key]})"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, name: str) -> object:
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise HierarchyError(f"{name}{line}: malformed YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise HierarchyError(f"{name}: malformed YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def _content_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) for lines that are neither blank nor ``#`` comments."""
+    return [
+        (i, line)
+        for i, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _read_table(text: str, name: str, delimiter: str, classes: Sequence[str] | None) -> Hierarchy:
+    lines = _content_lines(text)
+    paths, wheres = [], []
+    try:
+        rows = list(csv.reader((line for _, line in lines), delimiter=delimiter, strict=True))
+    except csv.Error as e:
+        raise HierarchyError(
+            f"{name}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}"
+        ) from None
+    for (lineno, _), row in zip(lines, rows):
+        cells = [c.strip() for c in row]
+        while cells and not cells[-1]:
+            cells.pop()  # trailing delimiters leave empty cells on short (unbalanced) rows
+        if any(not c for c in cells):
+            raise HierarchyError(
+                f"{name}:{lineno}: empty cell in row {row!r}; each row lists the path from the "
+                "top level down to the leaf"
+            )
+        paths.append(cells)
+        wheres.append(f"{name}:{lineno}")
+    return Hierarchy.from_paths(paths, classes=classes, source=name, wheres=wheres)
+
+
+def _read_edges(text: str, name: str, classes: Sequence[str] | None) -> Hierarchy:
+    edges = []
+    for lineno, line in _content_lines(text):
+        parts = line.split()
+        where = f"{name}:{lineno}"
+        if len(parts) not in (2, 3):
+            raise HierarchyError(
+                f"{where}: expected 'parent child [weight]', got {len(parts)} fields: "
+                f"{line.strip()!r}"
+            )
+        weight = 1.0
+        if len(parts) == 3:
+            try:
+                weight = float(parts[2])
+            except ValueError:
+                raise HierarchyError(f"{where}: edge weight {parts[2]!r} is not a number") from None
+        edges.append(Edge(parts[0], parts[1], weight, where))
+    return Hierarchy.from_edges(edges, classes=classes, source=name)

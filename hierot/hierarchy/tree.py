@@ -1,0 +1,454 @@
+"""A rooted label tree whose leaves are the fine classes, in label order."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+
+import torch
+
+# Name of the root added when the input has several top-level nodes; the angle brackets keep
+# it from colliding with a real class or concept name.
+VIRTUAL_ROOT = "<root>"
+
+
+class HierarchyError(ValueError):
+    """A label tree that cannot be built; the message names the file, line and node."""
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One parent -> child link, with its weight and where it was read (for error messages)."""
+
+    parent: str
+    child: str
+    weight: float = 1.0
+    where: str = ""
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+class Hierarchy:
+    """A rooted tree; leaves are the fine classes, ``leaves[i]`` is the name of class ``i``.
+
+    Build it with one of the ``from_*`` constructors. Levels are counted from the root
+    (level 0) down; ``depth`` is the deepest leaf's level. Leaves may sit at different depths.
+    """
+
+    def __init__(
+        self,
+        edges: Sequence[Edge],
+        classes: Sequence[str] | None = None,
+        source: str = "",
+    ) -> None:
+        self.source = source
+        where = _at(source)
+        if not edges:
+            raise HierarchyError(f"{where}empty hierarchy: no edges or leaves")
+
+        parent: dict[str, str] = {}
+        weight: dict[str, float] = {}
+        seen_at: dict[str, str] = {}
+        nodes: dict[str, None] = {}  # insertion-ordered set
+        for e in edges:
+            if not e.parent or not e.child:
+                raise HierarchyError(f"{_at(e.where or source)}empty node name")
+            if e.parent == e.child:
+                raise HierarchyError(
+                    f"{_at(e.where or source)}cycle: node '{e.child}' is its own parent"
+                )
+            if not e.weight > 0:
+                raise HierarchyError(
+                    f"{_at(e.where or source)}edge '{e.parent}' -> '{e.child}' has weight "
+                    f"{e.weight}; weights must be positive"
+                )
+            old = parent.get(e.child)
+            if old is not None and old != e.parent:
+                first = f" (first at {seen_at[e.child]})" if seen_at[e.child] else ""
+                raise HierarchyError(
+                    f"{_at(e.where or source)}node '{e.child}' has two parents: "
+                    f"{_show(old)}{first} and {_show(e.parent)}"
+                )
+            parent[e.child] = e.parent
+            weight[e.child] = float(e.weight)
+            seen_at.setdefault(e.child, e.where)
+            nodes.setdefault(e.parent)
+            nodes.setdefault(e.child)
+
+        roots = [n for n in nodes if n not in parent]
+        # A node that cannot reach a root by following parents lies on a cycle.
+        depth: dict[str, int] = {r: 0 for r in roots}
+        for n in nodes:
+            chain = []
+            cur = n
+            while cur not in depth:
+                if cur in chain:
+                    loop = [*chain[chain.index(cur) :], cur]
+                    raise HierarchyError(
+                        f"{_at(seen_at.get(cur, '') or source)}cycle: "
+                        + " -> ".join(f"'{c}'" for c in reversed(loop))
+                    )
+                chain.append(cur)
+                cur = parent[cur]
+            for c in reversed(chain):
+                depth[c] = depth[parent[c]] + 1
+
+        if len(roots) > 1:
+            for r in roots:
+                parent[r] = VIRTUAL_ROOT
+                weight[r] = 1.0
+            depth = {n: d + 1 for n, d in depth.items()}
+            depth[VIRTUAL_ROOT] = 0
+            nodes = {VIRTUAL_ROOT: None, **nodes}
+            roots = [VIRTUAL_ROOT]
+        self.root = roots[0]
+        top = [n for n in nodes if parent.get(n) == self.root]
+        if (
+            self.root == VIRTUAL_ROOT
+            and len(top) == 1
+            and any(parent.get(n) == top[0] for n in nodes)
+        ):
+            # A single top-level concept is the root itself; no need for an artificial one.
+            del nodes[VIRTUAL_ROOT], parent[top[0]], weight[top[0]]
+            depth = {n: d - 1 for n, d in depth.items() if n != VIRTUAL_ROOT}
+            self.root = top[0]
+
+        children: dict[str, list[str]] = {n: [] for n in nodes}
+        for n in nodes:
+            if n in parent:
+                children[parent[n]].append(n)
+        natural_leaves = [n for n in nodes if not children[n]]
+
+        if classes is None:
+            leaves = natural_leaves
+        else:
+            leaves = list(classes)
+            dup = _first_duplicate(leaves)
+            if dup is not None:
+                raise HierarchyError(f"{where}class '{dup}' is listed twice in the class order")
+            _check_leaves(leaves, children, where)
+            # Keep only the branches that lead to a listed class.
+            keep = set()
+            for leaf in leaves:
+                cur = leaf
+                while cur not in keep:
+                    keep.add(cur)
+                    if cur == self.root:
+                        break
+                    cur = parent[cur]
+            nodes = {n: None for n in nodes if n in keep}
+            children = {n: [c for c in children[n] if c in keep] for n in nodes}
+
+        self._parent = {n: parent[n] for n in nodes if n != self.root}
+        self._weight = {n: weight[n] for n in nodes if n != self.root}
+        self._children = children
+        self._node_depth = {n: depth[n] for n in nodes}
+        self.leaves: list[str] = leaves
+        self._index = {name: i for i, name in enumerate(leaves)}
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_edges(
+        cls,
+        pairs: Iterable[Sequence],
+        classes: Sequence[str] | None = None,
+        source: str = "",
+    ) -> Hierarchy:
+        """Build from ``(parent, child)`` or ``(parent, child, weight)`` pairs (or ``Edge``)."""
+        edges = []
+        for i, p in enumerate(pairs):
+            if isinstance(p, Edge):
+                edges.append(p)
+                continue
+            if len(p) not in (2, 3):
+                raise HierarchyError(
+                    f"{_at(source)}edge #{i} {tuple(p)!r} is not (parent, child[, weight])"
+                )
+            w = float(p[2]) if len(p) == 3 else 1.0
+            edges.append(Edge(str(p[0]), str(p[1]), w))
+        for e in edges:
+            if VIRTUAL_ROOT in (e.parent, e.child):
+                raise HierarchyError(
+                    f"{_at(e.where or source)}node name '{VIRTUAL_ROOT}' is reserved"
+                )
+        return cls(edges, classes=classes, source=source)
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths: Iterable[Sequence[str]],
+        classes: Sequence[str] | None = None,
+        source: str = "",
+        wheres: Sequence[str] | None = None,
+    ) -> Hierarchy:
+        """Build from root-to-leaf paths: each path lists the top level first, the leaf last.
+
+        The first element of each path is a top-level concept (not the root); paths of
+        different lengths give an unbalanced tree.
+        """
+        edges: list[Edge] = []
+        leaf_at: dict[str, str] = {}
+        inner_at: dict[str, str] = {}
+        for i, path in enumerate(paths):
+            where = wheres[i] if wheres is not None else (f"path #{i}" if not source else "")
+            here = where or source
+            names = [str(x).strip() for x in path]
+            if not names:
+                raise HierarchyError(f"{_at(here)}empty path")
+            if any(not n for n in names):
+                raise HierarchyError(f"{_at(here)}empty name in path {names!r}")
+            leaf = names[-1]
+            if leaf in leaf_at:
+                raise HierarchyError(
+                    f"{_at(here)}duplicate leaf '{leaf}' "
+                    f"(also at {leaf_at[leaf] or 'an earlier path'})"
+                )
+            if leaf in inner_at:
+                raise HierarchyError(
+                    f"{_at(here)}'{leaf}' is a leaf here but has children at {inner_at[leaf]}"
+                )
+            for n in names[:-1]:
+                if n in leaf_at:
+                    raise HierarchyError(
+                        f"{_at(here)}'{n}' has children here but is a leaf at {leaf_at[n]}"
+                    )
+                inner_at.setdefault(n, here)
+            leaf_at[leaf] = here
+            chain = [VIRTUAL_ROOT, *names]
+            edges.extend(Edge(p, c, 1.0, where) for p, c in itertools.pairwise(chain))
+        return cls(edges, classes=classes, source=source)
+
+    @classmethod
+    def from_nested(
+        cls,
+        tree: Mapping,
+        classes: Sequence[str] | None = None,
+        source: str = "",
+    ) -> Hierarchy:
+        """Build from nested dicts; the bottom level may be lists of leaf names.
+
+        ``{"animal": {"dog": ["poodle", "beagle"], "cat": ["lion"]}, "vehicle": ["car"]}``.
+        A key whose value is ``None`` or empty is itself a leaf.
+        """
+        if not isinstance(tree, Mapping):
+            raise HierarchyError(
+                f"{_at(source)}expected a mapping of top-level nodes, got {type(tree).__name__}"
+            )
+        edges: list[Edge] = []
+        leaf_seen: set[str] = set()
+
+        def visit(parent: str, value: object, trail: str) -> None:
+            if value is None or (isinstance(value, (Mapping, list)) and not value):
+                if parent in leaf_seen:
+                    raise HierarchyError(f"{_at(source)}duplicate leaf '{parent}' (at {trail})")
+                leaf_seen.add(parent)
+                return
+            if isinstance(value, Mapping):
+                for key, sub in value.items():
+                    name = _node_name(key, trail, source)
+                    edges.append(Edge(parent, name, 1.0, ""))
+                    visit(name, sub, f"{trail}/{name}")
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, Mapping):
+                        visit(parent, item, trail)
+                        continue
+                    name = _node_name(item, trail, source)
+                    if name in leaf_seen:
+                        raise HierarchyError(
+                            f"{_at(source)}duplicate leaf '{name}' (at {trail}/{name})"
+                        )
+                    leaf_seen.add(name)
+                    edges.append(Edge(parent, name, 1.0, ""))
+            else:
+                raise HierarchyError(
+                    f"{_at(source)}node '{parent}' (at {trail}): expected a mapping, a list of "
+                    f"leaf names or null, got {type(value).__name__} {value!r}"
+                )
+
+        visit(VIRTUAL_ROOT, tree, "")
+        return cls(edges, classes=classes, source=source)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | PathLike,
+        classes: Sequence[str] | None = None,
+        format: str | None = None,
+    ) -> Hierarchy:
+        """Read a hierarchy file: JSON/YAML (nested), CSV/TSV (paths) or an edge list.
+
+        The format follows the extension (``.json``, ``.yaml``/``.yml``, ``.csv``, ``.tsv``;
+        anything else is a whitespace ``parent child [weight]`` edge list) unless ``format``
+        is given.
+        """
+        from hierot.hierarchy.files import read_hierarchy
+
+        return read_hierarchy(path, classes=classes, format=format)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_classes(self) -> int:
+        return len(self.leaves)
+
+    def __len__(self) -> int:
+        return len(self.leaves)
+
+    def __repr__(self) -> str:
+        src = f", source={self.source!r}" if self.source else ""
+        return f"Hierarchy(classes={len(self.leaves)}, depth={self.depth}{src})"
+
+    def index(self, name: str) -> int:
+        """Class id of leaf ``name``."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise HierarchyError(
+                f"{_at(self.source)}'{name}' is not a class of the hierarchy"
+            ) from None
+
+    def parent(self, node: str) -> str | None:
+        return self._parent.get(node)
+
+    def children(self, node: str) -> list[str]:
+        return list(self._children[node])
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._children)
+
+    def node_depth(self, node: str) -> int:
+        return self._node_depth[node]
+
+    @property
+    def leaf_depths(self) -> list[int]:
+        return [self._node_depth[n] for n in self.leaves]
+
+    @property
+    def depth(self) -> int:
+        """Level of the deepest leaf (the root is level 0)."""
+        return max(self.leaf_depths)
+
+    @property
+    def levels(self) -> list[int]:
+        """The levels below the root, ``1 .. depth``; the last one is the fine level."""
+        return list(range(1, self.depth + 1))
+
+    def path(self, node: str) -> list[str]:
+        """Nodes from the root down to ``node``, both included."""
+        out = [node]
+        while out[-1] in self._parent:
+            out.append(self._parent[out[-1]])
+        return out[::-1]
+
+    def ancestors_at(self, level: int) -> list[str]:
+        """For every class, its ancestor at ``level`` (the leaf itself if it is shallower)."""
+        if not 0 <= level <= self.depth:
+            raise HierarchyError(f"level {level} is outside 0..{self.depth}")
+        out = []
+        for leaf in self.leaves:
+            p = self.path(leaf)
+            out.append(p[min(level, len(p) - 1)])
+        return out
+
+    def level_map(self, level: int) -> tuple[list[str], torch.Tensor]:
+        """``(names, fine_to_level)``: the concepts at ``level`` in order of first use by the
+        classes, and a ``(K,)`` long tensor mapping each class id to its concept's index."""
+        anc = self.ancestors_at(level)
+        names = list(dict.fromkeys(anc))
+        pos = {n: i for i, n in enumerate(names)}
+        return names, torch.tensor([pos[a] for a in anc], dtype=torch.long)
+
+    def label_maps(self) -> dict[int, torch.Tensor]:
+        """``{level: fine_to_level}`` for every level ``1 .. depth``."""
+        return {lvl: self.level_map(lvl)[1] for lvl in self.levels}
+
+    def edge_weight(self, node: str) -> float:
+        """Weight of the edge from ``node`` up to its parent."""
+        return self._weight[node]
+
+    def tree_distances(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(K, K)`` matrix of path lengths between classes (sum of edge weights).
+
+        ``t(i, j) = w(i) + w(j) - 2 w(lca(i, j))`` with ``w`` the weighted depth. The weighted
+        depth of the LCA is the total weight of the edges the two root paths share, summed
+        level by level, so the cost is O(depth * K^2) with no loop over pairs.
+        """
+        paths = [self.path(leaf) for leaf in self.leaves]
+        depth = max(len(p) for p in paths)
+        k = len(paths)
+        node_ids = {n: i for i, n in enumerate(self._children)}
+        # anc[l, i] = id of class i's ancestor at level l, or -1 below a shallow leaf.
+        anc = torch.full((depth, k), -1, dtype=torch.long)
+        w = torch.zeros(depth, k, dtype=torch.float64)
+        for i, p in enumerate(paths):
+            anc[: len(p), i] = torch.tensor([node_ids[n] for n in p])
+            w[1 : len(p), i] = torch.tensor([self._weight[n] for n in p[1:]], dtype=torch.float64)
+        wdepth = w.sum(0)
+        shared = torch.zeros(k, k, dtype=torch.float64)
+        for lvl in range(1, depth):
+            a = anc[lvl]
+            same = (a[:, None] == a[None, :]) & (a[:, None] >= 0)
+            shared += same * w[lvl][:, None]
+        return (wdepth[:, None] + wdepth[None, :] - 2 * shared).to(dtype)
+
+    def check_classes(self, names: Iterable[str]) -> None:
+        """Raise ``HierarchyError`` naming the dataset classes that are not leaves of the tree."""
+        _check_leaves(list(names), self._children, _at(self.source), self.leaves)
+
+    def with_classes(self, names: Sequence[str]) -> Hierarchy:
+        """The same tree restricted to ``names`` (all leaves), with class ``i`` = ``names[i]``."""
+        edges = [Edge(self._parent[n], n, self._weight[n]) for n in self._parent]
+        return Hierarchy(edges, classes=names, source=self.source)
+
+
+def _first_duplicate(names: Sequence[str]) -> str | None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
+
+
+def _check_leaves(
+    names: list[str],
+    children: Mapping[str, list[str]],
+    where: str,
+    leaves: Sequence[str] | None = None,
+) -> None:
+    leaf_set = set(leaves) if leaves is not None else {n for n, c in children.items() if not c}
+    missing = [n for n in names if n not in leaf_set]
+    if not missing:
+        return
+    inner = [n for n in missing if n in children]
+    absent = [n for n in missing if n not in children]
+    parts = []
+    if absent:
+        shown = ", ".join(f"'{n}'" for n in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        parts.append(f"class {shown}{more} not found in the hierarchy")
+    if inner:
+        shown = ", ".join(f"'{n}'" for n in inner[:5])
+        parts.append(f"{shown} is an inner node, not a leaf")
+    raise HierarchyError(where + "; ".join(parts))
+
+
+def _node_name(value: object, trail: str, source: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise HierarchyError(
+            f"{_at(source)}under '{trail or '/'}': node name must be a string, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    name = str(value).strip()
+    if not name:
+        raise HierarchyError(f"{_at(source)}under '{trail or '/'}': empty node name")
+    return name
+
+
+def _show(node: str) -> str:
+    return "the top level" if node == VIRTUAL_ROOT else f"'{node}'"
