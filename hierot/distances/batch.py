@@ -46,15 +46,13 @@ class ClassBatch:
         zc = self.z - self.z.mean(0, keepdim=True).detach()
         return torch.cdist(zc, zc)
 
-    def pair_cost_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(C, valid)``: (P, N, N) ground costs between the samples of each pair's classes
-        (with gradient, 0 on padding) and the (P, N, N) mask of real entries."""
+    def pair_cost_matrices(self) -> torch.Tensor:
+        """(P, N, N) ground costs between the samples of each pair's classes, with gradient,
+        0 on padding (rows beyond ``counts[pair_a]``, columns beyond ``counts[pair_b]``)."""
         ma, mb = self.members[self.pair_a], self.members[self.pair_b]
         valid = self.mask[self.pair_a][:, :, None] & self.mask[self.pair_b][:, None, :]
         cost = self.sample_distances[ma[:, :, None], mb[:, None, :]]
-        return torch.where(
-            valid, cost, torch.zeros((), dtype=cost.dtype, device=cost.device)
-        ), valid
+        return torch.where(valid, cost, torch.zeros((), dtype=cost.dtype, device=cost.device))
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

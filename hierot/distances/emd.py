@@ -66,7 +66,7 @@ def emd_plans(
 def emd_distance(batch: ClassBatch, max_iter: int = 100_000) -> torch.Tensor:
     """Exact W1 between the classes' empirical distributions, ``ot.emd2`` per pair; (P,).
     Envelope gradient: the plan is a constant, ``sum(P * M)`` carries the gradient."""
-    cost, _ = batch.pair_cost_matrices()
+    cost = batch.pair_cost_matrices()
     plans = emd_plans(
         cost, batch.counts[batch.pair_a], batch.counts[batch.pair_b], max_iter=max_iter
     )

@@ -62,7 +62,7 @@ def sinkhorn_distance(
 ) -> torch.Tensor:
     """``<P, M>`` with P the entropic plan for absolute ``reg`` (entropy term not added); (P,).
     Envelope gradient: P is computed without gradient, M with it."""
-    cost, _valid = batch.pair_cost_matrices()
+    cost = batch.pair_cost_matrices()
     with torch.no_grad():
         plans = sinkhorn_plans(
             cost.detach(),
