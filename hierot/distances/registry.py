@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -44,10 +45,17 @@ def list_distances() -> list[str]:
     return sorted(_DISTANCES)
 
 
+@functools.cache
+def _options_of(fn: DistanceFn) -> dict[str, object]:
+    # Keyed by the function, not the name, so it can never go stale; class_distances calls
+    # this every training step and inspect.signature is not free.
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return {p.name: p.default for p in params}
+
+
 def distance_options(name: str) -> dict[str, object]:
     """``{option: default}`` of a registered distance (what configs may set)."""
-    params = list(inspect.signature(get_distance(name)).parameters.values())[1:]
-    return {p.name: p.default for p in params}
+    return dict(_options_of(get_distance(name)))
 
 
 def check_options(name: str, options: Mapping[str, object]) -> None:
