@@ -53,7 +53,9 @@ def test_features_that_embed_the_tree_score_near_one(hierarchy):
     for method in METHODS:
         # 50 random 1-D projections of 32-D features blur the structure somewhat
         floor = 0.7 if method == "swd" else 0.8
-        assert float(cpcc(z, y, t, method)) > floor, method
+        # swd draws its directions from the global RNG unless seeded; pytest plugins reseed it
+        options = {"seed": 0} if method == "swd" else {}
+        assert float(cpcc(z, y, t, method, **options)) > floor, method
     # shuffling which class sits where destroys it
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(1))
     assert abs(float(cpcc(z, perm[y], t, "l2"))) < 0.5

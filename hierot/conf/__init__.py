@@ -1,0 +1,1 @@
+"""Hydra configs of hierot (a package so that installed copies are found by module)."""

@@ -1,0 +1,147 @@
+"""Compose, check and instantiate the Hydra configuration; every problem is one ``ConfigError``
+line that names the key, raised before the run directory is created."""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import timm
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hierot.distances import check_options, list_distances
+from hierot.errors import ConfigError
+from hierot.hierarchy import HierarchyError
+from hierot.models.backbones import list_stems
+from hierot.models.module import NO_DISTANCE
+
+CONFIG_DIR = Path(__file__).parent / "conf"
+CONFIG_NAME = "train"
+GROUPS = ("backbone", "dist", "data", "trainer", "logger", "optimizer", "scheduler")
+
+
+def one_line(error: BaseException) -> str:
+    """A Hydra/OmegaConf/hierot error as one line: its own lines joined, blank ones dropped."""
+    if isinstance(error, MissingConfigException) and error.options:
+        group = (error.missing_cfg_file or "").split("/")[0]
+        name = (error.missing_cfg_file or "").split("/")[-1]
+        return f"unknown {group} '{name}'; available: {', '.join(sorted(error.options))}"
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error)
+    if isinstance(error, OmegaConfBaseException):
+        text = text.split("\n    full_key:")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The training config as ``python -m hierot.train *overrides`` would see it (the
+    ``hydra`` node excluded, ``output_dir`` left unresolved)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            return compose(CONFIG_NAME, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(one_line(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def first_of_sweeps(overrides: Sequence[str]) -> list[str]:
+    """Overrides with each sweep (``lam=0.1,1``) replaced by its first value and Hydra's own
+    keys dropped: one job of a multirun, to check before any job starts."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise ConfigError(one_line(e)) from None
+    out = []
+    for o in parsed:
+        if o.is_hydra_override():
+            continue
+        if o.is_sweep_override():
+            out.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+        else:
+            out.append(o.input_line)
+    return out
+
+
+def _number(cfg: DictConfig, key: str, minimum: float) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
+        raise ConfigError(f"{key} must be a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` on the first bad value; cheap (builds no model, loads no data)."""
+    try:
+        _check(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def _check(cfg: DictConfig) -> None:
+    for key in ("data", "backbone", "dist", "optimizer", "trainer"):
+        if not isinstance(cfg.get(key), DictConfig):
+            raise ConfigError(f"{key}: missing config group (choose one with {key}=<option>)")
+    _number(cfg, "lam", 0)
+    if not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    batch = cfg.data.get("batch_size")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"data.batch_size must be an integer >= 1, got {batch!r}")
+
+    method = cfg.dist.get("method")
+    known = [NO_DISTANCE, *list_distances()]
+    if method not in known:
+        raise ConfigError(f"dist.method: unknown distance {method!r}; available: {known}")
+    node = cfg.dist.get("options")
+    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"dist.options must be a mapping, got {node!r}")
+    if method != NO_DISTANCE:
+        try:
+            check_options(method, options)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(f"dist.options: {e}") from None
+        if method == "sinkhorn" and _number(cfg, "dist.options.reg", 0) == 0:
+            raise ConfigError("dist.options.reg must be > 0 for sinkhorn")
+    elif options:
+        raise ConfigError("dist.options: dist=none takes no options")
+
+    name = cfg.backbone.get("name")
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ConfigError(f"backbone.name: {name!r} is not a timm model")
+    stem = cfg.backbone.get("stem")
+    if stem is not None and stem not in list_stems():
+        raise ConfigError(f"backbone.stem: unknown stem {stem!r}; available: {list_stems()}")
+    weights = cfg.backbone.get("weights")
+    if weights is not None and not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"backbone.weights: no such file: {weights}")
+
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(cfg.trainer) - accepted)
+    if unknown:
+        raise ConfigError(f"trainer: lightning.Trainer takes no argument {', '.join(unknown)}")
+    if cfg.get("ckpt_path") is not None and not Path(str(cfg.ckpt_path)).is_file():
+        raise ConfigError(f"ckpt_path: no such checkpoint: {cfg.ckpt_path}")
+    if cfg.get("monitor_mode") not in ("min", "max"):
+        raise ConfigError(f"monitor_mode must be 'min' or 'max', got {cfg.get('monitor_mode')!r}")
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with a failure reported as one ``ConfigError`` line."""
+    try:
+        return instantiate(node, **kwargs)
+    except (InstantiationException, OmegaConfBaseException, HierarchyError) as e:
+        raise ConfigError(f"{key}: {one_line(e)}") from None

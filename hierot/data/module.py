@@ -1,0 +1,88 @@
+"""Base LightningDataModule for hierot: a label tree, three splits, uint8 images normalized on
+the device (a quarter of the host-to-device traffic of float32)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hierot.hierarchy import Hierarchy
+
+
+class HierarchyDataModule(L.LightningDataModule):
+    """Subclasses set ``hierarchy`` in ``__init__`` (the model is built from it before any data
+    is loaded) and ``train_set``/``val_set``/``test_set`` in ``setup``; each item is
+    ``(image, label)`` with a (C, H, W) uint8 or float image.
+
+    Args:
+        batch_size: samples per batch (the CPCC regularizer sees the classes of one batch).
+        num_workers: DataLoader worker processes.
+        image_size: side of the (square) images; ViT backbones are built for it.
+        mean, std: per-channel normalization of images in [0, 1].
+        level_names: names of the coarse levels, top first, for metric keys.
+        resnet_stem: the ResNet stem that suits these images; configs read it as
+            ``data.resnet_stem`` (``standard``, ``small`` or ``cifar``).
+    """
+
+    hierarchy: Hierarchy
+    train_set: Dataset
+    val_set: Dataset
+    test_set: Dataset
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        image_size: int = 32,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
+        level_names: Sequence[str] | None = None,
+        resnet_stem: str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.level_names = list(level_names) if level_names else None
+        self.resnet_stem = resnet_stem
+        self._mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # A last batch of a few samples holds few classes: a noisy CPCC step.
+            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255
+        mean = self._mean.to(x.device)
+        std = self._std.to(x.device)
+        return (x - mean) / std
+
+    def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        images, labels = batch  # type: ignore[misc]
+        return self.normalize(images), labels

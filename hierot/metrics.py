@@ -1,0 +1,114 @@
+"""Hierarchy-aware evaluation metrics (torchmetrics, so they reduce correctly across ranks).
+
+- ``LevelAccuracy``: accuracy of the fine prediction mapped up the tree to one level.
+- ``MistakeSeverity``: mean tree distance between prediction and truth over the mistakes.
+- ``SplitCPCC``: CPCC over all features of a split (TestCPCC), with several class distances.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from hierot.cpcc import cpcc
+
+
+class LevelAccuracy(Metric):
+    """Accuracy at one level: fine predictions and targets mapped through ``fine_to_level``.
+
+    Args:
+        fine_to_level: (K,) long tensor, the concept index at this level of every class
+            (``Hierarchy.level_map(level)[1]``).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, fine_to_level: torch.Tensor, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("fine_to_level", fine_to_level.long().clone(), persistent=False)
+        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """preds: (N,) fine class ids or (N, K) scores; target: (N,) fine class ids."""
+        if preds.dim() == 2:
+            preds = preds.argmax(dim=1)
+        m = self.fine_to_level
+        self.correct += (m[preds] == m[target]).sum()
+        self.total += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.total.clamp_min(1)
+
+
+class MistakeSeverity(Metric):
+    """Mean tree distance ``t(pred, target)`` over the misclassified samples (0 if none).
+
+    Args:
+        tree_dist: (K, K) tree distances (``Hierarchy.tree_distances()``).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, tree_dist: torch.Tensor, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("tree_dist", tree_dist.float().clone(), persistent=False)
+        self.add_state("severity", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("mistakes", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """preds: (N,) fine class ids or (N, K) scores; target: (N,) fine class ids."""
+        if preds.dim() == 2:
+            preds = preds.argmax(dim=1)
+        wrong = preds != target
+        self.severity += self.tree_dist[preds[wrong], target[wrong]].sum()
+        self.mistakes += wrong.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.severity / self.mistakes.clamp_min(1)
+
+
+class SplitCPCC(Metric):
+    """CPCC over every feature of a split, once per class distance in ``methods``.
+
+    Keeps the (N, d) features until ``compute``; under DDP they are gathered from all ranks.
+
+    Args:
+        tree_dist: (K, K) tree distances.
+        methods: ``{name: (method, options)}``; ``compute`` returns ``{name: cpcc}``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        tree_dist: torch.Tensor,
+        methods: dict[str, tuple[str, dict[str, object]]],
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("tree_dist", tree_dist.float().clone(), persistent=False)
+        self.methods = dict(methods)
+        self.add_state("features", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, features: torch.Tensor, target: torch.Tensor) -> None:
+        self.features.append(features.detach().float())
+        self.labels.append(target.detach())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if not self.features:
+            return {name: torch.tensor(0.0) for name in self.methods}
+        z, y = dim_zero_cat(self.features), dim_zero_cat(self.labels)
+        with torch.no_grad():
+            return {
+                name: cpcc(z, y, self.tree_dist, method, **options)
+                for name, (method, options) in self.methods.items()
+            }

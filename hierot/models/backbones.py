@@ -1,0 +1,137 @@
+"""Backbones through timm: pooled features (``num_classes=0``) and optional small-image stems.
+
+A stem is one registered function that rewrites a freshly created model in place, so a new
+stem is one decorated function (timm's ``register_model`` pattern).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from hierot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+StemFn = Callable[[nn.Module], None]
+_STEMS: dict[str, StemFn] = {}
+
+
+def register_stem(name: str) -> Callable[[StemFn], StemFn]:
+    def add(fn: StemFn) -> StemFn:
+        _STEMS[name] = fn
+        return fn
+
+    return add
+
+
+def list_stems() -> list[str]:
+    return sorted(_STEMS)
+
+
+def _resnet_parts(model: nn.Module) -> tuple[nn.Conv2d, int]:
+    conv = getattr(model, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise ConfigError(
+            f"backbone.stem applies to ResNets (a conv1 + maxpool stem); "
+            f"{type(model).__name__} has none; leave backbone.stem unset"
+        )
+    return conv, conv.out_channels
+
+
+@register_stem("standard")
+def _standard(model: nn.Module) -> None:
+    """timm's ImageNet stem (7x7 stride-2 conv + max-pool): 32 px inputs leave 8 px maps."""
+    _resnet_parts(model)
+
+
+@register_stem("small")
+def _small(model: nn.Module) -> None:
+    """3x3 stride-2 conv, no max-pool: 32 px inputs leave 16 px maps (about 2x the cost)."""
+    conv, width = _resnet_parts(model)
+    model.conv1 = nn.Conv2d(conv.in_channels, width, 3, stride=2, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+@register_stem("cifar")
+def _cifar(model: nn.Module) -> None:
+    """3x3 stride-1 conv, no max-pool, the CIFAR ResNet stem: full-resolution maps, ~6x cost."""
+    conv, width = _resnet_parts(model)
+    model.conv1 = nn.Conv2d(conv.in_channels, width, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+def _check_loaded(model: nn.Module, name: str, weights: str) -> None:
+    # With num_classes=0 timm loads non-strictly and only logs what it skipped.
+    try:
+        stored = set(timm.models.load_state_dict(weights))
+    except Exception as e:  # a file torch cannot read at all
+        raise ConfigError(f"backbone.weights: cannot read {weights}: {e}") from None
+    wanted = list(model.state_dict())
+    missing = [k for k in wanted if k not in stored]
+    if len(missing) == len(wanted):
+        raise ConfigError(
+            f"backbone.weights: {weights} does not fit {name}: none of its {len(wanted)} "
+            f"tensors (e.g. '{wanted[0]}') is in the file"
+        )
+    if missing:
+        log.warning(
+            "backbone.weights: %d tensors of %s are not in %s (first: %s); they start from scratch",
+            len(missing),
+            name,
+            weights,
+            missing[0],
+        )
+
+
+def create_backbone(
+    name: str,
+    *,
+    stem: str | None = None,
+    weights: str | None = None,
+    **kwargs: object,
+) -> nn.Module:
+    """A timm model returning (B, num_features) pooled features.
+
+    Args:
+        name: a timm model name (``resnet18``, ``vit_base_patch16_224``, ...).
+        stem: ResNets only: ``standard``, ``small`` or ``cifar`` (see the stem functions).
+        weights: a local checkpoint file (timm or plain ``state_dict`` format); there is no hub
+            access. A replaced stem starts from scratch; every other layer is loaded.
+        kwargs: passed to ``timm.create_model`` (``img_size`` for ViTs, ``drop_rate``, ...).
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ConfigError(f"backbone.name: '{name}' is not a timm model{hint}")
+    if stem is not None and stem not in _STEMS:
+        raise ConfigError(f"backbone.stem: unknown stem '{stem}'; available: {list_stems()}")
+    extra: dict[str, object] = {}
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"backbone.weights: no such file: {path}")
+        # timm only reads an overlaid file when pretrained=True.
+        extra = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+    try:
+        model = timm.create_model(name, num_classes=0, **extra, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"backbone: {name}: {e}") from None
+    except RuntimeError as e:
+        if weights is None:
+            raise
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"backbone.weights: {weights} does not fit {name}: {first}") from None
+    if weights is not None:
+        _check_loaded(model, name, weights)
+    if stem is not None:
+        if weights is not None and stem != "standard":
+            log.warning(
+                "backbone.stem=%s replaces the stem; its pretrained weights are unused", stem
+            )
+        _STEMS[stem](model)
+    return model

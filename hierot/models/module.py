@@ -1,0 +1,167 @@
+"""``HierarchyModule``: a backbone, a linear head, cross-entropy + ``lam * (1 - CPCC)``, and
+hierarchy-aware metrics (accuracy at every level, top-k, mistake severity, split CPCC)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from hierot.cpcc import CPCCLoss
+from hierot.hierarchy import Hierarchy
+from hierot.metrics import LevelAccuracy, MistakeSeverity, SplitCPCC
+
+NO_DISTANCE = "none"
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def level_keys(hierarchy: Hierarchy, level_names: Sequence[str] | None = None) -> dict[int, str]:
+    """``{level: name}`` for metric keys: the deepest level is ``fine``; coarser ones take
+    ``level_names`` (top level first) or ``level<N>``."""
+    coarse = hierarchy.levels[:-1]
+    names = list(level_names or [])
+    if names and len(names) != len(coarse):
+        raise ValueError(
+            f"level_names has {len(names)} names but the hierarchy has {len(coarse)} coarse "
+            f"levels above the classes"
+        )
+    keys = {lvl: names[i] if names else f"level{lvl}" for i, lvl in enumerate(coarse)}
+    keys[hierarchy.depth] = "fine"
+    return keys
+
+
+class HierarchyModule(L.LightningModule):
+    """Classifier trained with ``CE(head(z), y) + lam * (1 - CPCC(z, y))`` on pooled features z.
+
+    Args:
+        backbone: maps images to (B, d) features; must expose ``num_features`` = d.
+        hierarchy: the label tree; its leaves are the class ids.
+        dist: the class distance of the regularizer (``l2``, ``emd``, ...) or ``"none"`` for flat
+            cross-entropy. Evaluation CPCC uses it too (``l2`` when ``"none"``).
+        dist_options: the distance's options (e.g. ``{"reg": 1.0}``).
+        lam: weight of the regularizer (>= 0).
+        optimizer: ``fn(params) -> Optimizer`` (a Hydra ``_partial_``).
+        scheduler: ``fn(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
+        level_names: names of the coarse levels, top first, for metric keys.
+        top_k: k of the top-k accuracy (capped at the number of classes).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hierarchy: Hierarchy,
+        optimizer: OptimizerFactory,
+        dist: str = "l2",
+        dist_options: Mapping[str, object] | None = None,
+        lam: float = 1.0,
+        scheduler: SchedulerFactory | None = None,
+        level_names: Sequence[str] | None = None,
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
+        self.hierarchy = hierarchy
+        self.dist = dist
+        self.lam = float(lam)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        options = dict(dist_options or {})
+        self.regularizer = None if dist == NO_DISTANCE else CPCCLoss(hierarchy, dist, **options)
+        eval_methods = {"cpcc": ("l2", {}) if dist == NO_DISTANCE else (dist, options)}
+        eval_methods["cpcc_l2"] = ("l2", {})
+        self.level_keys = level_keys(hierarchy, level_names)
+        tree_dist = hierarchy.tree_distances()
+        k = min(top_k, hierarchy.num_classes)
+        self.top_k = k
+        for split in ("train", "val", "test"):
+            metrics: dict[str, nn.Module] = {
+                f"acc_{self.level_keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1])
+                for lvl in hierarchy.levels
+            }
+            if split != "train":
+                metrics[f"acc_top{k}"] = MulticlassAccuracy(
+                    hierarchy.num_classes, top_k=k, average="micro"
+                )
+                metrics["mistake_severity"] = MistakeSeverity(tree_dist)
+                setattr(self, f"{split}_cpcc", SplitCPCC(tree_dist, eval_methods))
+            # Compute groups would merge levels whose counts agree on the first batch.
+            collection = MetricCollection(metrics, prefix=f"{split}/", compute_groups=False)
+            setattr(self, f"{split}_metrics", collection)
+        self.save_hyperparameters(
+            {"dist": dist, "dist_options": options, "lam": self.lam, "top_k": k}
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) images -> ((B, d) features, (B, K) logits)."""
+        z = self.backbone(x)
+        return z, self.head(z)
+
+    def _losses(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+        ce = F.cross_entropy(logits, y)
+        if self.regularizer is None or self.lam == 0:
+            return ce, ce, None
+        reg = self.regularizer(z, y)
+        return ce + self.lam * reg, ce, reg
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        z, logits = self(x)
+        loss, ce, reg = self._losses(z, logits, y)
+        n = y.numel()
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/ce", ce, batch_size=n)
+        if reg is not None:
+            self.log("train/cpcc", 1 - reg.detach(), prog_bar=True, batch_size=n)
+        self.train_metrics(logits.detach(), y)
+        self.log_dict(self.train_metrics, batch_size=n)
+        return loss
+
+    def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, y = batch
+        z, logits = self(x)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), batch_size=y.numel())
+        getattr(self, f"{split}_metrics").update(logits, y)
+        getattr(self, f"{split}_cpcc").update(z, y)
+
+    def _eval_end(self, split: str) -> None:
+        metrics, split_cpcc = getattr(self, f"{split}_metrics"), getattr(self, f"{split}_cpcc")
+        values = metrics.compute()
+        metrics.reset()
+        cpccs = split_cpcc.compute()
+        split_cpcc.reset()
+        values.update({f"{split}/{name}": value for name, value in cpccs.items()})
+        shown = {f"{split}/acc_fine", f"{split}/cpcc"}
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in values.items() if k not in shown})
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=max(total, 1))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

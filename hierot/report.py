@@ -1,0 +1,39 @@
+"""The run's summary: ``metrics.json`` (flat keys) and the table printed at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+
+def as_number(value: object) -> float | int | str | None:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
+    return value  # type: ignore[return-value]
+
+
+def write_metrics(path: Path, metrics: Mapping[str, object]) -> None:
+    """Write atomically, so a reader (or a sweep summary) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({k: as_number(v) for k, v in metrics.items()}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def format_table(metrics: Mapping[str, object], prefix: str = "test/") -> str:
+    rows = sorted((k, as_number(v)) for k, v in metrics.items() if k.startswith(prefix))
+    if not rows:
+        return ""
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    for k, v in rows:
+        shown = f"{v:.4f}" if isinstance(v, float) else str(v)
+        lines.append(f"{k:<{width}}  {shown}")
+    return "\n".join(lines)

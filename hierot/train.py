@@ -1,0 +1,148 @@
+"""Entry point: ``python -m hierot.train [group=option ...] [key=value ...]``.
+
+Trains ``HierarchyModule`` on the configured data, tests the best checkpoint, writes
+``metrics.json``, ``config.yaml``, logs and checkpoints into the Hydra run directory and returns
+``test/cpcc`` (so a Hydra sweeper can optimize it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from hierot.config import build, check_config, compose_config, first_of_sweeps
+from hierot.data import HierarchyDataModule
+from hierot.errors import ConfigError
+from hierot.hierarchy import HierarchyError
+from hierot.models import HierarchyModule
+from hierot.report import format_table, write_metrics
+
+log = logging.getLogger(__name__)
+USER_ERRORS = (ConfigError, HierarchyError)
+
+
+def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
+    """Data module, model and trainer of a checked config."""
+    out = Path(cfg.output_dir)
+    datamodule = build(cfg.data, "data")
+    if not isinstance(datamodule, HierarchyDataModule):
+        raise ConfigError(f"data: {type(datamodule).__name__} is not a HierarchyDataModule")
+    backbone = build(cfg.backbone, "backbone")
+    model = HierarchyModule(
+        backbone=backbone,
+        hierarchy=datamodule.hierarchy,
+        optimizer=build(cfg.optimizer, "optimizer"),
+        dist=cfg.dist.method,
+        dist_options=OmegaConf.to_container(cfg.dist.options, resolve=True),  # type: ignore[arg-type]
+        lam=cfg.lam,
+        scheduler=build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
+        level_names=datamodule.level_names,
+        top_k=cfg.top_k,
+    )
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    validates = trainer_kwargs.get("limit_val_batches", 1) != 0  # type: ignore[union-attr]
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best-epoch{epoch:02d}",
+        auto_insert_metric_name=False,
+        monitor=cfg.monitor if validates else None,
+        mode=cfg.monitor_mode,
+        save_last=True,
+        save_top_k=1,
+    )
+    logger = build(cfg.logger, "logger") if cfg.get("logger") else False
+    try:
+        trainer = L.Trainer(
+            **trainer_kwargs,  # type: ignore[arg-type]
+            default_root_dir=out,
+            logger=logger,
+            callbacks=[checkpoint],
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"trainer: {e}") from None
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit, test the best checkpoint, write the run's outputs; returns ``test/cpcc``."""
+    check_config(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model, trainer = build_run(cfg)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    fit_seconds = time.perf_counter() - start
+    fit_metrics = dict(trainer.callback_metrics)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # fast_dev_run and runs without validation have no best checkpoint: test the weights as is.
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+
+    metrics: dict[str, object] = dict(results[0]) if results else {}
+    metrics.update({k: v for k, v in fit_metrics.items() if k not in metrics})
+    metrics.update(
+        {
+            "dist": cfg.dist.method,
+            "lam": float(cfg.lam),
+            "data.batch_size": int(cfg.data.batch_size),
+            "backbone": cfg.backbone.name,
+            "seed": int(cfg.seed),
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "fit_seconds": round(fit_seconds, 1),
+            "best_checkpoint": best or None,
+        }
+    )
+    write_metrics(out / "metrics.json", metrics)
+    if trainer.is_global_zero:
+        print(format_table(metrics), flush=True)
+        print(f"outputs: {out}", flush=True)
+    return float(metrics.get("test/cpcc", float("nan")))  # type: ignore[arg-type]
+
+
+def fail(error: BaseException) -> None:
+    print(f"hierot: error: {error}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def _run(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except USER_ERRORS as e:
+        fail(e)
+        raise  # unreachable
+
+
+# Flags after which Hydra prints something instead of training: nothing to check first.
+_HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
+                "-sc", "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
+                "--resolve", "-p", "--package", "--experimental-rerun"}  # fmt: skip
+
+
+def main() -> None:
+    """Check the command line's config first, so that a bad value costs one line and leaves
+    no run directory; then hand over to Hydra (runs, multiruns, sweepers, ``--cfg``...)."""
+    args = sys.argv[1:]
+    if not _HYDRA_FLAGS.intersection(args):
+        overrides = [a for a in args if a not in ("-m", "--multirun")]
+        try:
+            cfg = compose_config(first_of_sweeps(overrides))
+            check_config(cfg)
+            build(cfg.data, "data")
+        except USER_ERRORS as e:
+            fail(e)
+    _run()
+
+
+if __name__ == "__main__":
+    main()

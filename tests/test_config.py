@@ -1,0 +1,108 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hierot.config import CONFIG_DIR, check_config, compose_config, first_of_sweeps, one_line
+from hierot.errors import ConfigError
+
+GROUPS = {
+    "backbone": ["resnet18", "resnet34", "resnet50", "vit_b16", "vit_l16", "vit_s16"],
+    "dist": ["emd", "fastft", "l2", "none", "sinkhorn", "swd"],
+    "data": ["synthetic"],
+    "logger": ["csv", "tensorboard"],
+    "optimizer": ["adamw", "sgd"],
+    "scheduler": ["cosine", "none", "step"],
+    "trainer": ["default"],
+}
+
+
+def test_every_group_option_is_shipped_and_composes():
+    for group, options in GROUPS.items():
+        shipped = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        assert shipped == options, group
+        for option in options:
+            check_config(compose_config([f"{group}={option}"]))
+
+
+def test_repository_conf_is_the_package_conf():
+    assert (Path(__file__).parents[1] / "conf").resolve() == CONFIG_DIR.resolve()
+
+
+def test_defaults_and_group_coupling():
+    cfg = compose_config([])
+    assert (cfg.lam, cfg.seed, cfg.data.batch_size) == (1.0, 0, 128)
+    assert cfg.dist.method == "fastft" and cfg.backbone.name == "resnet18"
+    assert cfg.backbone.stem == "standard"  # the synthetic data's suggestion
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    vit = compose_config(["backbone=vit_b16"])
+    assert vit.optimizer._target_ == "torch.optim.AdamW" and vit.backbone.img_size == 32
+    assert compose_config(["backbone=vit_b16", "optimizer=sgd"]).optimizer.lr == 0.1
+    assert compose_config(["dist=sinkhorn", "dist.options.reg=0.5"]).dist.options.reg == 0.5
+    trainer = compose_config(["trainer.limit_train_batches=2", "trainer.precision=bf16-mixed"])
+    assert trainer.trainer.limit_train_batches == 2 and trainer.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["backbone=resnet19"], "unknown backbone 'resnet19'; available: resnet18, resnet34"),
+        (["dist=wasserstein"], "unknown dist 'wasserstein'; available: emd, fastft, l2, none"),
+        (["lam=-0.5"], "lam must be a number >= 0, got -0.5"),
+        (["lam=much"], "lam must be a number >= 0, got 'much'"),
+        (["dist.method=kl"], "dist.method: unknown distance 'kl'"),
+        (["+dist.options.reg=1"], "class distance 'fastft' has no option 'reg'"),
+        (["dist=sinkhorn", "dist.options.reg=0"], "dist.options.reg must be > 0"),
+        (["backbone.name=resnet19"], "backbone.name: 'resnet19' is not a timm model"),
+        (["backbone.stem=tiny"], "backbone.stem: unknown stem 'tiny'"),
+        (["backbone.weights=/no/file.pth"], "backbone.weights: no such file"),
+        (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
+        (["+trainer.max_epoch=3"], "lightning.Trainer takes no argument max_epoch"),
+        (["ckpt_path=/no/last.ckpt"], "ckpt_path: no such checkpoint"),
+        (["max_epochs=3"], "Could not override 'max_epochs'"),
+    ],
+)
+def test_bad_values_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        check_config(compose_config(overrides))
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_sweeps_are_checked_on_their_first_value():
+    assert first_of_sweeps(["lam=0.1,1", "dist=l2,emd", "hydra.run.dir=x", "seed=3"]) == [
+        "lam=0.1",
+        "dist=l2",
+        "seed=3",
+    ]
+    with pytest.raises(ConfigError, match="no viable alternative"):
+        first_of_sweeps(["lam=["])
+
+
+def test_one_line_flattens_multi_line_messages():
+    assert one_line(ValueError("a\n\n  b\n")) == "a b"
+
+
+def test_command_line_error_is_one_line_and_leaves_no_run_dir(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.train", "backbone=resnet1", "lam=2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "hierot: error: unknown backbone 'resnet1'; available: resnet18, resnet34, resnet50, "
+        "vit_b16, vit_l16, vit_s16"
+    ]
+    assert list(tmp_path.iterdir()) == []
+    sweep = subprocess.run(
+        [sys.executable, "-m", "hierot.train", "-m", "lam=-1,1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert sweep.returncode == 2
+    assert sweep.stderr.strip() == "hierot: error: lam must be a number >= 0, got -1"
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from hierot import Hierarchy, cpcc
+from hierot.metrics import LevelAccuracy, MistakeSeverity, SplitCPCC
+from hierot.models.module import level_keys
+
+# classes: 0 x, 1 y, 2 z, 3 u, 4 v
+TREE = Hierarchy.from_nested({"a": {"a1": ["x", "y"], "a2": ["z"]}, "b": {"b1": ["u", "v"]}})
+TARGET = torch.tensor([0, 0, 1, 2, 3, 4])
+PRED = torch.tensor([0, 1, 3, 0, 3, 3])  # right, sibling, other top, cousin, right, sibling
+
+
+def test_accuracy_at_every_level_of_a_hand_made_batch():
+    expected = {1: 5 / 6, 2: 4 / 6, 3: 2 / 6}  # a/b; a1/a2/b1; classes
+    for level, acc in expected.items():
+        metric = LevelAccuracy(TREE.level_map(level)[1])
+        metric.update(PRED, TARGET)
+        assert metric.compute().item() == pytest.approx(acc)
+
+
+def test_level_accuracy_takes_scores_and_accumulates_batches():
+    metric = LevelAccuracy(TREE.level_map(1)[1])
+    scores = torch.nn.functional.one_hot(PRED, 5).float()
+    metric.update(scores[:3], TARGET[:3])
+    metric.update(scores[3:], TARGET[3:])
+    assert metric.compute().item() == pytest.approx(5 / 6)
+
+
+def test_mistake_severity_of_a_hand_made_confusion():
+    metric = MistakeSeverity(TREE.tree_distances())
+    metric.update(PRED, TARGET)
+    # mistakes: x->y (2), y->u (6), z->x (4), v->u (2)
+    assert metric.compute().item() == pytest.approx((2 + 6 + 4 + 2) / 4)
+    perfect = MistakeSeverity(TREE.tree_distances())
+    perfect.update(TARGET, TARGET)
+    assert perfect.compute().item() == 0
+
+
+def test_split_cpcc_is_cpcc_of_all_features_at_once():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(60, 8, generator=g)
+    y = torch.arange(5).repeat(12)
+    z = z + 3 * torch.tensor([[0.0], [0.5], [1.5], [4.0], [4.5]])[y]
+    t = TREE.tree_distances()
+    metric = SplitCPCC(t, {"cpcc": ("fastft", {}), "cpcc_l2": ("l2", {})})
+    for i in range(0, 60, 16):
+        metric.update(z[i : i + 16], y[i : i + 16])
+    out = metric.compute()
+    assert out["cpcc"].item() == pytest.approx(cpcc(z, y, t, "fastft").item(), abs=1e-6)
+    assert out["cpcc_l2"].item() == pytest.approx(cpcc(z, y, t, "l2").item(), abs=1e-6)
+    assert out["cpcc_l2"].item() > 0.8
+
+
+def test_level_keys_name_coarse_levels_and_fine():
+    assert level_keys(TREE) == {1: "level1", 2: "level2", 3: "fine"}
+    assert level_keys(TREE, ["kingdom", "family"]) == {1: "kingdom", 2: "family", 3: "fine"}
+    with pytest.raises(ValueError, match="2 coarse levels"):
+        level_keys(TREE, ["only"])

@@ -1,0 +1,42 @@
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_installed_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "hierot", src / "hierot", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src]
+    subprocess.run(build, check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("hierot-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("hierot/conf/")}
+    conf = ROOT / "hierot" / "conf"
+    expected = {
+        f"hierot/conf/{p.relative_to(conf)}"
+        for p in conf.rglob("*.*")
+        if p.suffix in {".yaml", ".py"}
+    }
+    assert len(expected) > 20 and shipped == expected
+
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import hierot; print(hierot.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True)  # fmt: skip
+    assert where.stdout.startswith(str(site))
+    for command in ([sys.executable, "-m", "hierot.train"], [site / "bin" / "hierot-train"]):
+        run = subprocess.run([*command, "backbone=vit_s16", "--cfg", "job"],
+                             cwd=elsewhere, env=env, capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "name: vit_small_patch16_224" in run.stdout
+        assert "_target_: torch.optim.AdamW" in run.stdout

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from hierot.data import SyntheticDataModule, SyntheticSpec, synthetic_hierarchy
+from hierot.data.synthetic import class_names, make_split, mode_separation
+
+
+def test_default_tree_has_three_levels_and_24_classes():
+    spec = SyntheticSpec()
+    tree = synthetic_hierarchy(spec)
+    assert tree.num_classes == 24 and tree.depth == 3
+    assert tree.leaves == class_names(spec)
+    assert tree.leaves[:2] == ["red-disc-solid", "red-disc-hstripes"]
+    assert len(tree.level_map(1)[0]) == 3 and len(tree.level_map(2)[0]) == 6
+    t = tree.tree_distances()
+    assert t[0, 1] == 2 and t[0, 4] == 4 and t[0, 8] == 6  # texture, shape, palette apart
+
+
+def test_same_seed_same_images_other_seed_other_images():
+    spec = SyntheticSpec()
+    x1, y1, m1 = make_split(spec, 4, seed=7)
+    x2, y2, m2 = make_split(spec, 4, seed=7)
+    x3, _, _ = make_split(spec, 4, seed=8)
+    assert x1.dtype == torch.uint8 and x1.shape == (96, 3, 32, 32)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(m1, m2)
+    assert not torch.equal(x1, x3)
+    assert torch.equal(torch.bincount(y1), torch.full((24,), 4))
+    assert torch.equal(torch.bincount(m1), torch.full((2,), 48))
+
+
+def test_classes_are_multimodal():
+    spec = SyntheticSpec()
+    x, y, m = make_split(spec, 40, seed=0)
+    # mode centroids of a class lie several times farther apart than its images spread
+    assert mode_separation(x, y, m) > 2.0
+    x1, y1, m1 = make_split(SyntheticSpec(modes=1), 40, seed=0)
+    assert mode_separation(x, y, m) > 2 * mode_separation(x1, y1, (m1 + torch.arange(960)) % 2)
+
+
+def test_classes_differ_in_pixels_along_the_tree():
+    # mean images of sibling classes are closer than those of classes in other palettes
+    spec = SyntheticSpec()
+    x, y, _ = make_split(spec, 60, seed=1)
+    means = torch.stack([x[y == c].float().mean(0).flatten() for c in range(24)])
+    d = torch.cdist(means, means)
+    assert d[0, 1:4].mean() < d[0, 8:].mean()
+
+
+def test_data_module_splits_and_normalization():
+    dm = SyntheticDataModule(train_per_class=6, val_per_class=2, test_per_class=3, batch_size=16)
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (144, 48, 72)
+    assert not torch.equal(dm.train_set.tensors[0][:48], dm.val_set.tensors[0])
+    images, labels = next(iter(dm.train_dataloader()))
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    assert y is labels
+    assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32)
+    expected = (images[0, 0, 0, 0].item() / 255 - 0.5) / 0.25
+    assert x[0, 0, 0, 0].item() == pytest.approx(expected)
+    assert dm.level_names == ["palette", "shape"]
+    assert len(dm.train_dataloader()) == 9  # 144 / 16, the short last batch dropped
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"palettes": 7}, "palettes=7"), ({"textures": 1}, "textures=1"), ({"noise": 2.0}, "noise")],
+)
+def test_bad_spec_is_one_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticSpec(**kwargs)

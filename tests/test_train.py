@@ -1,0 +1,152 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from hierot.config import compose_config
+from hierot.errors import ConfigError
+from hierot.models import create_backbone
+from hierot.train import train
+
+# 24 classes x 4 training images: a batch of 32 holds most classes, so CPCC is defined.
+TINY = [
+    "data.train_per_class=4",
+    "data.val_per_class=2",
+    "data.test_per_class=2",
+    "data.batch_size=32",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(*overrides: str, out: str = "run"):
+        return compose_config([*TINY, f"output_dir={tmp_path / out}", *overrides])
+
+    return make
+
+
+def read_metrics(path):
+    return json.loads((path / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "vit_s16", "vit_b16"])
+def test_fast_dev_run_every_backbone(make_cfg, tmp_path, backbone):
+    result = train(make_cfg(f"backbone={backbone}", "trainer.fast_dev_run=true"))
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["backbone"] == compose_config([f"backbone={backbone}"]).backbone.name
+    assert metrics["steps"] == 1 and result == pytest.approx(metrics["test/cpcc"])
+    assert -1 <= result <= 1
+
+
+def test_fast_dev_run_vit_large(make_cfg, tmp_path):
+    # ViT-L/16 is 300M parameters: one step of two images keeps this affordable on CPU.
+    train(make_cfg("backbone=vit_l16", "trainer.fast_dev_run=true", "data.batch_size=2"))
+    assert read_metrics(tmp_path / "run")["backbone"] == "vit_large_patch16_224"
+
+
+@pytest.mark.parametrize("dist", ["none", "l2", "emd", "sinkhorn", "swd", "fastft"])
+def test_fast_dev_run_every_distance(make_cfg, tmp_path, dist):
+    train(make_cfg(f"dist={dist}", "trainer.fast_dev_run=true"))
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["dist"] == dist
+    assert {
+        "test/cpcc",
+        "test/cpcc_l2",
+        "test/acc_fine",
+        "test/acc_palette",
+        "test/acc_shape",
+    } <= set(metrics)
+    if dist == "l2" or dist == "none":
+        assert metrics["test/cpcc"] == pytest.approx(metrics["test/cpcc_l2"])
+
+
+def test_fast_dev_run_bf16_mixed_precision(make_cfg, tmp_path):
+    train(make_cfg("trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "dist=sinkhorn"))
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["test/cpcc"] is not None and -1 <= metrics["test/cpcc"] <= 1
+
+
+def test_outputs_and_resume_from_checkpoint(make_cfg, tmp_path):
+    limits = [
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ]
+    first = make_cfg(*limits, "trainer.max_epochs=1", out="first")
+    train(first)
+    out = tmp_path / "first"
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "checkpoints" / "best-epoch00.ckpt").is_file()
+    assert (out / "config.yaml").is_file() and (out / "logs" / "metrics.csv").is_file()
+    metrics = read_metrics(out)
+    assert (metrics["epochs"], metrics["steps"]) == (1, 2)
+    assert metrics["best_checkpoint"].endswith("best-epoch00.ckpt")
+    assert metrics["lam"] == 1.0 and metrics["data.batch_size"] == 32
+
+    resumed = make_cfg(
+        *limits, "trainer.max_epochs=2", f"ckpt_path={out}/checkpoints/last.ckpt", out="second"
+    )
+    train(resumed)
+    metrics = read_metrics(tmp_path / "second")
+    # two steps of the first epoch come from the checkpoint, two more are trained now
+    assert (metrics["epochs"], metrics["steps"]) == (2, 4)
+    ckpt = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+
+
+def test_tensorboard_logger(make_cfg, tmp_path):
+    train(make_cfg("logger=tensorboard", "trainer.max_epochs=1", "trainer.limit_train_batches=1"))
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bad_value_inside_train_is_a_config_error(make_cfg):
+    with pytest.raises(ConfigError, match="lam must be a number >= 0"):
+        train(make_cfg("lam=-1"))
+
+
+def test_local_pretrained_weights(tmp_path):
+    source = timm.create_model("resnet18", num_classes=0)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    loaded = create_backbone("resnet18", stem="standard", weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(loaded.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    vit = timm.create_model("vit_small_patch16_224", num_classes=0)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    small = create_backbone("vit_small_patch16_224", img_size=32, weights=str(tmp_path / "vit.pth"))
+    assert small.pos_embed.shape == (1, 5, 384)  # resized from 197 tokens to 2 x 2 + 1
+    assert torch.equal(small.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
+    torch.save({"junk": torch.zeros(1)}, tmp_path / "junk.pth")
+    with pytest.raises(ConfigError, match="does not fit resnet18"):
+        create_backbone("resnet18", weights=str(tmp_path / "junk.pth"))
+
+
+def test_stems_change_resolution():
+    x = torch.zeros(2, 3, 32, 32)
+    maps = {}
+    for stem in ("standard", "small", "cifar"):
+        model = create_backbone("resnet18", stem=stem)
+        maps[stem] = model.forward_features(x).shape[-1]
+    assert maps == {"standard": 1, "small": 2, "cifar": 4}
+    with pytest.raises(ConfigError, match="applies to ResNets"):
+        create_backbone("vit_small_patch16_224", stem="small", img_size=32)
+
+
+def test_main_job_as_a_subprocess(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.train", *TINY, "trainer.max_epochs=1",
+         "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert "test/cpcc" in run.stdout and "test/mistake_severity" in run.stdout
+    for key in ("test/cpcc", "test/cpcc_l2", "test/acc_fine", "test/acc_palette",
+                "test/acc_shape", "test/acc_top5", "test/mistake_severity", "dist", "lam",
+                "data.batch_size"):  # fmt: skip
+        assert key in metrics, key
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
