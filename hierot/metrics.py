@@ -104,7 +104,8 @@ class SplitCPCC(Metric):
         self.labels.append(target.detach())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        if not self.features:
+        # After a DDP sync the list states are already concatenated tensors.
+        if isinstance(self.features, list) and not self.features:
             return {name: torch.tensor(0.0) for name in self.methods}
         z, y = dim_zero_cat(self.features), dim_zero_cat(self.labels)
         with torch.no_grad():

@@ -57,3 +57,14 @@ def test_level_keys_name_coarse_levels_and_fine():
     assert level_keys(TREE, ["kingdom", "family"]) == {1: "kingdom", 2: "family", 3: "fine"}
     with pytest.raises(ValueError, match="2 coarse levels"):
         level_keys(TREE, ["only"])
+
+
+def test_split_cpcc_after_a_ddp_sync_holds_tensors():
+    # torchmetrics replaces list states by one concatenated tensor when it syncs ranks
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(30, 4, generator=g) + torch.arange(5).repeat(6)[:, None] * 2.0
+    y = torch.arange(5).repeat(6)
+    t = TREE.tree_distances()
+    metric = SplitCPCC(t, {"cpcc": ("l2", {})})
+    metric.features, metric.labels = z, y
+    assert metric.compute()["cpcc"].item() == pytest.approx(cpcc(z, y, t, "l2").item())

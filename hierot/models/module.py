@@ -128,7 +128,8 @@ class HierarchyModule(L.LightningModule):
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
         z, logits = self(x)
-        self.log(f"{split}/loss", F.cross_entropy(logits, y), batch_size=y.numel())
+        loss = F.cross_entropy(logits, y)
+        self.log(f"{split}/loss", loss, batch_size=y.numel(), sync_dist=True)
         getattr(self, f"{split}_metrics").update(logits, y)
         getattr(self, f"{split}_cpcc").update(z, y)
 
@@ -140,8 +141,9 @@ class HierarchyModule(L.LightningModule):
         split_cpcc.reset()
         values.update({f"{split}/{name}": value for name, value in cpccs.items()})
         shown = {f"{split}/acc_fine", f"{split}/cpcc"}
-        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
-        self.log_dict({k: v for k, v in values.items() if k not in shown})
+        # torchmetrics already reduced these over ranks: every rank holds the same values.
+        for keys, bar in ((shown, True), (set(values) - shown, False)):
+            self.log_dict({k: values[k] for k in sorted(keys)}, prog_bar=bar, sync_dist=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
