@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hierot.distances import check_options, list_distances
-from hierot.errors import ConfigError
+from hierot.errors import ConfigError, DataError
 from hierot.hierarchy import HierarchyError
 from hierot.models.backbones import list_stems
 from hierot.models.module import NO_DISTANCE
@@ -142,6 +142,10 @@ def _check(cfg: DictConfig) -> None:
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` with a failure reported as one ``ConfigError`` line."""
     try:
-        return instantiate(node, **kwargs)
-    except (InstantiationException, OmegaConfBaseException, HierarchyError) as e:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (DataError, HierarchyError)):
+            raise e.__cause__ from None  # already names its file
+        raise ConfigError(f"{key}: {one_line(e)}") from None
+    except OmegaConfBaseException as e:
         raise ConfigError(f"{key}: {one_line(e)}") from None

@@ -19,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from hierot.config import build, check_config, compose_config, first_of_sweeps
 from hierot.data import HierarchyDataModule
-from hierot.errors import ConfigError
+from hierot.errors import ConfigError, DataError, user_message
 from hierot.hierarchy import HierarchyError
 from hierot.models import HierarchyModule
 from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)
-USER_ERRORS = (ConfigError, HierarchyError)
+USER_ERRORS = (ConfigError, DataError, HierarchyError)
 
 
 def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> float:
 
 
 def fail(error: BaseException) -> None:
-    print(f"hierot: error: {error}", file=sys.stderr, flush=True)
+    print(f"hierot: error: {user_message(error)}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 

@@ -117,11 +117,14 @@ def _content_lines(text: str) -> list[tuple[int, str]]:
 def _read_table(text: str, name: str, delimiter: str, classes: Sequence[str] | None) -> Hierarchy:
     lines = _content_lines(text)
     paths, wheres = [], []
+    reader = csv.reader((line for _, line in lines), delimiter=delimiter, strict=True)
     try:
-        rows = list(csv.reader((line for _, line in lines), delimiter=delimiter, strict=True))
+        rows = list(reader)
     except csv.Error as e:
+        # reader.line_num counts the content lines read so far, the bad one included
+        lineno = lines[max(0, min(reader.line_num, len(lines)) - 1)][0] if lines else 1
         raise HierarchyError(
-            f"{name}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}"
+            f"{name}:{lineno}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}"
         ) from None
     for (lineno, _), row in zip(lines, rows):
         cells = [c.strip() for c in row]

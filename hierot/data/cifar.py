@@ -1,0 +1,203 @@
+"""CIFAR-10 and CIFAR-100 from the official python-pickle releases, decoded once into memory.
+
+- CIFAR-100 (``cifar-100-python/{train,test,meta}``): the tree is the dataset's own 20
+  superclasses over its 100 classes, or a user hierarchy file over the class names.
+- CIFAR-10 (``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``): the tree comes
+  from the config (``data.tree``: vehicles / animals by default) or a hierarchy file.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hierot.data.images import TensorImages, carve_validation, eval_transform, train_transform
+from hierot.data.module import HierarchyDataModule
+from hierot.errors import DataError
+from hierot.hierarchy import Hierarchy, HierarchyError
+
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+
+
+def read_pickle(path: Path, what: str, keys: Sequence[str]) -> dict[str, Any]:
+    """One official CIFAR pickle as a dict with str keys; anything else is a ``DataError``."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (expected the official {what} python release)")
+    try:
+        with path.open("rb") as f:
+            raw = pickle.load(f, encoding="bytes")
+    except Exception as e:  # unpickling can fail in many ways; all mean "not this format"
+        raise DataError(f"{path}: not the official {what} python format ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: not the official {what} python format (not a dict)")
+    out = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise DataError(f"{path}: not the official {what} python format (no key '{missing[0]}')")
+    return out
+
+
+def _names(values: Sequence[Any]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _images(batch: Mapping[str, Any], path: Path, what: str) -> torch.Tensor:
+    data = torch.as_tensor(batch["data"])
+    if data.dim() != 2 or data.shape[1] != 3072 or data.dtype != torch.uint8:
+        raise DataError(
+            f"{path}: not the official {what} python format (data is {tuple(data.shape)} "
+            f"{data.dtype}, expected (N, 3072) uint8)"
+        )
+    return data.view(-1, 3, 32, 32)
+
+
+def _labels(batch: Mapping[str, Any], key: str, n: int, k: int, path: Path, what: str):
+    labels = torch.as_tensor(batch[key], dtype=torch.long)
+    if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= k)):
+        raise DataError(f"{path}: not the official {what} python format ('{key}' do not fit)")
+    return labels
+
+
+def _root(root: str | None, folder: str) -> Path:
+    if not root:
+        raise DataError("data.root: not set (the folder that holds " + folder + ")")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"data.root: no such folder: {base}")
+    # Accept both the folder holding the release and the release folder itself.
+    return base / folder if (base / folder).is_dir() else base
+
+
+class CifarDataModule(HierarchyDataModule):
+    """Shared by CIFAR-10/100: splits in memory, validation carved from train with a seed."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        hierarchy: str | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        augment: str = "crop_flip",
+        image_size: int = 32,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(image_size=image_size, **kwargs)
+        self.root = root
+        self.hierarchy_file = hierarchy
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.augment = augment
+        self.train_tf = train_transform(image_size, augment)
+
+    def _tree(self, classes: list[str], default: Hierarchy) -> Hierarchy:
+        if self.hierarchy_file is None:
+            return default
+        tree = Hierarchy.from_file(self.hierarchy_file)
+        tree.check_classes(classes)
+        return tree.with_classes(classes)
+
+    def _splits(self, train: tuple[torch.Tensor, torch.Tensor], test: tuple) -> None:
+        (x, y), (xt, yt) = train, test
+        resize = None if self.image_size == 32 else eval_transform(self.image_size)
+        tr, va = carve_validation(len(y), self.val_fraction, self.split_seed)
+        self.train_set = TensorImages(x[tr], y[tr], self.train_tf)
+        self.val_set = TensorImages(x[va], y[va], resize)
+        self.test_set = TensorImages(xt, yt, resize)
+
+
+class Cifar100DataModule(CifarDataModule):
+    """CIFAR-100; the default tree is superclass -> class (2 levels)."""
+
+    what = "CIFAR-100"
+
+    def __init__(self, root: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("level_names", None)
+        super().__init__(root=root, **kwargs)
+        folder = _root(root, CIFAR100_FOLDER)
+        self.folder = folder
+        meta = read_pickle(folder / "meta", self.what, ["fine_label_names", "coarse_label_names"])
+        self.classes = _names(meta["fine_label_names"])
+        coarse_names = _names(meta["coarse_label_names"])
+        self._train = self._read("train", len(coarse_names))
+        _, y, coarse = self._train
+        # The superclass of each class, read off the training labels.
+        parent: dict[int, int] = {}
+        for f, c in zip(y.tolist(), coarse.tolist()):
+            if parent.setdefault(f, c) != c:
+                raise DataError(
+                    f"{folder / 'train'}: class '{self.classes[f]}' has two superclasses: "
+                    f"'{coarse_names[parent[f]]}' and '{coarse_names[c]}'"
+                )
+        missing = [n for i, n in enumerate(self.classes) if i not in parent]
+        if missing and self.hierarchy_file is None:
+            raise DataError(f"{folder / 'train'}: class '{missing[0]}' has no training images")
+        default = None
+        if self.hierarchy_file is None:
+            paths = [[f"{coarse_names[parent[i]]}", n] for i, n in enumerate(self.classes)]
+            try:
+                default = Hierarchy.from_paths(paths, source=str(folder / "meta"))
+            except HierarchyError as e:
+                raise DataError(str(e)) from None
+            if self.level_names is None:
+                self.level_names = ["coarse"]
+        self.hierarchy = self._tree(self.classes, default)  # type: ignore[arg-type]
+
+    def _read(self, split: str, n_coarse: int):
+        path = self.folder / split
+        batch = read_pickle(path, self.what, ["data", "fine_labels", "coarse_labels"])
+        x = _images(batch, path, self.what)
+        y = _labels(batch, "fine_labels", len(x), len(self.classes), path, self.what)
+        coarse = _labels(batch, "coarse_labels", len(x), n_coarse, path, self.what)
+        return x, y, coarse
+
+    def setup(self, stage: str | None = None) -> None:
+        if not hasattr(self, "train_set"):
+            x, y, _ = self._train
+            xt, yt, _ = self._read("test", 1 << 30)
+            self._splits((x, y), (xt, yt))
+
+
+class Cifar10DataModule(CifarDataModule):
+    """CIFAR-10; the tree is ``tree`` (nested mapping over the class names) or a file."""
+
+    what = "CIFAR-10"
+
+    def __init__(
+        self, root: str | None = None, tree: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        folder = _root(root, CIFAR10_FOLDER)
+        self.folder = folder
+        meta = read_pickle(folder / "batches.meta", self.what, ["label_names"])
+        self.classes = _names(meta["label_names"])
+        default = None
+        if self.hierarchy_file is None:
+            if not tree:
+                raise DataError("data.tree: CIFAR-10 needs a tree (data.tree or data.hierarchy)")
+            try:
+                default = Hierarchy.from_nested(dict(tree), source="data.tree")
+                default.check_classes(self.classes)
+                default = default.with_classes(self.classes)
+            except HierarchyError as e:
+                raise DataError(str(e)) from None
+        self.hierarchy = self._tree(self.classes, default)  # type: ignore[arg-type]
+
+    def _read(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for name in names:
+            path = self.folder / name
+            batch = read_pickle(path, self.what, ["data", "labels"])
+            x = _images(batch, path, self.what)
+            xs.append(x)
+            ys.append(_labels(batch, "labels", len(x), len(self.classes), path, self.what))
+        return torch.cat(xs), torch.cat(ys)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not hasattr(self, "train_set"):
+            train = self._read([f"data_batch_{i}" for i in range(1, 6)])
+            self._splits(train, self._read(["test_batch"]))

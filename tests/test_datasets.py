@@ -1,0 +1,263 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import write_cifar10, write_cifar100, write_folders
+
+from hierot.config import build, compose_config
+from hierot.errors import DataError
+from hierot.hierarchy import HierarchyError
+
+FINE = ["apple", "pear", "rose", "tulip", "bee", "ant"]
+COARSE = ["fruit", "flowers", "insects"]
+PARENT = [0, 0, 1, 1, 2, 2]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck"]  # fmt: skip
+FAST = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "data.num_workers=0",
+    "data.batch_size=8",
+]
+
+
+def data_module(*overrides):
+    dm = build(compose_config(list(overrides)).data, "data")
+    dm.setup()
+    return dm
+
+
+def run_main(tmp_path, *overrides):
+    out = tmp_path / "run"
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.train", *FAST, *overrides, f"hydra.run.dir={out}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def fails(tmp_path, *overrides):
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.train", *FAST, *overrides, f"hydra.run.dir={tmp_path}/r"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-3000:]
+    # Lightning's own log lines may come first; the run ends with one line and no traceback.
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("hierot: error: ") and run.stderr.count("hierot: error") == 1
+    return last
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+def test_cifar100_reads_the_official_pickles_and_superclasses(tmp_path):
+    write_cifar100(tmp_path, FINE, COARSE, PARENT, n=5)
+    dm = data_module("data=cifar100", f"data.root={tmp_path}", "data.val_fraction=0.2")
+    assert dm.hierarchy.leaves == FINE and dm.hierarchy.depth == 2
+    assert dm.hierarchy.ancestors_at(1) == [
+        "fruit",
+        "fruit",
+        "flowers",
+        "flowers",
+        "insects",
+        "insects",
+    ]
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (24, 6, 30)
+    x, y = dm.test_set[7]
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and y == 1
+    assert dm.level_names == ["coarse"]
+
+
+def test_cifar100_with_a_deeper_tree_file(tmp_path):
+    write_cifar100(tmp_path, FINE, COARSE, PARENT)
+    tree = tmp_path / "tree.csv"
+    tree.write_text("".join(f"{'plant' if p < 2 else 'animal'},{COARSE[p]},{f}\n"
+                            for f, p in zip(FINE, PARENT)))  # fmt: skip
+    dm = data_module("data=cifar100", f"data.root={tmp_path}", f"data.hierarchy={tree}")
+    assert dm.hierarchy.depth == 3 and dm.hierarchy.leaves == FINE
+
+
+def test_cifar100_trains_through_the_main_job(tmp_path):
+    write_cifar100(tmp_path, FINE, COARSE, PARENT)
+    metrics = run_main(tmp_path, "data=cifar100", f"data.root={tmp_path}")
+    assert {"test/acc_fine", "test/acc_coarse", "test/cpcc"} <= set(metrics)
+    assert metrics["steps"] == 1
+
+
+def test_cifar10_tree_from_config_and_main_job(tmp_path):
+    write_cifar10(tmp_path, CIFAR10)
+    dm = data_module("data=cifar10", f"data.root={tmp_path / 'cifar-10-batches-py'}")
+    assert dm.hierarchy.leaves == CIFAR10
+    assert dm.hierarchy.ancestors_at(1)[:3] == ["vehicle", "vehicle", "animal"]
+    assert len(dm.train_set) + len(dm.val_set) == 100 and len(dm.test_set) == 20
+    metrics = run_main(tmp_path, "data=cifar10", f"data.root={tmp_path}", "dist=emd")
+    assert "test/acc_coarse" in metrics and metrics["dist"] == "emd"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "meta").write_text("not a pickle"),
+         "meta: not the official CIFAR-100 python format"),
+        (lambda f: (f / "train").unlink(), "train: missing (expected the official CIFAR-100"),
+        (lambda f: __import__("pickle").dump({b"data": 1}, (f / "test").open("wb")),
+         "test: not the official CIFAR-100 python format (no key 'fine_labels')"),
+    ],
+)  # fmt: skip
+def test_cifar_file_not_in_the_official_format(tmp_path, damage, message):
+    folder = write_cifar100(tmp_path, FINE, COARSE, PARENT)
+    damage(folder)
+    with pytest.raises(DataError, match=re.escape(message)):
+        data_module("data=cifar100", f"data.root={tmp_path}")
+
+
+# ---------------------------------------------------------------- ImageFolder
+
+
+def folder_tree(tmp_path, **splits):
+    classes = ["cat", "dog", "car", "bus"]
+    write_folders(tmp_path / "data", {s: classes for s in splits or ("train", "test")})
+    tree = tmp_path / "tree.json"
+    tree.write_text(json.dumps({"animal": ["cat", "dog"], "vehicle": ["car", "bus"]}))
+    return tmp_path / "data", tree
+
+
+def test_image_folder_resizes_and_trains(tmp_path):
+    root, tree = folder_tree(tmp_path)
+    dm = data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}",
+                     "data.image_size=16", "data.val_fraction=0.25")  # fmt: skip
+    assert dm.hierarchy.leaves == ["bus", "car", "cat", "dog"]  # folder order
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (9, 3, 12)
+    assert dm.test_set[0][0].shape == (3, 16, 16) and dm.train_set[0][0].shape == (3, 16, 16)
+    metrics = run_main(tmp_path, "data=imagefolder", f"data.root={root}",
+                       f"data.hierarchy={tree}", "data.image_size=16")  # fmt: skip
+    assert "test/acc_level1" in metrics
+
+
+def test_image_folder_with_its_own_val_split(tmp_path):
+    root, tree = folder_tree(tmp_path, train=1, val=1, test=1)
+    dm = data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (12, 12, 12)
+
+
+def test_missing_root_and_split_folder(tmp_path):
+    root, tree = folder_tree(tmp_path)
+    with pytest.raises(DataError, match=r"data\.root: no such folder: .*nowhere"):
+        data_module(
+            "data=imagefolder", f"data.root={tmp_path / 'nowhere'}", f"data.hierarchy={tree}"
+        )
+    with pytest.raises(DataError, match=r"data/exam: missing split folder"):
+        data_module(
+            "data=imagefolder",
+            f"data.root={root}",
+            f"data.hierarchy={tree}",
+            "data.test_split=exam",
+        )
+
+
+def test_empty_split(tmp_path):
+    root, tree = folder_tree(tmp_path)
+    for d in (root / "test").iterdir():
+        for f in d.iterdir():
+            f.unlink()
+    with pytest.raises(DataError, match=r"data/test: empty split \(no images"):
+        data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}")
+    (root / "empty").mkdir()
+    with pytest.raises(DataError, match=r"data/empty: empty split \(no class folders\)"):
+        data_module(
+            "data=imagefolder",
+            f"data.root={root}",
+            f"data.hierarchy={tree}",
+            "data.test_split=empty",
+        )
+
+
+def test_class_folder_absent_from_the_hierarchy(tmp_path):
+    root, tree = folder_tree(tmp_path)
+    (root / "test" / "zebra").mkdir()
+    write_folders(root, {"train": ["zebra"]})
+    with pytest.raises(HierarchyError, match="zebra"):
+        data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("tree.txt", "animal cat\nvehicle cat\n", "tree.txt:2: node 'cat' has two parents"),
+        ("tree.txt", "a b\nb c\nc a\n", "tree.txt:.*cycle"),
+        ("tree.json", '{"animal": ["cat" "dog"]}', "tree.json:1: malformed JSON"),
+        ("tree.yaml", "animal: [cat, dog\n", "tree.yaml:.*malformed YAML"),
+        ("tree.csv", 'animal,"cat\n', "tree.csv:1: malformed CSV"),
+    ],
+)
+def test_bad_hierarchy_file(tmp_path, name, text, message):
+    root, _ = folder_tree(tmp_path)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(HierarchyError, match=message):
+        data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tmp_path / name}")
+
+
+def test_corrupt_image_is_named(tmp_path):
+    root, tree = folder_tree(tmp_path)
+    bad = root / "train" / "cat" / "img1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    line = fails(tmp_path, "data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}",
+                 "data.num_workers=1", "trainer.limit_train_batches=null")  # fmt: skip
+    assert line.startswith(f"hierot: error: {bad}: corrupt or unreadable image")
+
+
+def test_bad_data_from_the_command_line_is_one_line(tmp_path):
+    line = fails(tmp_path, "data=cifar100", f"data.root={tmp_path / 'none'}")
+    assert line == f"hierot: error: data.root: no such folder: {tmp_path / 'none'}"
+    assert (
+        fails(tmp_path, "data=cifar100")
+        == "hierot: error: data: Missing mandatory value: data.root"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- iNaturalist
+
+
+INAT = [
+    "00000_Animalia_Arthropoda_Insecta_Hymenoptera_Apidae_Apis_mellifera",
+    "00001_Animalia_Arthropoda_Insecta_Hymenoptera_Formicidae_Formica_rufa",
+    "00002_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+    "00003_Plantae_Tracheophyta_Magnoliopsida_Rosales_Rosaceae_Rosa_canina",
+]
+
+
+def test_inat_tree_from_folder_names_and_rank_choice(tmp_path):
+    write_folders(tmp_path, {"train_mini": INAT, "val": INAT}, n=4)
+    dm = data_module("data=inat", f"data.root={tmp_path}", "data.image_size=16")
+    assert dm.hierarchy.depth == 7 and dm.level_names[0] == "kingdom"
+    assert dm.hierarchy.tree_distances()[0, 1] == 6  # same family, different genus
+    dm = data_module("data=inat", f"data.root={tmp_path}", "data.ranks=[class,family]")
+    assert dm.hierarchy.depth == 3 and dm.level_names == ["class", "family"]
+    assert dm.hierarchy.ancestors_at(1) == [
+        "class:Insecta",
+        "class:Insecta",
+        "class:Aves",
+        "class:Magnoliopsida",
+    ]
+    metrics = run_main(tmp_path, "data=inat", f"data.root={tmp_path}", "data.image_size=16",
+                       "data.ranks=[kingdom,order]")  # fmt: skip
+    assert {"test/acc_kingdom", "test/acc_order", "test/acc_fine"} <= set(metrics)
+
+
+def test_inat_bad_folder_name_and_rank(tmp_path):
+    write_folders(tmp_path, {"train_mini": [*INAT, "birds"], "val": INAT})
+    with pytest.raises(DataError, match="birds: not an iNaturalist 2021 class folder name"):
+        data_module("data=inat", f"data.root={tmp_path}")
+    (tmp_path / "train_mini" / "birds").rename(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"data\.ranks: tribe is not a rank above species"):
+        data_module("data=inat", f"data.root={tmp_path}", "data.ranks=[tribe]")
