@@ -116,14 +116,14 @@ class Cifar100DataModule(CifarDataModule):
     what = "CIFAR-100"
 
     def __init__(self, root: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("level_names", None)
         super().__init__(root=root, **kwargs)
         folder = _root(root, CIFAR100_FOLDER)
         self.folder = folder
         meta = read_pickle(folder / "meta", self.what, ["fine_label_names", "coarse_label_names"])
         self.classes = _names(meta["fine_label_names"])
         coarse_names = _names(meta["coarse_label_names"])
-        self._train = self._read("train", len(coarse_names))
+        self._n_coarse = len(coarse_names)
+        self._train = self._read("train", self._n_coarse)
         _, y, coarse = self._train
         # The superclass of each class, read off the training labels.
         parent: dict[int, int] = {}
@@ -158,7 +158,7 @@ class Cifar100DataModule(CifarDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not hasattr(self, "train_set"):
             x, y, _ = self._train
-            xt, yt, _ = self._read("test", 1 << 30)
+            xt, yt, _ = self._read("test", self._n_coarse)
             self._splits((x, y), (xt, yt))
 
 
