@@ -10,7 +10,7 @@ from hierot.errors import ConfigError
 GROUPS = {
     "backbone": ["resnet18", "resnet34", "resnet50", "vit_b16", "vit_l16", "vit_s16"],
     "dist": ["emd", "fastft", "l2", "none", "sinkhorn", "swd"],
-    "data": ["cifar10", "cifar100", "imagefolder", "inat", "synthetic"],
+    "data": ["breeds", "cifar10", "cifar100", "imagefolder", "inat", "synthetic"],
     "logger": ["csv", "tensorboard"],
     "optimizer": ["adamw", "sgd"],
     "scheduler": ["cosine", "none", "step"],

@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from datasets import write_cifar10, write_cifar100, write_folders
@@ -261,3 +262,103 @@ def test_inat_bad_folder_name_and_rank(tmp_path):
     (tmp_path / "train_mini" / "birds").rename(tmp_path / "elsewhere")
     with pytest.raises(DataError, match=r"data\.ranks: tribe is not a rank above species"):
         data_module("data=inat", f"data.root={tmp_path}", "data.ranks=[tribe]")
+
+
+# ---------------------------------------------------------------- BREEDS
+
+# entity -> {living -> {animal -> {dog: d1 d2 d3, cat: c1 c2}, plant -> {tree: t1 t2 t3 t4}},
+#            artifact -> {tool -> {hammer: h1, saw: s1 s2 s3}}}; "lonely" is no ImageNet class.
+EDGES = """n00001740 n00004258
+n00001740 n00021939
+n00004258 animal
+n00004258 plant
+animal dog
+animal cat
+plant tree
+n00021939 tool
+tool hammer
+tool saw
+saw lonely
+dog d1
+dog d2
+dog d3
+cat c1
+cat c2
+tree t1
+tree t2
+tree t3
+tree t4
+hammer h1
+saw s1
+saw s2
+saw s3
+"""
+LEAVES = ["d1", "d2", "d3", "c1", "c2", "t1", "t2", "t3", "t4", "h1", "s1", "s2", "s3"]
+
+
+def write_breeds(tmp_path):
+    info = tmp_path / "info"
+    info.mkdir()
+    rows = [[i, w, f"name of {w}"] for i, w in enumerate(LEAVES)]
+    (info / "dataset_class_info.json").write_text(json.dumps(rows))
+    (info / "class_hierarchy.txt").write_text(EDGES)
+    names = ["n00001740\tentity", "n00004258\tliving thing", "n00021939\tartifact", "dog\tdog"]
+    (info / "node_names.txt").write_text("\n".join(names) + "\n")
+    write_folders(tmp_path / "imagenet", {"train": [*LEAVES, "x9"], "val": [*LEAVES, "x9"]}, n=4)
+    return info, tmp_path / "imagenet"
+
+
+def test_breeds_tree_levels_and_selection(tmp_path):
+    from hierot.data.breeds import BreedsTree
+
+    info, _ = write_breeds(tmp_path)
+    tree = BreedsTree(info)
+    assert tree.levels["animal"] == 2 and tree.levels["dog"] == 3 and tree.levels["d1"] == 4
+    assert tree.leaves_below("n00004258") == sorted(LEAVES[:9])
+    # level 3 with 2 classes each: cat, dog, saw, tree (hammer has one); seeded choice per node
+    chosen = tree.subset(level=3, ancestor=None, subclasses=2)
+    rng = np.random.RandomState(2)
+    expected = [(n, list(rng.choice(tree.leaves_below(n), 2, replace=False)))
+                for n in ["cat", "dog", "saw", "tree"]]  # fmt: skip
+    assert chosen == expected
+    assert [s for s, _ in tree.subset(3, "n00004258", 2)] == ["cat", "dog", "tree"]
+
+
+def test_breeds_subset_trains_through_the_main_job(tmp_path, monkeypatch):
+    from hierot.data import breeds
+
+    info, root = write_breeds(tmp_path)
+    monkeypatch.setitem(breeds.SUBSETS, "living17", (3, "n00004258", 2))
+    dm = data_module("data=breeds", f"data.root={root}", f"data.info_dir={info}",
+                     "data.image_size=16", "data.val_fraction=0.25")  # fmt: skip
+    assert dm.hierarchy.num_classes == 6 and dm.hierarchy.depth == 2
+    assert dm.hierarchy.ancestors_at(1)[0] == "cat (cat)"
+    assert dm.hierarchy.ancestors_at(1)[2] == "dog (dog)"
+    assert len(dm.test_set) == 24 and len(dm.train_set) + len(dm.val_set) == 24
+    with pytest.raises(DataError, match=r"class_hierarchy\.txt: missing BREEDS hierarchy file"):
+        (info / "class_hierarchy.txt").unlink()
+        data_module("data=breeds", f"data.root={root}", f"data.info_dir={info}")
+
+
+def test_breeds_main_job_and_bad_subset(tmp_path):
+    info, root = write_breeds(tmp_path)
+    line = fails(tmp_path, "data=breeds", f"data.root={root}", f"data.info_dir={info}",
+                 "data.subset=living99")  # fmt: skip
+    assert line == ("hierot: error: data.subset: unknown 'living99'; available: entity13, "
+                    "entity30, living17, nonliving26")  # fmt: skip
+    metrics = run_main(tmp_path, "data=breeds", f"data.root={root}", f"data.info_dir={info}",
+                       "data.level=3", "data.ancestor=''", "data.subclasses=2",
+                       "data.image_size=16")  # fmt: skip
+    assert "test/acc_superclass" in metrics
+    line = fails(tmp_path, "data=breeds", f"data.root={root}", f"data.info_dir={info}",
+                 "data.subset=entity30")  # fmt: skip
+    assert line == "hierot: error: BREEDS: no superclass at level 4 has 8 ImageNet classes"
+
+
+def test_bad_hierarchy_file_from_the_command_line(tmp_path):
+    root, _ = folder_tree(tmp_path)
+    (tmp_path / "tree.txt").write_text("animal cat\nvehicle cat\n")
+    line = fails(tmp_path, "data=imagefolder", f"data.root={root}",
+                 f"data.hierarchy={tmp_path / 'tree.txt'}")  # fmt: skip
+    assert line.startswith(f"hierot: error: {tmp_path / 'tree.txt'}:2: node 'cat' has two parents")
+    assert not (tmp_path / "r").exists()

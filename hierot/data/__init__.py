@@ -1,11 +1,13 @@
 """Data modules: a label tree plus train/val/test splits of (image, fine label)."""
 
+from hierot.data.breeds import BreedsDataModule
 from hierot.data.cifar import Cifar10DataModule, Cifar100DataModule
 from hierot.data.folders import ImageFolderDataModule, INatDataModule
 from hierot.data.module import HierarchyDataModule
 from hierot.data.synthetic import SyntheticDataModule, SyntheticSpec, synthetic_hierarchy
 
 __all__ = [
+    "BreedsDataModule",
     "Cifar10DataModule",
     "Cifar100DataModule",
     "HierarchyDataModule",

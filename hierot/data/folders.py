@@ -33,14 +33,21 @@ def class_folders(split: Path) -> list[str]:
     return names
 
 
-def scan_split(split: Path, classes: Sequence[str]) -> tuple[list[str], list[int]]:
-    """``(paths, labels)`` of the images of a split, labels by position in ``classes``; a class
-    folder that is not one of ``classes`` is an error naming it."""
+def scan_split(
+    split: Path, classes: Sequence[str], only_classes: bool = False
+) -> tuple[list[str], list[int]]:
+    """``(paths, labels)`` of the images of a split, labels by position in ``classes``. A class
+    folder that is not one of ``classes`` is an error naming it, or skipped with
+    ``only_classes`` (a subset of a bigger dataset, as BREEDS takes from ImageNet)."""
     present = class_folders(split)
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in present if c not in index]
-    if unknown:
+    if unknown and not only_classes:
         raise DataError(f"{split / unknown[0]}: class '{unknown[0]}' is not in the hierarchy")
+    present = [c for c in present if c in index]
+    missing = [c for c in classes if c not in present]
+    if only_classes and missing:
+        raise DataError(f"{split / missing[0]}: missing class folder '{missing[0]}'")
     try:
         samples = make_dataset(
             str(split), {c: index[c] for c in present}, IMAGE_EXTENSIONS, allow_empty=True
@@ -77,6 +84,7 @@ class FolderDataModule(HierarchyDataModule):
         if not self.root.is_dir():
             raise DataError(f"data.root: no such folder: {self.root}")
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.only_classes = False  # subclasses that take a subset of the class folders set it
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.train_tf = train_transform(image_size, augment)
@@ -88,20 +96,22 @@ class FolderDataModule(HierarchyDataModule):
         if hasattr(self, "train_set"):
             return
         classes = self.hierarchy.leaves
-        paths, labels = scan_split(self.root / self.splits["train"], classes)
+
+        def scan(split: Path) -> tuple[list[str], list[int]]:
+            return scan_split(split, classes, self.only_classes)
+
+        paths, labels = scan(self.root / self.splits["train"])
         val_dir = self.root / self.splits["val"] if self.splits["val"] else None
         if val_dir is not None and val_dir.is_dir():
             self.train_set = FileImages(paths, labels, self.train_tf)
-            self.val_set = FileImages(*scan_split(val_dir, classes), self.eval_tf)
+            self.val_set = FileImages(*scan(val_dir), self.eval_tf)
         else:
             tr, va = carve_validation(len(paths), self.val_fraction, self.split_seed)
             self.train_set = FileImages(
                 [paths[i] for i in tr], [labels[i] for i in tr], self.train_tf
             )
             self.val_set = FileImages([paths[i] for i in va], [labels[i] for i in va], self.eval_tf)
-        self.test_set = FileImages(
-            *scan_split(self.root / self.splits["test"], classes), self.eval_tf
-        )
+        self.test_set = FileImages(*scan(self.root / self.splits["test"]), self.eval_tf)
 
 
 class ImageFolderDataModule(FolderDataModule):
