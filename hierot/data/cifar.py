@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from hierot.data.images import TensorImages, carve_validation, eval_transform, train_transform
-from hierot.data.module import HierarchyDataModule
+from hierot.data.module import HierarchyDataModule, data_root
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
 
@@ -64,11 +64,7 @@ def _labels(batch: Mapping[str, Any], key: str, n: int, k: int, path: Path, what
 
 
 def _root(root: str | None, folder: str) -> Path:
-    if not root:
-        raise DataError("data.root: not set (the folder that holds " + folder + ")")
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise DataError(f"data.root: no such folder: {base}")
+    base = data_root(root, folder)
     # Accept both the folder holding the release and the release folder itself.
     return base / folder if (base / folder).is_dir() else base
 

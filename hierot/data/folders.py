@@ -16,7 +16,7 @@ from hierot.data.images import (
     eval_transform,
     train_transform,
 )
-from hierot.data.module import HierarchyDataModule
+from hierot.data.module import HierarchyDataModule, data_root
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
 
@@ -78,11 +78,7 @@ class FolderDataModule(HierarchyDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(image_size=image_size, **kwargs)
-        if not root:
-            raise DataError("data.root: not set (the folder holding the split folders)")
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise DataError(f"data.root: no such folder: {self.root}")
+        self.root = data_root(root, "the split folders")
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.only_classes = False  # subclasses that take a subset of the class folders set it
         self.val_fraction = val_fraction

@@ -4,12 +4,24 @@ the device (a quarter of the host-to-device traffic of float32)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
+
+
+def data_root(root: str | None, holds: str) -> Path:
+    """``data.root`` as an existing folder; ``holds`` says what it should contain."""
+    if not root:
+        raise DataError(f"data.root: not set (the folder holding {holds})")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.root: no such folder: {path}")
+    return path
 
 
 class HierarchyDataModule(L.LightningDataModule):
