@@ -27,7 +27,6 @@ from hierot.models.module import NO_DISTANCE
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 CONFIG_NAME = "train"
-GROUPS = ("backbone", "dist", "data", "trainer", "logger", "optimizer", "scheduler")
 
 
 def one_line(error: BaseException) -> str:

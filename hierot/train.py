@@ -77,7 +77,8 @@ def train(cfg: DictConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model, trainer = build_run(cfg)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -102,8 +103,10 @@ def train(cfg: DictConfig) -> float:
             "best_checkpoint": best or None,
         }
     )
-    write_metrics(out / "metrics.json", metrics)
+    # Under DDP every rank gets here with the same (synced) metrics; one writer avoids two
+    # ranks racing on the same temporary file.
     if trainer.is_global_zero:
+        write_metrics(out / "metrics.json", metrics)
         print(format_table(metrics), flush=True)
         print(f"outputs: {out}", flush=True)
     return float(metrics.get("test/cpcc", float("nan")))  # type: ignore[arg-type]

@@ -69,8 +69,6 @@ class HierarchyModule(L.LightningModule):
             raise ValueError(f"lam must be >= 0, got {lam}")
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
-        self.hierarchy = hierarchy
-        self.dist = dist
         self.lam = float(lam)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -78,13 +76,12 @@ class HierarchyModule(L.LightningModule):
         self.regularizer = None if dist == NO_DISTANCE else CPCCLoss(hierarchy, dist, **options)
         eval_methods = {"cpcc": ("l2", {}) if dist == NO_DISTANCE else (dist, options)}
         eval_methods["cpcc_l2"] = ("l2", {})
-        self.level_keys = level_keys(hierarchy, level_names)
+        keys = level_keys(hierarchy, level_names)
         tree_dist = hierarchy.tree_distances()
         k = min(top_k, hierarchy.num_classes)
-        self.top_k = k
         for split in ("train", "val", "test"):
             metrics: dict[str, nn.Module] = {
-                f"acc_{self.level_keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1])
+                f"acc_{keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1])
                 for lvl in hierarchy.levels
             }
             if split != "train":
