@@ -7,6 +7,11 @@ one ``torch.cdist(z, z)`` forward + backward. Prints a markdown table.
 
     python scripts/bench_cpcc.py                       # CPU, B = 128 512 1024, 100 classes
     python scripts/bench_cpcc.py --device cuda --sizes 1024 2048 4096 --classes 1000 --no-loop
+    python scripts/bench_cpcc.py --sizes 1024 2048 4096 --no-loop --methods fastft --route sparse
+
+``--route`` forces how ``fastft`` computes its sample distances (``hierot.distances.pairwise``):
+``auto`` picks by pair density, ``sparse`` (linear in B) and ``dense`` (one B x B GEMM) re-measure
+the crossover ``SPARSE_BELOW_DENSITY`` on another machine.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from hierot import CPCCLoss, Hierarchy
 from hierot.cpcc import pearson
+from hierot.distances import pairwise
 
 METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
 
@@ -160,7 +166,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--reg", type=float, default=5.0, help="sinkhorn reg (absolute)")
     parser.add_argument("--projections", type=int, default=50, help="swd directions")
+    parser.add_argument("--route", choices=["auto", "sparse", "dense"], default="auto")
     args = parser.parse_args()
+
+    if args.route == "sparse":
+        pairwise.DENSE_MAX_ENTRIES = 0
+    elif args.route == "dense":
+        pairwise.SPARSE_BELOW_DENSITY = 0.0
+        pairwise.DENSE_MAX_ENTRIES = 2**62
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,7 +194,8 @@ def main() -> None:
     print(
         f"# CPCC loss forward+backward, float32, d={args.dim}, labels uniform over "
         f"{args.classes} classes, device={name}, torch threads={torch.get_num_threads()}; "
-        f"sinkhorn reg={args.reg}, swd L={args.projections}; median ms"
+        f"sinkhorn reg={args.reg}, swd L={args.projections}; pair-distance route {args.route}; "
+        "median ms"
     )
     print()
     print(

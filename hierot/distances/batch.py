@@ -7,6 +7,8 @@ from functools import cached_property
 
 import torch
 
+from hierot.distances.pairwise import euclidean_distances
+
 
 @dataclass(frozen=True)
 class ClassBatch:
@@ -37,14 +39,8 @@ class ClassBatch:
 
     @cached_property
     def sample_distances(self) -> torch.Tensor:
-        """(B, B) Euclidean distances between samples, with gradient.
-
-        One matmul-based ``cdist`` is far faster than gathering per-pair differences; the
-        batch mean is removed first (distances are translation invariant) so float32
-        cancellation in ``|x|^2 + |y|^2 - 2 x.y`` stays small.
-        """
-        zc = self.z - self.z.mean(0, keepdim=True).detach()
-        return torch.cdist(zc, zc)
+        """(B, B) Euclidean distances between samples, with gradient."""
+        return euclidean_distances(self.z)
 
     def pair_cost_matrices(self) -> torch.Tensor:
         """(P, N, N) ground costs between the samples of each pair's classes, with gradient,

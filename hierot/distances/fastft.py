@@ -6,6 +6,7 @@ import torch
 
 from hierot.distances.batch import ClassBatch
 from hierot.distances.coupling import monotone_coupling
+from hierot.distances.pairwise import pair_distances
 from hierot.distances.registry import register_distance
 
 
@@ -18,6 +19,6 @@ def fastft_distance(batch: ClassBatch) -> torch.Tensor:
     pair, r, s, mass = monotone_coupling(batch.counts[pa], batch.counts[pb], batch.z.dtype)
     i = batch.members[pa[pair], r]
     j = batch.members[pb[pair], s]
-    cost = batch.sample_distances[i, j]
+    cost = pair_distances(batch.z, i, j)
     out = torch.zeros(batch.num_pairs, dtype=cost.dtype, device=cost.device)
     return out.index_add(0, pair, mass * cost)
