@@ -102,11 +102,30 @@ class HierarchyModule(L.LightningModule):
         z = self.backbone(x)
         return z, self.head(z)
 
+    def _global_batch(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of every rank's batch, rank 0's first; gradients flow back to
+        each rank's own slice. A no-op on one process.
+
+        Every rank then computes the same regularizer on the same global batch: the gather's
+        backward sums the W identical gradients of a slice, and DDP's averaging of parameter
+        gradients divides by W again, so the result is the global batch's gradient.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return z, y
+        # all_gather needs equal shapes: pad every rank to the largest batch, then drop it.
+        sizes = self.all_gather(torch.tensor(y.numel(), device=y.device)).reshape(-1)
+        pad = int(sizes.max()) - y.numel()
+        zs = self.all_gather(F.pad(z, (0, 0, 0, pad)), sync_grads=True)  # (W, n, d)
+        ys = self.all_gather(F.pad(y, (0, pad)))
+        real = torch.arange(zs.shape[1], device=y.device) < sizes[:, None]
+        return zs[real], ys[real]
+
     def _losses(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
         ce = F.cross_entropy(logits, y)
         if self.regularizer is None or self.lam == 0:
             return ce, ce, None
-        reg = self.regularizer(z, y)
+        reg = self.regularizer(*self._global_batch(z, y))
         return ce + self.lam * reg, ce, reg
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
