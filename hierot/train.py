@@ -14,6 +14,8 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,6 +94,7 @@ def train(cfg: DictConfig) -> float:
     metrics.update({k: v for k, v in fit_metrics.items() if k not in metrics})
     metrics.update(
         {
+            "status": "completed",
             "dist": cfg.dist.method,
             "lam": float(cfg.lam),
             "data.batch_size": int(cfg.data.batch_size),
@@ -122,6 +125,8 @@ def _run(cfg: DictConfig) -> float:
     try:
         return train(cfg)
     except USER_ERRORS as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the job as failed and the sweep goes on
         fail(e)
         raise  # unreachable
 

@@ -1,0 +1,222 @@
+"""Sweep summaries: ``summary.csv`` and ``summary.png`` in a Hydra multirun directory.
+
+The summary is rebuilt from the files each job leaves in its own directory (``metrics.json``
+and Hydra's ``.hydra/overrides.yaml`` / ``.hydra/config.yaml``), never from in-process
+return values, so it works the same for local jobs and for jobs a launcher such as
+``submitit_slurm`` ran on other machines. ``SweepSummary`` (a Hydra callback, enabled in
+``conf/train.yaml``) rebuilds it after every job and at the end of the sweep; a job that
+failed is a row with its status and error, not a lost sweep.
+
+    python -m hierot.sweep multirun/2026-11-23/10-00-00     # rebuild by hand
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from hierot.errors import user_message
+from hierot.report import write_metrics
+
+log = logging.getLogger(__name__)
+
+# Columns every row has, after ``job``, ``status`` and the job's command-line overrides.
+SETTINGS = ["dist", "lam", "data.batch_size", "seed", "backbone"]
+METRICS = ["test/cpcc", "test/cpcc_l2"]
+TAIL = ["test/mistake_severity", "fit_seconds", "error"]
+OVERRIDE = "override:"  # row keys of command-line overrides; the CSV header drops it
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _settings(config: Mapping[str, Any] | None) -> dict[str, object]:
+    """The summary's setting columns read off a job's composed config."""
+    if not isinstance(config, Mapping):
+        return {}
+    dist = config.get("dist") or {}
+    data = config.get("data") or {}
+    backbone = config.get("backbone") or {}
+    return {
+        "dist": dist.get("method") if isinstance(dist, Mapping) else None,
+        "lam": config.get("lam"),
+        "data.batch_size": data.get("batch_size") if isinstance(data, Mapping) else None,
+        "seed": config.get("seed"),
+        "backbone": backbone.get("name") if isinstance(backbone, Mapping) else None,
+    }
+
+
+def job_row(job_dir: Path) -> dict[str, object] | None:
+    """One job's row, or None if ``job_dir`` is not a Hydra job directory."""
+    overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
+    if not isinstance(overrides, list):
+        return None
+    row: dict[str, object] = {"job": job_dir.name}
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        row[OVERRIDE + key.lstrip("+~")] = value
+    row.update(_settings(_read_yaml(job_dir / ".hydra" / "config.yaml")))
+    try:
+        metrics = json.loads((job_dir / "metrics.json").read_text())
+    except FileNotFoundError:
+        # Started but never finished: still running, killed, or out of time on a cluster.
+        metrics = {"status": "not finished"}
+    except (OSError, json.JSONDecodeError) as e:
+        metrics = {"status": "unreadable", "error": f"metrics.json: {e}"}
+    row.update(metrics)
+    row.setdefault("status", "completed")
+    return row
+
+
+def collect(sweep_dir: Path) -> list[dict[str, object]]:
+    """Rows of every job directory directly under ``sweep_dir``, in job-number order."""
+    dirs = [d for d in sweep_dir.iterdir() if d.is_dir()]
+    dirs.sort(key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    return [row for d in dirs if (row := job_row(d)) is not None]
+
+
+def columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
+    """``job``, ``status``, the swept overrides (those whose value differs between jobs, or
+    every override of a one-job sweep), the settings, TestCPCC, accuracies, the rest."""
+    overrides: dict[str, None] = {}
+    for row in rows:
+        overrides.update(dict.fromkeys(k for k in row if k.startswith(OVERRIDE)))
+    swept = [
+        k
+        for k in overrides
+        if k[len(OVERRIDE) :] not in SETTINGS
+        and (len(rows) == 1 or len({str(r.get(k)) for r in rows}) > 1)
+    ]
+    accuracies = sorted({k for row in rows for k in row if k.startswith("test/acc_")})
+    return ["job", "status", *swept, *SETTINGS, *METRICS, *accuracies, *TAIL]
+
+
+def _header(name: str) -> str:
+    return name[len(OVERRIDE) :] if name.startswith(OVERRIDE) else name
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+    names = columns(rows)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
+        writer.writerow({n: _header(n) for n in names})
+        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    # Jobs on a cluster may finish together: each writes whole files, the last one wins.
+    os.replace(tmp, path)
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def plot(path: Path, rows: Sequence[Mapping[str, object]]) -> bool:
+    """TestCPCC against lambda, one line per (batch size, distance); False if nothing to plot."""
+    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for row in rows:
+        lam, cpcc = _number(row.get("lam")), _number(row.get("test/cpcc"))
+        if row.get("status") != "completed" or lam is None or cpcc is None:
+            continue
+        key = (str(row.get("data.batch_size")), str(row.get("dist")))
+        lines.setdefault(key, []).append((lam, cpcc))
+    if not lines:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for (batch, dist), points in sorted(lines.items()):
+        # Several seeds of one setting: plot their mean.
+        by_lam: dict[float, list[float]] = {}
+        for lam, cpcc in points:
+            by_lam.setdefault(lam, []).append(cpcc)
+        xs = sorted(by_lam)
+        ys = [sum(by_lam[x]) / len(by_lam[x]) for x in xs]
+        ax.plot(xs, ys, marker="o", label=f"{dist}, batch {batch}")
+    lams = sorted({lam for pts in lines.values() for lam, _ in pts})
+    if lams[0] > 0 and lams[-1] / lams[0] >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel("lambda")
+    ax.set_ylabel("TestCPCC (test/cpcc)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, object]]:
+    """Write ``summary.csv`` (and ``summary.png`` when a job completed) into ``sweep_dir``."""
+    rows = collect(sweep_dir)
+    write_csv(sweep_dir / "summary.csv", rows)
+    plot(sweep_dir / "summary.png", rows)
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: records failed jobs and keeps the sweep's summary current."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        job_dir = Path(config.hydra.runtime.output_dir)
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value
+            message = user_message(error) if isinstance(error, BaseException) else str(error)
+            write_metrics(
+                job_dir / "metrics.json",
+                {"status": "failed", "error": f"{type(error).__name__}: {message}"},
+            )
+        try:
+            write_summary(Path(config.hydra.sweep.dir))
+        except OSError as e:  # a summary problem must not fail the job
+            log.warning("sweep summary not written: %s", e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        done = sum(r.get("status") == "completed" for r in rows)
+        print(
+            f"sweep summary: {sweep_dir / 'summary.csv'} ({done} of {len(rows)} jobs completed)",
+            flush=True,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        print("usage: python -m hierot.sweep SWEEP_DIR", file=sys.stderr)
+        sys.exit(2)
+    rows = write_summary(Path(args[0]))
+    print(f"{Path(args[0]) / 'summary.csv'}: {len(rows)} jobs")
+
+
+if __name__ == "__main__":
+    main()
