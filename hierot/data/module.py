@@ -88,6 +88,10 @@ class HierarchyDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, train=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split (``hierot.evaluate`` collects its features)."""
+        return self.test_dataloader()
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         if images.dtype == torch.uint8:

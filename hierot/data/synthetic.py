@@ -267,5 +267,5 @@ class SyntheticDataModule(HierarchyDataModule):
             self.train_set = self._split("train")
         if stage in (None, "fit", "validate"):
             self.val_set = self._split("val")
-        if stage in (None, "test"):
+        if stage in (None, "test", "predict"):
             self.test_set = self._split("test")

@@ -173,6 +173,15 @@ class HierarchyModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
 
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """Features, logits and labels of a batch, in float32 (what ``hierot.evaluate``
+        collects)."""
+        x, y = batch
+        z, logits = self(x)
+        return {"z": z.float(), "logits": logits.float(), "y": y}
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:

@@ -1,0 +1,167 @@
+"""Evaluate a checkpoint: ``python -m hierot.evaluate ckpt=PATH [data overrides]``.
+
+Collects the test split's features and logits, writes ``metrics.json`` (TestCPCC under every
+distance, accuracy at every level, top-k, mistake severity, AHD@k, retrieval mAP at every
+level) and two figures into its run directory (``evaluations/<date>/<time>/``):
+``dendrograms.png`` (label tree next to the learned class distances) and ``embedding.png``
+(test features on two principal components, colored by coarse class).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from hierot.config import CONFIG_DIR, build, one_line
+from hierot.cpcc import _present_tree_distances
+from hierot.data import HierarchyDataModule
+from hierot.distances import check_options, class_distances
+from hierot.errors import ConfigError
+from hierot.evaluation import evaluate_features
+from hierot.figures import embedding_figure, tree_and_learned_dendrograms
+from hierot.models import HierarchyModule
+from hierot.models.module import NO_DISTANCE, level_keys
+from hierot.report import format_table, write_metrics
+from hierot.train import USER_ERRORS, fail
+
+GROUPS = ("data", "backbone")
+
+
+def run_config(ckpt: Path) -> DictConfig | None:
+    """The training run's saved config, when the checkpoint sits in ``<run>/checkpoints/``."""
+    path = ckpt.resolve().parent.parent / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
+
+
+def resolve_groups(cfg: DictConfig, overrides: list[str], saved: DictConfig | None) -> None:
+    """Give ``data`` and ``backbone`` the training run's values unless the command line
+    chose another option of the group; its dotted overrides apply on top either way."""
+    for group in GROUPS:
+        chosen = any(o.split("=", 1)[0].lstrip("+~") == group for o in overrides)
+        if chosen or saved is None or group not in saved:
+            continue
+        dotted = [o.lstrip("+") for o in overrides if o.lstrip("+~").startswith(f"{group}.")]
+        node = OmegaConf.merge(saved[group], OmegaConf.from_dotlist(dotted).get(group, {}))
+        cfg[group] = node
+
+
+def load_model(cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyModule:
+    ckpt = Path(str(cfg.ckpt))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ConfigError(f"ckpt: {ckpt} is not a hierot (Lightning) checkpoint")
+    hparams = state.get("hyper_parameters", {})
+    model = HierarchyModule(
+        backbone=build(cfg.backbone, "backbone"),
+        hierarchy=datamodule.hierarchy,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.0),  # never used
+        dist=hparams.get("dist", "l2"),
+        dist_options=hparams.get("dist_options", {}),
+        level_names=datamodule.level_names,
+    )
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as e:
+        detail = one_line(e).split(":", 1)[-1].strip()[:300]
+        raise ConfigError(
+            f"ckpt: {ckpt} does not fit backbone={cfg.backbone.name} with "
+            f"{datamodule.hierarchy.num_classes} classes of data ({detail})"
+        ) from None
+    return model
+
+
+def evaluate(cfg: DictConfig) -> dict[str, object]:
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt: no such checkpoint: {ckpt}")
+    for method, options in cfg.distances.items():
+        try:
+            check_options(str(method), OmegaConf.to_container(options))  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(f"distances.{method}: {e}") from None
+    out = Path(cfg.output_dir)
+    datamodule = build(cfg.data, "data")
+    model = load_model(cfg, datamodule)
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1,  # features of the whole split in one process
+        precision=cfg.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.enable_progress_bar,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    batches = trainer.predict(model, datamodule=datamodule)
+    z = torch.cat([b["z"] for b in batches])  # type: ignore[index]
+    logits = torch.cat([b["logits"] for b in batches])  # type: ignore[index]
+    y = torch.cat([b["y"] for b in batches])  # type: ignore[index]
+
+    hierarchy = datamodule.hierarchy
+    names = level_keys(hierarchy, datamodule.level_names)
+    distances = OmegaConf.to_container(cfg.distances, resolve=True)
+    metrics: dict[str, object] = evaluate_features(
+        z,
+        logits,
+        y,
+        hierarchy,
+        names,
+        distances,
+        cfg.top_k,
+        list(cfg.ahd_k),  # type: ignore[arg-type]
+    )
+    run_dist = model.hparams.get("dist", "l2")
+    method = "l2" if run_dist == NO_DISTANCE else run_dist
+    metrics["test/cpcc"] = metrics.get(f"test/cpcc_{method}")
+    metrics.update({"checkpoint": str(ckpt), "dist": run_dist, "test_samples": int(y.numel())})
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.figures:
+        write_figures(out, z, y, hierarchy, method, distances.get(method, {}), names)  # type: ignore[union-attr]
+    write_metrics(out / "metrics.json", metrics)
+    print(format_table(metrics), flush=True)
+    print(f"outputs: {out}", flush=True)
+    return metrics
+
+
+def write_figures(out, z, y, hierarchy, method, options, names) -> None:
+    classes, learned = class_distances(z, y, method, **options)
+    tree = _present_tree_distances(classes, hierarchy.tree_distances(), learned.numel())
+    leaf_names = [hierarchy.leaves[int(c)] for c in classes]
+    if len(leaf_names) >= 3:
+        tree_and_learned_dendrograms(
+            tree, learned, leaf_names, out / "dendrograms.png", f"learned ({method}) distances"
+        )
+    top = min(hierarchy.levels)
+    group_names, fine_to_top = hierarchy.level_map(top)
+    embedding_figure(
+        z, fine_to_top.to(y.device)[y], group_names, out / "embedding.png",
+        f"test features, colored by {names[top]}",
+    )  # fmt: skip
+
+
+@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+def _run(cfg: DictConfig) -> None:
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+        if OmegaConf.is_missing(cfg, "ckpt"):
+            raise ConfigError("ckpt: give the checkpoint to evaluate, ckpt=PATH")
+        resolve_groups(cfg, overrides, run_config(Path(str(cfg.ckpt))))
+        evaluate(cfg)
+    except USER_ERRORS as e:
+        fail(e)
+
+
+def main() -> None:
+    if not (CONFIG_DIR / "evaluate.yaml").is_file():  # pragma: no cover - packaging error
+        sys.exit("hierot: error: evaluate.yaml missing from the installed package")
+    _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Metrics of a trained model's test features: TestCPCC under every distance, accuracy at
+every level, top-k, mistake severity, average hierarchical distance@k, retrieval mAP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from hierot.cpcc import cpcc
+from hierot.hierarchy import Hierarchy
+from hierot.metrics import LevelAccuracy, MistakeSeverity
+
+
+def average_hierarchical_distance(
+    logits: torch.Tensor, target: torch.Tensor, tree_dist: torch.Tensor, k: int
+) -> torch.Tensor:
+    """AHD@k: the tree distance between the true class and each of the k highest-scoring
+    classes, averaged over the k and over the samples (a correct top-1 counts 0).
+
+    Args:
+        logits: (N, K) scores; target: (N,) classes; tree_dist: (K, K).
+    """
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return tree_dist.to(logits.device)[target[:, None], top].float().mean()
+
+
+def retrieval_map(z: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Mean average precision of leave-one-out retrieval: every sample queries all the others
+    ranked by Euclidean distance, and the relevant ones share its label. Queries with no
+    relevant item are left out.
+
+    Args:
+        z: (N, d) features; labels: (N,) integer labels (fine classes or coarse concepts).
+    """
+    n = z.shape[0]
+    if n < 2:
+        return torch.tensor(0.0)
+    total, counted = torch.zeros((), dtype=torch.float64), 0
+    ranks = torch.arange(1, n, device=z.device, dtype=torch.float64)
+    # Query blocks bound memory at chunk x N; the loop is over blocks, not samples.
+    for start in range(0, n, chunk):
+        q = torch.arange(start, min(start + chunk, n), device=z.device)
+        dist = torch.cdist(z[q], z)
+        dist[torch.arange(q.numel(), device=z.device), q] = float("inf")  # not itself
+        order = dist.argsort(dim=1)[:, : n - 1]
+        relevant = (labels[order] == labels[q, None]).double()
+        hits = relevant.sum(1)
+        precision = relevant.cumsum(1) / ranks
+        ap = (precision * relevant).sum(1) / hits.clamp_min(1)
+        total += ap[hits > 0].sum().cpu()
+        counted += int((hits > 0).sum())
+    return (total / max(counted, 1)).float()
+
+
+def evaluate_features(
+    z: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    hierarchy: Hierarchy,
+    level_names: Mapping[int, str],
+    distances: Mapping[str, Mapping[str, object]],
+    top_k: int = 5,
+    ahd_k: Sequence[int] = (1, 5),
+    prefix: str = "test/",
+) -> dict[str, float]:
+    """Every metric of one split, as ``{prefix + name: value}``.
+
+    Args:
+        z: (N, d) features; logits: (N, K); target: (N,) fine classes.
+        level_names: ``{level: name}`` (``hierot.models.level_keys``), ``fine`` the deepest.
+        distances: ``{method: options}``; each gives ``cpcc_<method>``.
+    """
+    tree_dist = hierarchy.tree_distances().to(z.device)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for method, options in distances.items():
+            out[f"cpcc_{method}"] = cpcc(z, target, tree_dist, method, **options)
+        for level in hierarchy.levels:
+            fine_to_level = hierarchy.level_map(level)[1].to(z.device)
+            name = level_names[level]
+            accuracy = LevelAccuracy(fine_to_level).to(z.device)
+            out[f"acc_{name}"] = accuracy(logits, target)
+            out[f"map_{name}"] = retrieval_map(z, fine_to_level[target])
+        k = min(top_k, hierarchy.num_classes)
+        top = MulticlassAccuracy(hierarchy.num_classes, top_k=k, average="micro").to(z.device)
+        out[f"acc_top{k}"] = top(logits, target)
+        out["mistake_severity"] = MistakeSeverity(tree_dist).to(z.device)(logits, target)
+        for k in ahd_k:
+            out[f"ahd@{k}"] = average_hierarchical_distance(logits, target, tree_dist, k)
+    return {prefix + name: float(value) for name, value in out.items()}

@@ -1,0 +1,134 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hierot.config import compose_config
+from hierot.evaluation import average_hierarchical_distance, retrieval_map
+from hierot.figures import embedding_2d
+from hierot.train import train
+
+TINY = [
+    "data.train_per_class=4",
+    "data.val_per_class=2",
+    "data.test_per_class=3",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def reference_map(z, labels):
+    """Leave-one-out retrieval mAP, one query at a time in plain Python."""
+    aps = []
+    for q in range(len(z)):
+        others = [i for i in range(len(z)) if i != q]
+        others.sort(key=lambda i: float((z[i] - z[q]).norm()))
+        relevant = [labels[i] == labels[q] for i in others]
+        if not any(relevant):
+            continue
+        hits, precisions = 0, []
+        for rank, rel in enumerate(relevant, start=1):
+            if rel:
+                hits += 1
+                precisions.append(hits / rank)
+        aps.append(sum(precisions) / len(precisions))
+    return sum(aps) / len(aps)
+
+
+def test_retrieval_map_matches_a_per_query_loop():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (37,), generator=g)
+    z = torch.randn(37, 4, generator=g, dtype=torch.float64) + labels[:, None].double()
+    labels[0] = 9  # a query with nothing relevant is left out
+    got = float(retrieval_map(z, labels, chunk=8))  # several query blocks
+    assert got == pytest.approx(reference_map(z, labels.tolist()), abs=1e-6)
+    assert 0.3 < got < 1.0
+
+
+def test_retrieval_map_of_separated_classes_is_one():
+    z = torch.tensor([[0.0], [0.1], [5.0], [5.1], [5.2]])
+    assert float(retrieval_map(z, torch.tensor([0, 0, 1, 1, 1]))) == pytest.approx(1.0)
+    z = torch.tensor([[0.0], [3.0], [2.0]])
+    # query 0: ranks 2.0 (label 1, irrelevant) then 3.0 (label 0): AP = 1/2
+    # query 3.0: ranks 2.0 (irrelevant) then 0.0: AP = 1/2; query 2.0: nothing relevant
+    assert float(retrieval_map(z, torch.tensor([0, 0, 1]))) == pytest.approx(0.5)
+
+
+def test_average_hierarchical_distance_by_hand():
+    tree = torch.tensor([[0.0, 2, 4], [2, 0, 4], [4, 4, 0]])
+    logits = torch.tensor([[3.0, 2, 1], [1.0, 2, 3]])
+    target = torch.tensor([0, 1])
+    # top-1: class 0 (right, 0) and class 2 (t(1, 2) = 4)
+    assert float(average_hierarchical_distance(logits, target, tree, 1)) == 2.0
+    # top-2: {0, 1} -> 0, 2 and {2, 1} -> 4, 0: mean 6 / 4
+    assert float(average_hierarchical_distance(logits, target, tree, 2)) == 1.5
+
+
+def test_embedding_is_the_two_leading_principal_components():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(200, 5, generator=g) * torch.tensor([10.0, 0.1, 3.0, 0.1, 0.1])
+    xy = embedding_2d(z)
+    assert xy.shape == (200, 2)
+    # the spread along the embedding axes is that of dimensions 0 and 2
+    assert float(xy[:, 0].std()) == pytest.approx(float(z[:, 0].std()), rel=0.05)
+    assert float(xy[:, 1].std()) == pytest.approx(float(z[:, 2].std()), rel=0.1)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(compose_config([*TINY, f"output_dir={out}"]))
+    return out
+
+
+def evaluate(tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "hierot.evaluate", *args, f"hydra.run.dir={tmp_path / 'eval'}",
+         "enable_progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_evaluate_reproduces_the_runs_test_metrics_and_adds_the_rest(trained_run, tmp_path):
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    run = evaluate(tmp_path, f"ckpt={trained['best_checkpoint']}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # data and backbone came from the run's config.yaml; same checkpoint, same test split
+    for key in ("test/acc_fine", "test/acc_palette", "test/acc_shape", "test/acc_top5",
+                "test/mistake_severity", "test/cpcc", "test/cpcc_l2"):  # fmt: skip
+        assert got[key] == pytest.approx(trained[key], abs=1e-4), key
+    assert got["test/cpcc_fastft"] == got["test/cpcc"]  # the run's distance
+    for method in ("emd", "sinkhorn", "swd"):
+        assert -1 <= got[f"test/cpcc_{method}"] <= 1
+    for key in ("test/ahd@1", "test/ahd@5", "test/map_fine", "test/map_palette",
+                "test/map_shape"):  # fmt: skip
+        assert key in got, key
+    assert got["test/ahd@1"] == pytest.approx(
+        (1 - got["test/acc_fine"]) * got["test/mistake_severity"], abs=1e-4
+    )  # AHD@1 is the severity spread over all samples
+    assert got["test_samples"] == 24 * 3
+    for figure in ("dendrograms.png", "embedding.png"):
+        assert (tmp_path / "eval" / figure).stat().st_size > 10_000, figure
+
+
+def test_evaluate_errors_are_one_line(trained_run, tmp_path):
+    run = evaluate(tmp_path, f"ckpt={tmp_path / 'missing.ckpt'}")
+    assert run.returncode == 2
+    assert (
+        run.stderr.strip()
+        == f"hierot: error: ckpt: no such checkpoint: {tmp_path / 'missing.ckpt'}"
+    )
+    run = evaluate(tmp_path)
+    assert run.returncode == 2 and "ckpt: give the checkpoint" in run.stderr
+    # another backbone than the one trained: named, not a traceback
+    last = trained_run / "checkpoints" / "last.ckpt"
+    run = evaluate(tmp_path, f"ckpt={last}", "backbone=resnet34")
+    assert run.returncode == 2
+    assert "does not fit backbone=resnet34" in run.stderr
+    assert "Traceback" not in run.stderr
