@@ -18,7 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hierot.config import CONFIG_DIR, build, one_line
+from hierot.config import build, one_line
 from hierot.cpcc import _present_tree_distances
 from hierot.data import HierarchyDataModule
 from hierot.distances import check_options, class_distances
@@ -28,7 +28,7 @@ from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.models import HierarchyModule
 from hierot.models.module import NO_DISTANCE, level_keys
 from hierot.report import format_table, write_metrics
-from hierot.train import USER_ERRORS, fail
+from hierot.train import HYDRA_FLAGS, USER_ERRORS, fail
 
 GROUPS = ("data", "backbone")
 
@@ -77,9 +77,7 @@ def load_model(cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyMod
 
 
 def evaluate(cfg: DictConfig) -> dict[str, object]:
-    ckpt = Path(str(cfg.ckpt)).expanduser()
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt: no such checkpoint: {ckpt}")
+    ckpt = check_ckpt(str(cfg.ckpt))
     for method, options in cfg.distances.items():
         try:
             check_options(str(method), OmegaConf.to_container(options))  # type: ignore[arg-type]
@@ -149,17 +147,31 @@ def write_figures(out, z, y, hierarchy, method, options, names) -> None:
 def _run(cfg: DictConfig) -> None:
     try:
         overrides = list(HydraConfig.get().overrides.task)
-        if OmegaConf.is_missing(cfg, "ckpt"):
-            raise ConfigError("ckpt: give the checkpoint to evaluate, ckpt=PATH")
+        check_ckpt(None if OmegaConf.is_missing(cfg, "ckpt") else str(cfg.ckpt))
         resolve_groups(cfg, overrides, run_config(Path(str(cfg.ckpt))))
         evaluate(cfg)
     except USER_ERRORS as e:
         fail(e)
 
 
+def check_ckpt(value: str | None) -> Path:
+    if value is None or value in ("", "???"):
+        raise ConfigError("ckpt: give the checkpoint to evaluate, ckpt=PATH")
+    ckpt = Path(value).expanduser()
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt: no such checkpoint: {ckpt}")
+    return ckpt
+
+
 def main() -> None:
-    if not (CONFIG_DIR / "evaluate.yaml").is_file():  # pragma: no cover - packaging error
-        sys.exit("hierot: error: evaluate.yaml missing from the installed package")
+    """Check ``ckpt=`` before Hydra creates the run directory, then hand over to Hydra."""
+    args = sys.argv[1:]
+    if not HYDRA_FLAGS.intersection(args):
+        given = [a.split("=", 1)[1] for a in args if a.startswith("ckpt=")]
+        try:
+            check_ckpt(given[-1] if given else None)
+        except ConfigError as e:
+            fail(e)
     _run()
 
 

@@ -132,7 +132,7 @@ def _run(cfg: DictConfig) -> float:
 
 
 # Flags after which Hydra prints something instead of training: nothing to check first.
-_HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
+HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
                 "-sc", "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
                 "--resolve", "-p", "--package", "--experimental-rerun"}  # fmt: skip
 
@@ -141,7 +141,7 @@ def main() -> None:
     """Check the command line's config first, so that a bad value costs one line and leaves
     no run directory; then hand over to Hydra (runs, multiruns, sweepers, ``--cfg``...)."""
     args = sys.argv[1:]
-    if not _HYDRA_FLAGS.intersection(args):
+    if not HYDRA_FLAGS.intersection(args):
         overrides = [a for a in args if a not in ("-m", "--multirun")]
         try:
             cfg = compose_config(first_of_sweeps(overrides))

@@ -126,6 +126,7 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     )
     run = evaluate(tmp_path)
     assert run.returncode == 2 and "ckpt: give the checkpoint" in run.stderr
+    assert not (tmp_path / "eval").exists()  # refused before Hydra made a run directory
     # another backbone than the one trained: named, not a traceback
     last = trained_run / "checkpoints" / "last.ckpt"
     run = evaluate(tmp_path, f"ckpt={last}", "backbone=resnet34")
