@@ -30,7 +30,7 @@ def pearson(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return torch.where(valid, r, r * 0), valid
 
 
-def _present_tree_distances(
+def present_tree_distances(
     classes: torch.Tensor, tree_dist: torch.Tensor, num_pairs: int
 ) -> torch.Tensor:
     k = classes.numel()
@@ -57,7 +57,7 @@ def cpcc_with_validity(
     if tree_dist.dim() != 2 or tree_dist.shape[0] != tree_dist.shape[1]:
         raise ValueError(f"tree distances must be (K, K), got shape {tuple(tree_dist.shape)}")
     classes, dist = class_distances(z, y, method, **options)
-    t = _present_tree_distances(classes, tree_dist, dist.numel())
+    t = present_tree_distances(classes, tree_dist, dist.numel())
     return pearson(dist, t)
 
 

@@ -10,6 +10,7 @@ level) and two figures into its run directory (``evaluations/<date>/<time>/``):
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -19,12 +20,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from hierot.config import build, one_line
-from hierot.cpcc import _present_tree_distances
+from hierot.cpcc import cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
 from hierot.distances import check_options, class_distances
 from hierot.errors import ConfigError
 from hierot.evaluation import evaluate_features
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
+from hierot.hierarchy import Hierarchy
 from hierot.models import HierarchyModule
 from hierot.models.module import NO_DISTANCE, level_keys
 from hierot.report import format_table, write_metrics
@@ -114,22 +116,39 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         cfg.top_k,
         list(cfg.ahd_k),  # type: ignore[arg-type]
     )
+    # test/cpcc as training defines it: the run's distance with the run's options (which
+    # may differ from the shared options of the cpcc_<method> columns).
     run_dist = model.hparams.get("dist", "l2")
-    method = "l2" if run_dist == NO_DISTANCE else run_dist
-    metrics["test/cpcc"] = metrics.get(f"test/cpcc_{method}")
+    method, options = (
+        ("l2", {}) if run_dist == NO_DISTANCE else (run_dist, model.hparams.get("dist_options", {}))
+    )
+    if distances.get(method) == options:  # type: ignore[union-attr]
+        metrics["test/cpcc"] = metrics[f"test/cpcc_{method}"]
+    else:
+        metrics["test/cpcc"] = float(cpcc(z, y, hierarchy.tree_distances(), method, **options))
     metrics.update({"checkpoint": str(ckpt), "dist": run_dist, "test_samples": int(y.numel())})
     out.mkdir(parents=True, exist_ok=True)
     if cfg.figures:
-        write_figures(out, z, y, hierarchy, method, distances.get(method, {}), names)  # type: ignore[union-attr]
+        write_figures(out, z, y, hierarchy, method, options, names)
     write_metrics(out / "metrics.json", metrics)
     print(format_table(metrics), flush=True)
     print(f"outputs: {out}", flush=True)
     return metrics
 
 
-def write_figures(out, z, y, hierarchy, method, options, names) -> None:
+def write_figures(
+    out: Path,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    hierarchy: Hierarchy,
+    method: str,
+    options: Mapping[str, object],
+    names: Mapping[int, str],
+) -> None:
+    """``dendrograms.png`` (label tree next to the run's distances between the test classes)
+    and ``embedding.png`` (features colored by top-level class) in ``out``."""
     classes, learned = class_distances(z, y, method, **options)
-    tree = _present_tree_distances(classes, hierarchy.tree_distances(), learned.numel())
+    tree = present_tree_distances(classes, hierarchy.tree_distances(), learned.numel())
     leaf_names = [hierarchy.leaves[int(c)] for c in classes]
     if len(leaf_names) >= 3:
         tree_and_learned_dendrograms(

@@ -133,3 +133,17 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     assert run.returncode == 2
     assert "does not fit backbone=resnet34" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_test_cpcc_uses_the_runs_own_distance_options(tmp_path):
+    out = tmp_path / "run"
+    train(compose_config([*TINY, "dist=sinkhorn", "dist.options.reg=0.3", f"output_dir={out}"]))
+    trained = json.loads((out / "metrics.json").read_text())
+    run = evaluate(tmp_path, f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "figures=false")
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert got["dist"] == "sinkhorn"
+    # reg=0.3 as trained, while the shared cpcc_sinkhorn column uses conf/evaluate.yaml's reg=1
+    assert got["test/cpcc"] == pytest.approx(trained["test/cpcc"], abs=1e-4)
+    assert got["test/cpcc"] != got["test/cpcc_sinkhorn"]
+    assert not (tmp_path / "eval" / "dendrograms.png").exists()
