@@ -53,8 +53,7 @@ def resolve_groups(cfg: DictConfig, overrides: list[str], saved: DictConfig | No
         cfg[group] = node
 
 
-def load_model(cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyModule:
-    ckpt = Path(str(cfg.ckpt))
+def load_model(ckpt: Path, cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyModule:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ConfigError(f"ckpt: {ckpt} is not a hierot (Lightning) checkpoint")
@@ -87,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
             raise ConfigError(f"distances.{method}: {e}") from None
     out = Path(cfg.output_dir)
     datamodule = build(cfg.data, "data")
-    model = load_model(cfg, datamodule)
+    model = load_model(ckpt, cfg, datamodule)
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=1,  # features of the whole split in one process

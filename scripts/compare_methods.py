@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -33,18 +33,18 @@ def read_rows(summary: Path) -> list[dict[str, str]]:
 def mean_std(values: Sequence[float]) -> str:
     if not values:
         return "—"
-    mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.3f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.3f} ± {std:.3f}"
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def table(rows: list[dict[str, str]]) -> str:
     """Markdown table: one line per distance, mean ± sample std over its completed seeds."""
-    accuracies = sorted({k for r in rows for k in r if k.startswith("test/acc_")})
     # fine accuracy first, then coarser levels, then top-k
-    accuracies.sort(key=lambda k: (k != "test/acc_fine", "top" in k, k))
+    accuracies = sorted(
+        {k for r in rows for k in r if k.startswith("test/acc_")},
+        key=lambda k: (k != "test/acc_fine", "top" in k, k),
+    )
     metrics = [*FIRST, *accuracies, *LAST]
     methods = list(dict.fromkeys(r["dist"] for r in rows))
     methods.sort(key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
