@@ -19,9 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hierot.distances import check_options, list_distances
+from hierot.distances import check_memory, check_options, list_distances
 from hierot.errors import ConfigError, DataError
 from hierot.hierarchy import HierarchyError
+from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import list_stems
 from hierot.models.module import NO_DISTANCE
 
@@ -113,10 +114,17 @@ def _check(cfg: DictConfig) -> None:
             check_options(method, options)  # type: ignore[arg-type]
         except ValueError as e:
             raise ConfigError(f"dist.options: {e}") from None
-        if method == "sinkhorn" and _number(cfg, "dist.options.reg", 0) == 0:
-            raise ConfigError("dist.options.reg must be > 0 for sinkhorn")
     elif options:
         raise ConfigError("dist.options: dist=none takes no options")
+
+    node = cfg.get("cpcc")
+    if not isinstance(node, DictConfig):
+        raise ConfigError("cpcc: missing section (memory_mb, val_every, val_classes)")
+    try:
+        check_memory(node.get("memory_mb"))
+        check_val_cpcc(node.get("val_every"), node.get("val_classes"))
+    except ValueError as e:
+        raise ConfigError(f"cpcc.{e}" if str(e).startswith("memory_mb") else str(e)) from None
 
     name = cfg.backbone.get("name")
     if not isinstance(name, str) or not timm.is_model(name):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hierot.distances import check_options, class_distances
+from hierot.distances import (
+    DEFAULT_MEMORY_MB,
+    check_memory,
+    check_options,
+    class_distance_chunks,
+    class_distances,
+)
 from hierot.hierarchy import Hierarchy
 
 
@@ -30,9 +36,7 @@ def pearson(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return torch.where(valid, r, r * 0), valid
 
 
-def present_tree_distances(
-    classes: torch.Tensor, tree_dist: torch.Tensor, num_pairs: int
-) -> torch.Tensor:
+def _check_labels(classes: torch.Tensor, tree_dist: torch.Tensor) -> None:
     k = classes.numel()
     if k and int(classes[-1]) >= tree_dist.shape[0]:
         raise ValueError(
@@ -40,10 +44,59 @@ def present_tree_distances(
         )
     if k and int(classes[0]) < 0:
         raise ValueError(f"label {int(classes[0])} is negative")
+
+
+def present_tree_distances(
+    classes: torch.Tensor, tree_dist: torch.Tensor, num_pairs: int
+) -> torch.Tensor:
+    """(P,) tree distances of the pairs of ``classes`` in ``triu_indices`` order."""
+    _check_labels(classes, tree_dist)
+    k = classes.numel()
     a, b = torch.triu_indices(k, k, 1, device=classes.device)
     t = tree_dist.to(classes.device)[classes[a], classes[b]]
     assert t.numel() == num_pairs
     return t
+
+
+class _Moments:
+    """Running sums for a Pearson correlation over chunks, in float64 and shifted by the
+    first values (so a constant vector gives exactly zero spread)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: tuple[float, float] | None = None
+        self.sums = torch.zeros(5, dtype=torch.float64)  # x, t, xx, tt, xt
+        self.largest = torch.zeros(2, dtype=torch.float64)  # max |x|, max |t|
+
+    def add(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        x, t = x.detach().double(), t.detach().double()
+        if self.shift is None:
+            self.shift = (float(x[0]), float(t[0]))
+        xs, ts = x - self.shift[0], t - self.shift[1]
+        parts = torch.stack([xs.sum(), ts.sum(), (xs * xs).sum(), (ts * ts).sum(), (xs * ts).sum()])
+        self.sums += parts.cpu()
+        top = torch.stack([x.abs().max(), t.abs().max()]).cpu()
+        self.largest = torch.maximum(self.largest, top)
+        self.n += x.numel()
+
+    def pearson(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same as ``pearson`` of the concatenated vectors (up to rounding)."""
+        if self.n < 3:
+            return torch.tensor(0.0, dtype=dtype), torch.tensor(False)
+        sx, st, sxx, stt, sxt = self.sums.tolist()
+        n = self.n
+        var_x = max(sxx - sx * sx / n, 0.0)
+        var_t = max(stt - st * st / n, 0.0)
+        cov = sxt - sx * st / n
+        tiny = torch.finfo(dtype).tiny
+        eps = 64 * torch.finfo(dtype).eps
+        spread_x, spread_t = var_x**0.5, var_t**0.5
+        max_x, max_t = self.largest.tolist()
+        valid = spread_x > eps * max_x + tiny and spread_t > eps * max_t + tiny
+        r = cov / max(spread_x * spread_t, tiny) if valid else 0.0
+        return torch.tensor(r, dtype=dtype), torch.tensor(valid)
 
 
 def cpcc_with_validity(
@@ -51,14 +104,28 @@ def cpcc_with_validity(
     y: torch.Tensor,
     tree_dist: torch.Tensor,
     method: str = "l2",
+    memory_mb: float = DEFAULT_MEMORY_MB,
     **options: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cpcc, valid)``; see ``cpcc``. ``valid`` is a bool 0-dim tensor."""
     if tree_dist.dim() != 2 or tree_dist.shape[0] != tree_dist.shape[1]:
         raise ValueError(f"tree distances must be (K, K), got shape {tuple(tree_dist.shape)}")
-    classes, dist = class_distances(z, y, method, **options)
-    t = present_tree_distances(classes, tree_dist, dist.numel())
-    return pearson(dist, t)
+    if torch.is_grad_enabled() and z.requires_grad:
+        classes, dist = class_distances(z, y, method, memory_mb, **options)
+        t = present_tree_distances(classes, tree_dist, dist.numel())
+        return pearson(dist, t)
+    # Without a gradient nothing needs the (P,) vectors at once: a test split of 10 000
+    # classes has 5e7 pairs.
+    moments, dtype, device = _Moments(), torch.float32, z.device
+    tree = None
+    for chunk, dist in class_distance_chunks(z, y, method, memory_mb, **options):
+        if tree is None:
+            _check_labels(chunk.classes, tree_dist)
+            tree, dtype = tree_dist.to(chunk.classes.device), dist.dtype
+        t = tree[chunk.classes[chunk.pair_a], chunk.classes[chunk.pair_b]]
+        moments.add(dist, t)
+    r, valid = moments.pearson(dtype)
+    return r.to(device), valid.to(device)
 
 
 def cpcc(
@@ -66,6 +133,7 @@ def cpcc(
     y: torch.Tensor,
     tree_dist: torch.Tensor,
     method: str = "l2",
+    memory_mb: float = DEFAULT_MEMORY_MB,
     **options: object,
 ) -> torch.Tensor:
     """Pearson correlation between class distances and tree distances of the classes present.
@@ -74,11 +142,15 @@ def cpcc(
         z: (B, d) features; y: (B,) labels in ``0..K-1``.
         tree_dist: (K, K) tree distances (``Hierarchy.tree_distances()``).
         method, options: the class distance (``hierot.distances.class_distances``).
+        memory_mb: the memory budget of the class distances (``class_distances``). Without
+            a gradient the correlation is accumulated chunk by chunk, so neither the (P,)
+            distances nor the tree distances are held at once.
     Returns:
-        0-dim tensor with gradient. On a degenerate batch (fewer than 3 classes, constant
-        class or tree distances) the correlation is undefined: 0 with a zero gradient.
+        0-dim tensor, with gradient when ``z`` requires one. On a degenerate batch (fewer
+        than 3 classes, constant class or tree distances) the correlation is undefined: 0
+        with a zero gradient.
     """
-    return cpcc_with_validity(z, y, tree_dist, method, **options)[0]
+    return cpcc_with_validity(z, y, tree_dist, method, memory_mb, **options)[0]
 
 
 class CPCCLoss(nn.Module):
@@ -88,18 +160,29 @@ class CPCCLoss(nn.Module):
     Args:
         hierarchy: the label tree (its leaves are the class ids).
         method: class distance name; options: its keyword options (e.g. ``reg=0.5``).
+        memory_mb: the class distances' memory budget (``class_distances``).
     """
 
-    def __init__(self, hierarchy: Hierarchy, method: str = "l2", **options: object) -> None:
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        method: str = "l2",
+        memory_mb: float = DEFAULT_MEMORY_MB,
+        **options: object,
+    ) -> None:
         super().__init__()
         check_options(method, options)
+        check_memory(memory_mb)
         self.method = method
+        self.memory_mb = memory_mb
         self.options = dict(options)
         # Derived from the hierarchy, so it is not saved in checkpoints.
         self.register_buffer("tree_dist", hierarchy.tree_distances(), persistent=False)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        r, valid = cpcc_with_validity(z, y, self.tree_dist, self.method, **self.options)
+        r, valid = cpcc_with_validity(
+            z, y, self.tree_dist, self.method, self.memory_mb, **self.options
+        )
         return torch.where(valid, 1 - r, r * 0)
 
     def extra_repr(self) -> str:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from hierot.config import build, one_line
 from hierot.cpcc import cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
-from hierot.distances import check_options, class_distances
+from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, class_distances
 from hierot.errors import ConfigError
 from hierot.evaluation import evaluate_features
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
@@ -84,6 +84,10 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
             check_options(str(method), OmegaConf.to_container(options))  # type: ignore[arg-type]
         except ValueError as e:
             raise ConfigError(f"distances.{method}: {e}") from None
+    try:
+        check_memory(cfg.memory_mb)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     out = Path(cfg.output_dir)
     datamodule = build(cfg.data, "data")
     model = load_model(ckpt, cfg, datamodule)
@@ -114,6 +118,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         distances,
         cfg.top_k,
         list(cfg.ahd_k),  # type: ignore[arg-type]
+        memory_mb=cfg.memory_mb,
     )
     # test/cpcc as training defines it: the run's distance with the run's options (which
     # may differ from the shared options of the cpcc_<method> columns).
@@ -121,14 +126,19 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     method, options = (
         ("l2", {}) if run_dist == NO_DISTANCE else (run_dist, model.hparams.get("dist_options", {}))
     )
+    if method == "sinkhorn":
+        # checkpoints from before reg_scale existed were trained with an absolute reg
+        options = {"reg_scale": "none", **options}
     if distances.get(method) == options:  # type: ignore[union-attr]
         metrics["test/cpcc"] = metrics[f"test/cpcc_{method}"]
     else:
-        metrics["test/cpcc"] = float(cpcc(z, y, hierarchy.tree_distances(), method, **options))
+        metrics["test/cpcc"] = float(
+            cpcc(z, y, hierarchy.tree_distances(), method, cfg.memory_mb, **options)
+        )
     metrics.update({"checkpoint": str(ckpt), "dist": run_dist, "test_samples": int(y.numel())})
     out.mkdir(parents=True, exist_ok=True)
     if cfg.figures:
-        write_figures(out, z, y, hierarchy, method, options, names)
+        write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb)
     write_metrics(out / "metrics.json", metrics)
     print(format_table(metrics), flush=True)
     print(f"outputs: {out}", flush=True)
@@ -143,10 +153,11 @@ def write_figures(
     method: str,
     options: Mapping[str, object],
     names: Mapping[int, str],
+    memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> None:
     """``dendrograms.png`` (label tree next to the run's distances between the test classes)
     and ``embedding.png`` (features colored by top-level class) in ``out``."""
-    classes, learned = class_distances(z, y, method, **options)
+    classes, learned = class_distances(z, y, method, memory_mb, **options)
     tree = present_tree_distances(classes, hierarchy.tree_distances(), learned.numel())
     leaf_names = [hierarchy.leaves[int(c)] for c in classes]
     if len(leaf_names) >= 3:

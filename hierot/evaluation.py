@@ -9,6 +9,7 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import cpcc
+from hierot.distances import DEFAULT_MEMORY_MB
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import LevelAccuracy, MistakeSeverity
 
@@ -64,6 +65,7 @@ def evaluate_features(
     top_k: int = 5,
     ahd_k: Sequence[int] = (1, 5),
     prefix: str = "test/",
+    memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> dict[str, float]:
     """Every metric of one split, as ``{prefix + name: value}``.
 
@@ -71,12 +73,13 @@ def evaluate_features(
         z: (N, d) features; logits: (N, K); target: (N,) fine classes.
         level_names: ``{level: name}`` (``hierot.models.level_keys``), ``fine`` the deepest.
         distances: ``{method: options}``; each gives ``cpcc_<method>``.
+        memory_mb: the class distances' memory budget (``class_distances``).
     """
     tree_dist = hierarchy.tree_distances().to(z.device)
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for method, options in distances.items():
-            out[f"cpcc_{method}"] = cpcc(z, target, tree_dist, method, **options)
+            out[f"cpcc_{method}"] = cpcc(z, target, tree_dist, method, memory_mb, **options)
         for level in hierarchy.levels:
             fine_to_level = hierarchy.level_map(level)[1].to(z.device)
             name = level_names[level]

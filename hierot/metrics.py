@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from hierot.cpcc import cpcc
+from hierot.distances import DEFAULT_MEMORY_MB, check_memory
 
 
 class LevelAccuracy(Metric):
@@ -57,7 +58,7 @@ class MistakeSeverity(Metric):
 
     def __init__(self, tree_dist: torch.Tensor, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.register_buffer("tree_dist", tree_dist.float().clone(), persistent=False)
+        self.register_buffer("tree_dist", tree_dist.float(), persistent=False)
         self.add_state("severity", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("mistakes", default=torch.tensor(0), dist_reduce_fx="sum")
 
@@ -77,10 +78,15 @@ class SplitCPCC(Metric):
     """CPCC over every feature of a split, once per class distance in ``methods``.
 
     Keeps the (N, d) features until ``compute``; under DDP they are gathered from all ranks.
+    ``compute`` runs the class distances chunk by chunk within ``memory_mb``, so a whole
+    test split of thousands of classes is fine.
 
     Args:
         tree_dist: (K, K) tree distances.
         methods: ``{name: (method, options)}``; ``compute`` returns ``{name: cpcc}``.
+        memory_mb: the class distances' memory budget (``hierot.distances.class_distances``).
+        classes: if given, only samples of these class ids are kept (a subsample of a large
+            label set, e.g. for a validation CPCC every epoch).
     """
 
     is_differentiable = False
@@ -91,17 +97,31 @@ class SplitCPCC(Metric):
         self,
         tree_dist: torch.Tensor,
         methods: dict[str, tuple[str, dict[str, object]]],
+        memory_mb: float = DEFAULT_MEMORY_MB,
+        classes: torch.Tensor | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        self.register_buffer("tree_dist", tree_dist.float().clone(), persistent=False)
+        check_memory(memory_mb)
+        # Not a copy: at 10 000 classes the (K, K) matrix is 400 MB.
+        self.register_buffer("tree_dist", tree_dist.float(), persistent=False)
+        keep = None
+        if classes is not None:
+            keep = torch.zeros(tree_dist.shape[0], dtype=torch.bool)
+            keep[classes.long()] = True
+        self.register_buffer("keep", keep, persistent=False)
         self.methods = dict(methods)
+        self.memory_mb = memory_mb
         self.add_state("features", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, features: torch.Tensor, target: torch.Tensor) -> None:
-        self.features.append(features.detach().float())
-        self.labels.append(target.detach())
+        features, target = features.detach().float(), target.detach()
+        if self.keep is not None:
+            kept = self.keep[target]
+            features, target = features[kept], target[kept]
+        self.features.append(features)
+        self.labels.append(target)
 
     def compute(self) -> dict[str, torch.Tensor]:
         # After a DDP sync the list states are already concatenated tensors.
@@ -110,6 +130,30 @@ class SplitCPCC(Metric):
         z, y = dim_zero_cat(self.features), dim_zero_cat(self.labels)
         with torch.no_grad():
             return {
-                name: cpcc(z, y, self.tree_dist, method, **options)
+                name: cpcc(z, y, self.tree_dist, method, self.memory_mb, **options)
                 for name, (method, options) in self.methods.items()
             }
+
+
+def check_val_cpcc(every: object, max_classes: object) -> None:
+    """Raise ``ValueError`` on a bad ``val/cpcc`` schedule (``every`` epochs, ``max_classes``)."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"cpcc.val_every must be an integer >= 1, got {every!r}")
+    if max_classes is not None and (
+        isinstance(max_classes, bool) or not isinstance(max_classes, int) or max_classes < 3
+    ):
+        raise ValueError(
+            f"cpcc.val_classes must be an integer >= 3 (a CPCC needs 3 classes) or null, "
+            f"got {max_classes!r}"
+        )
+
+
+def class_subsample(
+    num_classes: int, max_classes: int | None, seed: int = 0
+) -> torch.Tensor | None:
+    """A seeded, sorted subset of ``max_classes`` of ``0..num_classes-1`` (None: all of
+    them, also when there are no more than ``max_classes``)."""
+    if max_classes is None or max_classes >= num_classes:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_classes, generator=gen)[:max_classes].sort().values

@@ -47,6 +47,9 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
         scheduler=build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
         level_names=datamodule.level_names,
         top_k=cfg.top_k,
+        memory_mb=cfg.cpcc.memory_mb,
+        val_cpcc_every=cfg.cpcc.val_every,
+        val_cpcc_classes=cfg.cpcc.val_classes,
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     validates = trainer_kwargs.get("limit_val_batches", 1) != 0  # type: ignore[union-attr]

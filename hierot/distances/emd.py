@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import ot
 import torch
 
-from hierot.distances.batch import ClassBatch
+from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.registry import register_distance
 
 try:  # POT's C++ network simplex without ot.emd's per-call checks (~10x less overhead)
@@ -62,7 +63,18 @@ def emd_plans(
     return torch.from_numpy(plans).to(device=cost.device, dtype=cost.dtype)
 
 
-@register_distance("emd")
+def emd_memory(dim: int, itemsize: int, options: Mapping[str, object]) -> PairMemory:
+    # per cost entry: the cost and its product with the plan, the gather indices, the host
+    # float64 copy and plan; per sample: the gathered features when no B x B matrix fits
+    return PairMemory(entry=4 * itemsize + 48, sample=dim * itemsize, pair=64)
+
+
+def check_emd(max_iter: object) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"emd: max_iter must be an integer >= 1, got {max_iter!r}")
+
+
+@register_distance("emd", check=check_emd, memory=emd_memory)
 def emd_distance(batch: ClassBatch, max_iter: int = 100_000) -> torch.Tensor:
     """Exact W1 between the classes' empirical distributions, ``ot.emd2`` per pair; (P,).
     Envelope gradient: the plan is a constant, ``sum(P * M)`` carries the gradient."""

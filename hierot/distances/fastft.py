@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from hierot.distances.batch import ClassBatch
+from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.coupling import monotone_coupling
-from hierot.distances.pairwise import pair_distances
 from hierot.distances.registry import register_distance
 
 
-@register_distance("fastft")
+def fastft_memory(dim: int, itemsize: int, options: Mapping[str, object]) -> PairMemory:
+    # ~40 long/float temporaries per coupling entry (the coupling's index arithmetic, the
+    # sparse pattern and its sort), plus the class pair's own indices.
+    return PairMemory(coupling=320 + 8 * itemsize, pair=64)
+
+
+@register_distance("fastft", memory=fastft_memory)
 def fastft_distance(batch: ClassBatch) -> torch.Tensor:
     """``sum_rs P_rs ||z_r - z_s||`` with P the north-west-corner coupling of the two classes'
     uniform distributions, samples in batch order; (P,). The plan has no gradient (it depends
@@ -19,6 +26,6 @@ def fastft_distance(batch: ClassBatch) -> torch.Tensor:
     pair, r, s, mass = monotone_coupling(batch.counts[pa], batch.counts[pb], batch.z.dtype)
     i = batch.members[pa[pair], r]
     j = batch.members[pb[pair], s]
-    cost = pair_distances(batch.z, i, j)
+    cost = batch.pair_sample_distances(i, j)
     out = torch.zeros(batch.num_pairs, dtype=cost.dtype, device=cost.device)
     return out.index_add(0, pair, mass * cost)

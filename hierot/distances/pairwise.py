@@ -106,7 +106,9 @@ def use_sparse(size: int, num_pairs: int, device: torch.device) -> bool:
     return device.type == "cpu" and num_pairs < SPARSE_BELOW_DENSITY * size * size
 
 
-def pair_distances(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+def pair_distances(
+    z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, dense: bool | None = None
+) -> torch.Tensor:
     """``||z[i] - z[j]||_2`` for the listed pairs, differentiable in ``z``.
 
     Few pairs (``fastft``'s ``(k - 1) B`` at large B) go through a sampled product (SDDMM) and
@@ -117,10 +119,13 @@ def pair_distances(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.T
         z: (B, d) float32 or float64 features, on any device.
         i, j: (M,) sample indices; the unordered pairs ``{i, j}`` must be distinct, ``i != j``
             (each is one entry of a sparse B x B matrix).
+        dense: force the route (True: B x B GEMM, False: sparse); None lets ``use_sparse``
+            decide.
     Returns:
         (M,) distances.
     """
     i, j = i.long(), j.long()
-    if use_sparse(z.shape[0], i.numel(), z.device):
+    sparse = use_sparse(z.shape[0], i.numel(), z.device) if dense is None else not dense
+    if sparse:
         return _ChosenDistances.apply(z, i, j)
     return euclidean_distances(z)[i, j]

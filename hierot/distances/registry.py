@@ -9,7 +9,7 @@ from typing import Protocol
 
 import torch
 
-from hierot.distances.batch import ClassBatch
+from hierot.distances.batch import ClassBatch, PairMemory
 
 
 class DistanceFn(Protocol):
@@ -17,16 +17,36 @@ class DistanceFn(Protocol):
 
 
 _DISTANCES: dict[str, DistanceFn] = {}
+_CHECKS: dict[str, Callable[..., None]] = {}
+MemoryModel = Callable[[int, int, Mapping[str, object]], PairMemory]
+_MEMORY: dict[str, MemoryModel] = {}
 
 
-def register_distance(name: str) -> Callable[[DistanceFn], DistanceFn]:
+def register_distance(
+    name: str,
+    check: Callable[..., None] | None = None,
+    memory: MemoryModel | None = None,
+) -> Callable[[DistanceFn], DistanceFn]:
     """Decorator: ``@register_distance("name")`` on ``fn(batch: ClassBatch, **options)``
-    returning the ``(P,)`` distances of ``batch``'s class pairs."""
+    returning the ``(P,)`` distances of ``batch``'s class pairs.
+
+    ``check(**options)``, if given, receives every option (defaults filled in) and raises
+    ``ValueError`` on a bad value; ``check_options`` runs it, so a config is refused before a
+    run starts with the same message the distance itself would give.
+
+    ``memory(dim, itemsize, options)`` gives the ``PairMemory`` model the pairs are chunked by, so
+    that a batch of any number of classes stays within its memory budget; without it the
+    function gets all pairs at once.
+    """
 
     def add(fn: DistanceFn) -> DistanceFn:
         if name in _DISTANCES and _DISTANCES[name] is not fn:
             raise ValueError(f"class distance '{name}' is already registered")
         _DISTANCES[name] = fn
+        if check is not None:
+            _CHECKS[name] = check
+        if memory is not None:
+            _MEMORY[name] = memory
         return fn
 
     return add
@@ -39,6 +59,15 @@ def get_distance(name: str) -> DistanceFn:
         raise ValueError(
             f"unknown class distance '{name}'; available: {', '.join(list_distances())}"
         ) from None
+
+
+def memory_model(
+    name: str, dim: int, itemsize: int, options: Mapping[str, object]
+) -> PairMemory | None:
+    """The registered ``PairMemory`` of a distance for features of ``dim`` and ``itemsize``
+    under ``options`` (defaults filled in)."""
+    model = _MEMORY.get(name)
+    return None if model is None else model(dim, itemsize, {**distance_options(name), **options})
 
 
 def list_distances() -> list[str]:
@@ -59,7 +88,8 @@ def distance_options(name: str) -> dict[str, object]:
 
 
 def check_options(name: str, options: Mapping[str, object]) -> None:
-    """Refuse options the distance does not take, naming the ones it does."""
+    """Refuse options the distance does not take (naming the ones it does) and values its
+    registered check rejects."""
     known = distance_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -67,3 +97,5 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
             f"class distance '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
             f"its options: {', '.join(known) or 'none'}"
         )
+    if name in _CHECKS:
+        _CHECKS[name](**{**known, **options})

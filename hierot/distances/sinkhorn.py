@@ -1,75 +1,214 @@
-"""``sinkhorn``: transport cost of the entropic OT plan, log-domain, all pairs at once."""
+"""``sinkhorn``: transport cost of the entropic OT plan, log-domain, all pairs at once.
+
+The solver anneals the regularization (epsilon scaling) from the pair's cost range down to the
+target and then iterates until each pair's column marginals are met, dropping converged pairs
+from the work. Its stopping rule is one the compute dtype can meet: float32 cannot resolve a
+marginal error below its rounding of the exponents ``(f_i + g_j - C_ij) / reg``, so the
+tolerance never goes below that floor (measured: without it float32 ran every one of 1000
+iterations at reg = 0.5 on N(0, 1) features in d = 512 and never met tol = 1e-6).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from hierot.distances.batch import ClassBatch
+from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.registry import register_distance
+
+log = logging.getLogger(__name__)
+
+REG_SCALES = ("mean", "none")
+# exp() below e^-80 (< 2e-35) is clamped to e^-80: float32 would otherwise produce denormals,
+# which made exp and sum 7x slower on the development CPU and stalled small-reg runs.
+_EXP_FLOOR = -80.0
+# Rounding floor of the marginal error, in units of eps(dtype) * range / reg; 8 left pairs
+# at reg = 0.1 (float32, d = 512) fluctuating at 2-5x the floor, so it is 64.
+_ROUNDING_FLOOR = 64.0
+# Each annealing stage divides the regularization by this (one iteration per stage).
+_ANNEAL_FACTOR = 0.5
+
+
+@dataclass(frozen=True)
+class SinkhornResult:
+    """Plans and how the solver got there.
+
+    Shapes: plans (P, N, M); iterations, converged, marginal_error (P,).
+    """
+
+    plans: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+    marginal_error: torch.Tensor
+
+
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    # torch.logsumexp, but with the exponents clamped at _EXP_FLOOR (no denormals); a slice
+    # that is all -inf (a padded row or column) gives a finite value, which the caller
+    # discards by adding a -inf log-weight.
+    top = x.amax(dim=dim, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return (x - top).clamp_min_(_EXP_FLOOR).exp_().sum(dim).log_() + top.squeeze(dim)
 
 
 def sinkhorn_plans(
     cost: torch.Tensor,
     valid_a: torch.Tensor,
     valid_b: torch.Tensor,
-    reg: float,
+    reg: float | torch.Tensor,
     max_iter: int = 1000,
     tol: float = 1e-6,
     check_every: int = 10,
-) -> torch.Tensor:
+) -> SinkhornResult:
     """Log-domain Sinkhorn on a stack of padded problems, uniform weights on the real entries.
 
     Args:
         cost: (P, N, M) cost matrices; padded entries are ignored.
         valid_a: (P, N), valid_b: (P, M) masks of the real samples (at least one per row).
-        reg: absolute entropic regularization.
-        max_iter: iteration cap; tol: stop once every pair's column marginal is within ``tol``
-            in L1 (checked every ``check_every`` iterations).
+        reg: absolute entropic regularization, a number or one per pair (P,).
+        max_iter: cap on the iterations at the target ``reg`` (annealing adds ~log2 of
+            range / reg iterations before them).
+        tol: stop a pair once its column marginals are within ``tol`` in L1 (its rows are
+            exact after every iteration), or within the dtype's rounding floor if larger;
+            checked every ``check_every`` iterations.
     Returns:
-        (P, N, M) plans, exactly 0 on padding.
+        ``SinkhornResult`` with (P, N, M) plans, exactly 0 on padding.
     """
-    if not reg > 0:
-        raise ValueError(f"sinkhorn: reg must be > 0, got {reg}")
-    neg_inf = torch.tensor(-math.inf, dtype=cost.dtype, device=cost.device)
-    n_a = valid_a.sum(1, keepdim=True).to(cost.dtype)
-    n_b = valid_b.sum(1, keepdim=True).to(cost.dtype)
+    dtype, device = cost.dtype, cost.device
+    p = cost.shape[0]
+    reg = torch.as_tensor(reg, dtype=dtype, device=device).expand(p).clone()
+    if not bool((reg > 0).all()):
+        raise ValueError(f"sinkhorn: reg must be > 0, got {float(reg.min())}")
+    neg_inf = torch.tensor(-math.inf, dtype=dtype, device=device)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    valid = valid_a[:, :, None] & valid_b[:, None, :]
+    n_a = valid_a.sum(1, keepdim=True).to(dtype)
+    n_b = valid_b.sum(1, keepdim=True).to(dtype)
     log_a = torch.where(valid_a, -torch.log(n_a), neg_inf)
     log_b = torch.where(valid_b, -torch.log(n_b), neg_inf)
-    kernel = -cost / reg
-    # Potentials start at -inf on padding, so padded rows/columns never enter a
-    # log-sum-exp over real entries and no -inf - -inf NaN can appear.
+    # The plan does not change when a pair's costs shift by a constant: starting them at 0
+    # keeps the exponents, and so the float32 rounding, as small as the cost range allows.
+    low = torch.where(valid, cost, math.inf).amin(dim=(1, 2))
+    high = torch.where(valid, cost, -math.inf).amax(dim=(1, 2))
+    shifted = torch.where(valid, cost - low[:, None, None], zero)
+    spread = high - low
+    # Potentials in units of the current regularization; -inf on padding, so padded rows and
+    # columns never enter a log-sum-exp over real entries and no -inf - -inf NaN appears.
     u = torch.where(valid_a, torch.zeros_like(log_a), neg_inf)
     v = torch.where(valid_b, torch.zeros_like(log_b), neg_inf)
-    b = valid_b.to(cost.dtype) / n_b
-    for it in range(1, max_iter + 1):
-        v = log_b - torch.logsumexp(kernel + u[:, :, None], dim=1)
-        u = log_a - torch.logsumexp(kernel + v[:, None, :], dim=2)
-        if it % check_every == 0 or it == max_iter:
-            col = torch.exp(kernel + u[:, :, None] + v[:, None, :]).sum(1)
-            if float((col - b).abs().sum(1).max()) < tol:
-                break
-    return torch.exp(kernel + u[:, :, None] + v[:, None, :])
+
+    # Epsilon scaling: from a regularization at the cost range (the plan is nearly uniform
+    # there) halve it per iteration down to reg, carrying the potentials along.
+    eps = torch.maximum(spread, reg)
+    annealed = torch.zeros(p, dtype=torch.long, device=device)
+    while bool((eps > reg).any()):
+        kernel = -shifted / eps[:, None, None]
+        v = log_b - _logsumexp(kernel + u[:, :, None], 1)
+        u = log_a - _logsumexp(kernel + v[:, None, :], 2)
+        annealed += (eps > reg).long()
+        smaller = torch.maximum(eps * _ANNEAL_FACTOR, reg)
+        ratio = (eps / smaller)[:, None]
+        u, v, eps = u * ratio, v * ratio, smaller
+
+    kernel = -shifted / reg[:, None, None]
+    del shifted
+    target_b = valid_b.to(dtype) / n_b
+    threshold = (_ROUNDING_FLOOR * torch.finfo(dtype).eps * spread / reg).clamp_min(tol)
+    iterations = annealed.clone()
+    error = torch.full((p,), math.inf, dtype=dtype, device=device)
+    active = torch.arange(p, device=device)
+    done = 0
+    while active.numel() and done < max_iter:
+        k_act, u_act, v_act = kernel[active], u[active], v[active]
+        la, lb = log_a[active], log_b[active]
+        steps = min(check_every, max_iter - done)
+        for _ in range(steps):
+            v_act = lb - _logsumexp(k_act + u_act[:, :, None], 1)
+            u_act = la - _logsumexp(k_act + v_act[:, None, :], 2)
+        done += steps
+        u[active], v[active] = u_act, v_act
+        iterations[active] += steps
+        columns = (k_act + u_act[:, :, None] + v_act[:, None, :]).clamp_min_(_EXP_FLOOR)
+        err = (columns.exp_().sum(1) - target_b[active]).abs().sum(1)
+        error[active] = err
+        active = active[err >= threshold[active]]
+    exponent = kernel + u[:, :, None] + v[:, None, :]
+    plans = torch.where(valid, exponent.exp(), zero)
+    converged = torch.ones(p, dtype=torch.bool, device=device)
+    converged[active] = False
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "sinkhorn: %d pairs, iterations median %d max %d (annealing %d), %d unconverged",
+            p,
+            int(iterations.median()) if p else 0,
+            int(iterations.max()) if p else 0,
+            int(annealed.max()) if p else 0,
+            active.numel(),
+        )
+    return SinkhornResult(plans, iterations, converged, error)
 
 
-@register_distance("sinkhorn")
+def check_sinkhorn(reg: object, reg_scale: object, max_iter: object, tol: object) -> None:
+    """Raise ``ValueError`` naming the first bad option."""
+    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
+        raise ValueError(f"sinkhorn: reg must be > 0, got {reg!r}")
+    if reg_scale not in REG_SCALES:
+        raise ValueError(
+            f"sinkhorn: reg_scale must be one of {', '.join(REG_SCALES)}, got {reg_scale!r}"
+        )
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"sinkhorn: max_iter must be an integer >= 1, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"sinkhorn: tol must be > 0, got {tol!r}")
+
+
+def sinkhorn_memory(dim: int, itemsize: int, options: Mapping[str, object]) -> PairMemory:
+    # per cost entry: about 12 float temporaries of the solver (cost, shifted cost, kernel,
+    # log-sum-exp work, plan, product) and the gather indices; per sample as for emd
+    return PairMemory(entry=12 * itemsize + 24, sample=dim * itemsize, pair=96)
+
+
+@register_distance("sinkhorn", check=check_sinkhorn, memory=sinkhorn_memory)
 def sinkhorn_distance(
     batch: ClassBatch,
-    reg: float = 1.0,
+    reg: float = 0.1,
+    reg_scale: str = "mean",
     max_iter: int = 1000,
     tol: float = 1e-6,
 ) -> torch.Tensor:
-    """``<P, M>`` with P the entropic plan for absolute ``reg`` (entropy term not added); (P,).
-    Envelope gradient: P is computed without gradient, M with it."""
+    """``<P, M>`` with P the entropic plan (entropy term not added); (P,).
+
+    ``reg_scale="mean"`` regularizes each pair with ``reg`` times the mean of its ground costs
+    (its mean cross-sample distance), so the distance, like CPCC, does not change when the
+    features are rescaled; ``"none"`` takes ``reg`` as an absolute value in feature units (the
+    authors' code: reg = 10). Envelope gradient: P is computed without gradient, M with it.
+    """
     cost = batch.pair_cost_matrices()
+    n = cost.shape[1]
+    valid_a, valid_b = batch.mask[batch.pair_a, :n], batch.mask[batch.pair_b, :n]
     with torch.no_grad():
-        plans = sinkhorn_plans(
-            cost.detach(),
-            batch.mask[batch.pair_a],
-            batch.mask[batch.pair_b],
-            reg=reg,
-            max_iter=max_iter,
-            tol=tol,
+        m = cost.detach()
+        if reg_scale == "mean":
+            sizes = (batch.counts[batch.pair_a] * batch.counts[batch.pair_b]).to(m.dtype)
+            # Padded entries are 0, so the sum is over the real ones; a pair of coincident
+            # sets has mean 0, where any positive reg gives the same (zero-cost) plan.
+            scale = m.sum(dim=(1, 2)) / sizes
+            pair_reg = reg * torch.where(scale > 0, scale, torch.ones_like(scale))
+        else:
+            pair_reg = torch.full((m.shape[0],), float(reg), dtype=m.dtype, device=m.device)
+        result = sinkhorn_plans(m, valid_a, valid_b, pair_reg, max_iter=max_iter, tol=tol)
+    unconverged = int((~result.converged).sum())
+    if unconverged:
+        warnings.warn(
+            f"sinkhorn: {unconverged} of {m.shape[0]} class pairs did not converge in "
+            f"max_iter={max_iter} iterations (largest marginal error "
+            f"{float(result.marginal_error.max()):.2g}); raise max_iter or reg",
+            RuntimeWarning,
+            stacklevel=2,
         )
-    return (plans * cost).sum(dim=(1, 2))
+    return (result.plans * cost).sum(dim=(1, 2))

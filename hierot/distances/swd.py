@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from hierot.distances.batch import ClassBatch
+from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.coupling import monotone_coupling
 from hierot.distances.registry import register_distance
 
@@ -24,7 +26,35 @@ def random_projections(
     return theta.to(dtype=dtype, device=device)
 
 
-@register_distance("swd")
+def swd_memory(dim: int, itemsize: int, options: Mapping[str, object]) -> PairMemory:
+    projections = options.get("projections")
+    directions = projections.shape[1] if projections is not None else options["n_projections"]
+    # per coupling entry: the two gathered projections, their gap and its power
+    return PairMemory(coupling=4 * int(directions) * itemsize + 160, pair=64)
+
+
+def _sorted_projections(
+    batch: ClassBatch, n_projections: int, projections: torch.Tensor | None, seed: int | None
+) -> torch.Tensor:
+    """(k, N, L) projections of each class's samples, sorted per class, padding (inf) last."""
+    z = batch.z
+    if projections is None:
+        if n_projections < 1:
+            raise ValueError(f"swd: n_projections must be >= 1, got {n_projections}")
+        projections = random_projections(z.shape[1], n_projections, seed, z.dtype, z.device)
+    else:
+        projections = torch.as_tensor(projections).to(dtype=z.dtype, device=z.device)
+        if projections.dim() != 2 or projections.shape[0] != z.shape[1]:
+            raise ValueError(
+                f"swd: projections must be (dim={z.shape[1]}, L), got {tuple(projections.shape)}"
+            )
+    proj = z @ projections  # (B, L)
+    inf = torch.tensor(float("inf"), dtype=z.dtype, device=z.device)
+    per_class = torch.where(batch.mask[:, :, None], proj[batch.members], inf)
+    return per_class.sort(dim=1).values
+
+
+@register_distance("swd", memory=swd_memory)
 def swd_distance(
     batch: ClassBatch,
     n_projections: int = 50,
@@ -39,22 +69,12 @@ def swd_distance(
     direction (it depends only on the class counts); sorting routes the envelope gradient.
     """
     z = batch.z
-    if projections is None:
-        if n_projections < 1:
-            raise ValueError(f"swd: n_projections must be >= 1, got {n_projections}")
-        projections = random_projections(z.shape[1], n_projections, seed, z.dtype, z.device)
-    else:
-        projections = torch.as_tensor(projections).to(dtype=z.dtype, device=z.device)
-        if projections.dim() != 2 or projections.shape[0] != z.shape[1]:
-            raise ValueError(
-                f"swd: projections must be (dim={z.shape[1]}, L), got {tuple(projections.shape)}"
-            )
     if p < 1:
         raise ValueError(f"swd: p must be >= 1, got {p}")
-    proj = z @ projections  # (B, L)
-    inf = torch.tensor(float("inf"), dtype=z.dtype, device=z.device)
-    per_class = torch.where(batch.mask[:, :, None], proj[batch.members], inf)
-    ordered = per_class.sort(dim=1).values  # (k, N, L), padding last
+    # Every chunk of a batch must use the same directions: drawn and sorted once per batch.
+    if "swd" not in batch._cache:
+        batch._cache["swd"] = _sorted_projections(batch, n_projections, projections, seed)
+    ordered = batch._cache["swd"]
     pa, pb = batch.pair_a, batch.pair_b
     pair, r, s, mass = monotone_coupling(batch.counts[pa], batch.counts[pb], z.dtype)
     gap = (ordered[pa[pair], r] - ordered[pb[pair], s]).abs()  # (M, L)

@@ -13,8 +13,15 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import CPCCLoss
+from hierot.distances import DEFAULT_MEMORY_MB
 from hierot.hierarchy import Hierarchy
-from hierot.metrics import LevelAccuracy, MistakeSeverity, SplitCPCC
+from hierot.metrics import (
+    LevelAccuracy,
+    MistakeSeverity,
+    SplitCPCC,
+    check_val_cpcc,
+    class_subsample,
+)
 
 NO_DISTANCE = "none"
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -50,6 +57,11 @@ class HierarchyModule(L.LightningModule):
         scheduler: ``fn(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
         level_names: names of the coarse levels, top first, for metric keys.
         top_k: k of the top-k accuracy (capped at the number of classes).
+        memory_mb: memory budget of the class distances (regularizer and split CPCCs).
+        val_cpcc_every: compute ``val/cpcc`` every this many epochs (and after the last).
+        val_cpcc_classes: compute ``val/cpcc`` over at most this many classes, a subset
+            drawn once with a fixed seed (the same classes every epoch and every run); None
+            for all. ``test/cpcc`` always uses every class.
     """
 
     def __init__(
@@ -63,17 +75,24 @@ class HierarchyModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         level_names: Sequence[str] | None = None,
         top_k: int = 5,
+        memory_mb: float = DEFAULT_MEMORY_MB,
+        val_cpcc_every: int = 1,
+        val_cpcc_classes: int | None = 1000,
     ) -> None:
         super().__init__()
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
+        check_val_cpcc(val_cpcc_every, val_cpcc_classes)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
         self.lam = float(lam)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         options = dict(dist_options or {})
-        self.regularizer = None if dist == NO_DISTANCE else CPCCLoss(hierarchy, dist, **options)
+        self.regularizer = (
+            None if dist == NO_DISTANCE else CPCCLoss(hierarchy, dist, memory_mb, **options)
+        )
+        self.val_cpcc_every = val_cpcc_every
         eval_methods = {"cpcc": ("l2", {}) if dist == NO_DISTANCE else (dist, options)}
         eval_methods["cpcc_l2"] = ("l2", {})
         keys = level_keys(hierarchy, level_names)
@@ -89,12 +108,22 @@ class HierarchyModule(L.LightningModule):
                     hierarchy.num_classes, top_k=k, average="micro"
                 )
                 metrics["mistake_severity"] = MistakeSeverity(tree_dist)
-                setattr(self, f"{split}_cpcc", SplitCPCC(tree_dist, eval_methods))
+                subset = None
+                if split == "val":
+                    subset = class_subsample(hierarchy.num_classes, val_cpcc_classes)
+                split_cpcc = SplitCPCC(tree_dist, eval_methods, memory_mb, classes=subset)
+                setattr(self, f"{split}_cpcc", split_cpcc)
             # Compute groups would merge levels whose counts agree on the first batch.
             collection = MetricCollection(metrics, prefix=f"{split}/", compute_groups=False)
             setattr(self, f"{split}_metrics", collection)
         self.save_hyperparameters(
-            {"dist": dist, "dist_options": options, "lam": self.lam, "top_k": k}
+            {
+                "dist": dist,
+                "dist_options": options,
+                "lam": self.lam,
+                "top_k": k,
+                "memory_mb": memory_mb,
+            }
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,16 +176,25 @@ class HierarchyModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.log(f"{split}/loss", loss, batch_size=y.numel(), sync_dist=True)
         getattr(self, f"{split}_metrics").update(logits, y)
-        getattr(self, f"{split}_cpcc").update(z, y)
+        if self._split_cpcc_due(split):
+            getattr(self, f"{split}_cpcc").update(z, y)
+
+    def _split_cpcc_due(self, split: str) -> bool:
+        """``val/cpcc`` runs every ``val_cpcc_every`` epochs and after the last one."""
+        if split != "val" or self.val_cpcc_every == 1 or self._trainer is None:
+            return True
+        epoch = self.current_epoch + 1
+        return epoch % self.val_cpcc_every == 0 or epoch >= (self.trainer.max_epochs or 0)
 
     def _eval_end(self, split: str) -> None:
         metrics, split_cpcc = getattr(self, f"{split}_metrics"), getattr(self, f"{split}_cpcc")
         values = metrics.compute()
         metrics.reset()
-        cpccs = split_cpcc.compute()
-        split_cpcc.reset()
-        values.update({f"{split}/{name}": value for name, value in cpccs.items()})
-        shown = {f"{split}/acc_fine", f"{split}/cpcc"}
+        if self._split_cpcc_due(split):
+            cpccs = split_cpcc.compute()
+            split_cpcc.reset()
+            values.update({f"{split}/{name}": value for name, value in cpccs.items()})
+        shown = {f"{split}/acc_fine", f"{split}/cpcc"} & set(values)
         # torchmetrics already reduced these over ranks: every rank holds the same values.
         for keys, bar in ((shown, True), (set(values) - shown, False)):
             self.log_dict({k: values[k] for k in sorted(keys)}, prog_bar=bar, sync_dist=True)
