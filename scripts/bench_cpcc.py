@@ -12,6 +12,13 @@ one ``torch.cdist(z, z)`` forward + backward. Prints a markdown table.
 ``--route`` forces how ``fastft`` computes its sample distances (``hierot.distances.pairwise``):
 ``auto`` picks by pair density, ``sparse`` (linear in B) and ``dense`` (one B x B GEMM) re-measure
 the crossover ``SPARSE_BELOW_DENSITY`` on another machine.
+
+Sinkhorn gets one row per ``--reg`` value (``--reg-scale mean`` makes them relative to each
+pair's mean cost, as ``reg_scale=mean`` does), with the solver's iterations (mean / max over
+pairs, annealing included) and the largest relative error against POT in float64 run to
+convergence (``stopThr=1e-12``) on up to ``--check-pairs`` pairs:
+
+    python scripts/bench_cpcc.py --sizes 128 512 --methods sinkhorn --reg 0.1 0.5 1 10
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import torch
 from hierot import CPCCLoss, Hierarchy
 from hierot.cpcc import pearson
 from hierot.distances import pairwise
+from hierot.distances.batch import all_pairs, group_by_class
+from hierot.distances.sinkhorn import sinkhorn_plans
 
 METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
 
@@ -74,18 +83,47 @@ def _pair_emd(za: torch.Tensor, zb: torch.Tensor, opts: dict) -> torch.Tensor:
     return (torch.as_tensor(plan, dtype=m.dtype, device=m.device) * m).sum()
 
 
+def _pot_sinkhorn(m: np.ndarray, opts: dict, max_iter: int, tol: float) -> np.ndarray:
+    """POT's log-domain Sinkhorn on one pair, with the reg hierot would use for it."""
+    reg = opts["reg"] * (m.mean() if opts.get("reg_scale") == "mean" else 1.0)
+    a, b = _uniform(m.shape[0]), _uniform(m.shape[1])
+    return ot.sinkhorn(a, b, m, reg, method="sinkhorn_log", numItermax=max_iter, stopThr=tol)
+
+
 def _pair_sinkhorn(za: torch.Tensor, zb: torch.Tensor, opts: dict) -> torch.Tensor:
     m = torch.cdist(za, zb)
-    plan = ot.sinkhorn(
-        _uniform(len(za)),
-        _uniform(len(zb)),
-        m.detach().double().cpu().numpy(),
-        opts["reg"],
-        method="sinkhorn_log",
-        numItermax=opts["max_iter"],
-        stopThr=opts["tol"],
-    )
+    plan = _pot_sinkhorn(m.detach().double().cpu().numpy(), opts, opts["max_iter"], opts["tol"])
     return (torch.as_tensor(plan, dtype=m.dtype, device=m.device) * m).sum()
+
+
+def sinkhorn_report(
+    z: torch.Tensor, y: torch.Tensor, opts: dict, check_pairs: int
+) -> tuple[str, str]:
+    """(iterations mean / max, largest relative error vs converged float64 POT) cells."""
+    batch = all_pairs(group_by_class(z.detach(), y))
+    cost = batch.pair_cost_matrices()
+    n = cost.shape[1]
+    mask_a, mask_b = batch.mask[batch.pair_a, :n], batch.mask[batch.pair_b, :n]
+    reg = torch.full((cost.shape[0],), opts["reg"], dtype=cost.dtype, device=cost.device)
+    if opts.get("reg_scale") == "mean":
+        sizes = (batch.counts[batch.pair_a] * batch.counts[batch.pair_b]).to(cost.dtype)
+        reg = reg * cost.sum(dim=(1, 2)) / sizes
+    result = sinkhorn_plans(cost, mask_a, mask_b, reg, opts["max_iter"], opts["tol"])
+    got = (result.plans * cost).sum(dim=(1, 2)).double().cpu().numpy()
+    its = result.iterations.float()
+    worst = 0.0
+    picks = np.random.default_rng(0).permutation(len(got))[:check_pairs]
+    host = cost.double().cpu().numpy()
+    n_a, n_b = batch.counts[batch.pair_a].tolist(), batch.counts[batch.pair_b].tolist()
+    for p in picks.tolist():
+        m = host[p, : n_a[p], : n_b[p]]
+        ref = float((_pot_sinkhorn(m, opts, 200_000, 1e-12) * m).sum())
+        worst = max(worst, abs(got[p] - ref) / ref)
+    unconverged = int((~result.converged).sum())
+    its_cell = f"{its.mean():.0f} / {its.max():.0f}" + (
+        f" ({unconverged} unconv.)" if unconverged else ""
+    )
+    return its_cell, f"{worst:.1e}"
 
 
 def _pair_swd(za: torch.Tensor, zb: torch.Tensor, opts: dict) -> torch.Tensor:
@@ -164,7 +202,11 @@ def main() -> None:
     parser.add_argument("--loop-repeats", type=int, default=1)
     parser.add_argument("--no-loop", action="store_true", help="skip the per-pair loops")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--reg", type=float, default=5.0, help="sinkhorn reg (absolute)")
+    parser.add_argument("--reg", type=float, nargs="+", default=[5.0], help="sinkhorn reg values")
+    parser.add_argument("--reg-scale", choices=["none", "mean"], default="none")
+    parser.add_argument(
+        "--check-pairs", type=int, default=200, help="pairs checked against converged POT"
+    )
     parser.add_argument("--projections", type=int, default=50, help="swd directions")
     parser.add_argument("--route", choices=["auto", "sparse", "dense"], default="auto")
     args = parser.parse_args()
@@ -183,26 +225,28 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn(args.dim, args.projections, generator=gen)
     theta = (theta / theta.norm(dim=0)).to(device)
-    options = {
-        "l2": {},
-        "emd": {},
-        "sinkhorn": {"reg": args.reg, "max_iter": 1000, "tol": 1e-6},
-        "swd": {"projections": theta},
-        "fastft": {},
-    }
+    runs: list[tuple[str, dict]] = []
+    for method in args.methods:
+        if method == "sinkhorn":
+            runs += [
+                (method, {"reg": r, "reg_scale": args.reg_scale, "max_iter": 1000, "tol": 1e-6})
+                for r in args.reg
+            ]
+        else:
+            runs.append((method, {"swd": {"projections": theta}}.get(method, {})))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"# CPCC loss forward+backward, float32, d={args.dim}, labels uniform over "
         f"{args.classes} classes, device={name}, torch threads={torch.get_num_threads()}; "
-        f"sinkhorn reg={args.reg}, swd L={args.projections}; pair-distance route {args.route}; "
-        "median ms"
+        f"sinkhorn reg_scale={args.reg_scale}, swd L={args.projections}; pair-distance route "
+        f"{args.route}; median ms"
     )
     print()
     print(
         "| B | classes present | pairs | method | batched ms | per-pair loop ms | speed-up "
-        "| x cdist floor |"
+        "| x cdist floor | sinkhorn iterations mean / max | max rel. error vs POT |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         z0 = torch.randn(size, args.dim, generator=gen).to(device)
         y = torch.randint(0, args.classes, (size,), generator=gen).to(device)
@@ -210,20 +254,24 @@ def main() -> None:
         pairs = k * (k - 1) // 2
         z = z0.clone().requires_grad_()
         floor_ms = timed(step_floor, device, args.repeats, z)
-        print(f"| {size} | {k} | {pairs} | cdist floor | {floor_ms:.2f} | | | 1.0 |")
-        for method in args.methods:
-            loss_fn = CPCCLoss(hierarchy, method, **options[method]).to(device)
+        print(f"| {size} | {k} | {pairs} | cdist floor | {floor_ms:.2f} | | | 1.0 | | |")
+        for method, opts in runs:
+            loss_fn = CPCCLoss(hierarchy, method, **opts).to(device)
             ms = timed(step_batched, device, args.repeats, loss_fn, z, y)
-            loop_cell = speed_cell = ""
+            loop_cell = speed_cell = its_cell = error_cell = ""
             if not args.no_loop:
-                loop_ms = timed(
-                    step_loop, device, args.loop_repeats, method, z, y, tree, options[method]
-                )
+                loop_ms = timed(step_loop, device, args.loop_repeats, method, z, y, tree, opts)
                 loop_cell = f"{loop_ms:.1f}"
                 speed_cell = f"{loop_ms / ms:.0f}x"
+            name = method
+            if method == "sinkhorn":
+                its_cell, error_cell = sinkhorn_report(z, y, opts, args.check_pairs)
+                name = f"sinkhorn reg={opts['reg']:g}" + (
+                    " x mean cost" if opts["reg_scale"] == "mean" else ""
+                )
             print(
-                f"| {size} | {k} | {pairs} | {method} | {ms:.2f} | {loop_cell} | {speed_cell} "
-                f"| {ms / floor_ms:.1f} |",
+                f"| {size} | {k} | {pairs} | {name} | {ms:.2f} | {loop_cell} | {speed_cell} "
+                f"| {ms / floor_ms:.1f} | {its_cell} | {error_cell} |",
                 flush=True,
             )
 

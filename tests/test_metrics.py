@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hierot import Hierarchy, cpcc
-from hierot.metrics import LevelAccuracy, MistakeSeverity, SplitCPCC
+from hierot.metrics import LevelAccuracy, MistakeSeverity, SplitCPCC, class_subsample
 from hierot.models.module import level_keys
 
 # classes: 0 x, 1 y, 2 z, 3 u, 4 v
@@ -68,3 +68,24 @@ def test_split_cpcc_after_a_ddp_sync_holds_tensors():
     metric = SplitCPCC(t, {"cpcc": ("l2", {})})
     metric.features, metric.labels = z, y
     assert metric.compute()["cpcc"].item() == pytest.approx(cpcc(z, y, t, "l2").item())
+
+
+def test_split_cpcc_over_a_class_subset_keeps_only_those_classes():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(60, 4, generator=g) + torch.arange(5).repeat(12)[:, None] * 1.5
+    y = torch.arange(5).repeat(12)
+    t = TREE.tree_distances()
+    subset = torch.tensor([0, 2, 3, 4])
+    metric = SplitCPCC(t, {"cpcc": ("fastft", {})}, classes=subset)
+    metric.update(z, y)
+    kept = torch.isin(y, subset)
+    assert torch.cat(metric.labels).unique().tolist() == [0, 2, 3, 4]
+    expect = cpcc(z[kept], y[kept], t, "fastft")
+    assert metric.compute()["cpcc"].item() == pytest.approx(expect.item(), abs=1e-6)
+
+
+def test_class_subsample_is_seeded_sorted_and_all_when_small():
+    a = class_subsample(10_000, 1000)
+    assert a.numel() == 1000 and torch.equal(a, a.sort().values) and a.unique().numel() == 1000
+    assert torch.equal(a, class_subsample(10_000, 1000))
+    assert class_subsample(24, 1000) is None and class_subsample(24, None) is None

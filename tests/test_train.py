@@ -150,3 +150,16 @@ def test_main_job_as_a_subprocess(tmp_path):
         assert key in metrics, key
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_val_cpcc_every_n_epochs_over_a_class_subset(make_cfg, tmp_path):
+    import csv
+
+    train(make_cfg("trainer.max_epochs=3", "cpcc.val_every=2", "cpcc.val_classes=10"))
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc_fine")]
+    with_cpcc = [int(r["epoch"]) for r in rows if r.get("val/cpcc")]
+    # every 2nd epoch (index 1) and the last one; accuracy every epoch
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and with_cpcc == [1, 2]
+    metrics = read_metrics(tmp_path / "run")
+    assert -1 <= metrics["test/cpcc"] <= 1

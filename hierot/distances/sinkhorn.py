@@ -30,6 +30,11 @@ _EXP_FLOOR = -80.0
 # Rounding floor of the marginal error, in units of eps(dtype) * range / reg; 8 left pairs
 # at reg = 0.1 (float32, d = 512) fluctuating at 2-5x the floor, so it is 64.
 _ROUNDING_FLOOR = 64.0
+# Over-relaxed updates (Thibault et al. 2017, "Overrelaxed Sinkhorn-Knopp"): each potential
+# moves omega times the plain Sinkhorn step, omega tuned per pair from its measured rate, at
+# most this. Measured at reg = 0.1 (float32, d = 512, B = 512, 100 classes): mean iterations
+# 69 -> 48, and the 11 pairs plain Sinkhorn left unconverged at 1000 converge.
+_OMEGA_MAX = 1.9
 # Each annealing stage divides the regularization by this (one iteration per stage).
 _ANNEAL_FACTOR = 0.5
 
@@ -123,19 +128,36 @@ def sinkhorn_plans(
     error = torch.full((p,), math.inf, dtype=dtype, device=device)
     active = torch.arange(p, device=device)
     done = 0
+    target_a = valid_a.to(dtype) / n_a
+    # Per pair: 1 (plain Sinkhorn) until the first two checks measure its convergence rate.
+    omega = torch.ones(p, dtype=dtype, device=device)
     while active.numel() and done < max_iter:
         k_act, u_act, v_act = kernel[active], u[active], v[active]
         la, lb = log_a[active], log_b[active]
+        va_act, vb_act = valid_a[active], valid_b[active]
+        w = omega[active][:, None]
         steps = min(check_every, max_iter - done)
         for _ in range(steps):
-            v_act = lb - _logsumexp(k_act + u_act[:, :, None], 1)
-            u_act = la - _logsumexp(k_act + v_act[:, None, :], 2)
+            step = lb - _logsumexp(k_act + u_act[:, :, None], 1) - v_act
+            v_act = v_act + w * torch.where(vb_act, step, 0)
+            step = la - _logsumexp(k_act + v_act[:, None, :], 2) - u_act
+            u_act = u_act + w * torch.where(va_act, step, 0)
         done += steps
         u[active], v[active] = u_act, v_act
         iterations[active] += steps
-        columns = (k_act + u_act[:, :, None] + v_act[:, None, :]).clamp_min_(_EXP_FLOOR)
-        err = (columns.exp_().sum(1) - target_b[active]).abs().sum(1)
+        plan = (k_act + u_act[:, :, None] + v_act[:, None, :]).clamp_min_(_EXP_FLOOR).exp_()
+        err = (plan.sum(1) - target_b[active]).abs().sum(1)
+        err += (plan.sum(2) - target_a[active]).abs().sum(1)
+        before = error[active]
         error[active] = err
+        # The rate of plain steps gives the optimal relaxation 2 / (1 + sqrt(1 - rate)); a
+        # relaxed pair whose error grew goes back to plain steps (and is measured again).
+        current = omega[active]
+        plain = (current == 1) & torch.isfinite(before) & (before > 0)
+        ratio = (err / before.clamp_min(torch.finfo(dtype).tiny)).clamp(0, 0.9999)
+        tuned = (2 / (1 + (1 - ratio ** (1 / steps)).sqrt())).clamp(1.0, _OMEGA_MAX)
+        current = torch.where(plain, tuned, current)
+        omega[active] = torch.where((current > 1) & (err > before), 1.0, current)
         active = active[err >= threshold[active]]
     exponent = kernel + u[:, :, None] + v[:, None, :]
     plans = torch.where(valid, exponent.exp(), zero)
