@@ -121,7 +121,7 @@ def sinkhorn_report(
         worst = max(worst, abs(got[p] - ref) / ref)
     unconverged = int((~result.converged).sum())
     its_cell = f"{its.mean():.0f} / {its.max():.0f}" + (
-        f" ({unconverged} unconv.)" if unconverged else ""
+        f" ({unconverged} unconverged)" if unconverged else ""
     )
     return its_cell, f"{worst:.1e}"
 

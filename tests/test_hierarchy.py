@@ -301,3 +301,13 @@ def test_file_errors_name_the_file_in_check_classes(tmp_path):
     path = write(tmp_path, "h.csv", "a,x\na,y\n")
     h = Hierarchy.from_file(path)
     assert error_of(h.check_classes, ["q"]) == f"{path}: class 'q' not found in the hierarchy"
+
+
+def test_tree_distances_of_thousands_of_classes_are_built_in_row_blocks():
+    # 2500 leaves: more than one block of rows (2**22 entries each)
+    paths = [[f"g{c // 50}", f"c{c}"] for c in range(2500)]
+    t = Hierarchy.from_paths(paths).tree_distances()
+    group = torch.arange(2500) // 50
+    expect = torch.where(group[:, None] == group[None, :], 2.0, 4.0)
+    expect.fill_diagonal_(0)
+    assert torch.equal(t, expect)

@@ -129,6 +129,15 @@ class ClassBatch:
             return
         device = self.counts.device
         itemsize = self.z.element_size()
+        budget = self.memory_bytes - (3 * self.z.shape[0] ** 2 * itemsize if self.dense_fits else 0)
+        budget = max(budget, self.memory_bytes // 4)
+        # A training batch fits at once by far: skip the per-row sums (a dozen small ops that
+        # are a visible part of a step at B = 512).
+        n = float(self.counts.max())
+        per_pair = memory.entry * n * n + (memory.sample + memory.coupling) * 2 * n + memory.pair
+        if self.total_pairs * per_pair <= budget:
+            yield all_pairs(self)
+            return
         # Per row a (the pairs (a, b), b > a): how many pairs, and a bound on their bytes.
         counts = self.counts
         rows = torch.arange(k - 1, 0, -1, device=device).double()
@@ -140,8 +149,6 @@ class ClassBatch:
         row_bytes = rows * (
             memory.entry * pad**2 + memory.sample * 2 * pad + memory.pair
         ) + memory.coupling * (rows * counts.double() + later_sum)
-        budget = self.memory_bytes - (3 * self.z.shape[0] ** 2 * itemsize if self.dense_fits else 0)
-        budget = max(budget, self.memory_bytes // 4)
         total = float(row_bytes.sum())
         if total <= budget:
             yield all_pairs(self)
