@@ -67,36 +67,45 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: int)
         return torch.sparse_csr_tensor(crow, col, values, (size, size), check_invariants=False)
 
 
+def centred_with_norms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z - mean, |z - mean|^2)``: the input of the sparse route, which a caller computing
+    many chunks of pairs of one batch computes once (it is O(B d) per call)."""
+    zc = _centred(z)
+    return zc, (zc.detach() * zc.detach()).sum(1)
+
+
 class _ChosenDistances(torch.autograd.Function):
+    # Takes centred features: the gradient it returns sums to zero over the samples, so
+    # autograd passes it through the centring unchanged.
     @staticmethod
-    def forward(ctx, z: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        size, m = z.shape[0], i.numel()
-        zc = _centred(z)
+    def forward(
+        ctx, zc: torch.Tensor, sq: torch.Tensor, i: torch.Tensor, j: torch.Tensor
+    ) -> torch.Tensor:
+        size, m = zc.shape[0], i.numel()
         # One symmetric pattern (every pair both ways) serves the sampled product here and
         # the sparse product of the backward, so it is sorted once.
         rows, cols = torch.cat([i, j]), torch.cat([j, i])
         order = torch.argsort(rows * size + cols)
-        crow = torch.zeros(size + 1, dtype=torch.long, device=z.device)
+        crow = torch.zeros(size + 1, dtype=torch.long, device=zc.device)
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=size), 0)
         col = cols[order]
-        pattern = _csr(crow, col, torch.zeros(2 * m, dtype=z.dtype, device=z.device), size)
+        pattern = _csr(crow, col, torch.zeros(2 * m, dtype=zc.dtype, device=zc.device), size)
         dots = torch.sparse.sampled_addmm(pattern, zc, zc.T, beta=0.0).values()
         position = torch.empty_like(order)
-        position[order] = torch.arange(2 * m, device=z.device)
-        sq = (zc * zc).sum(1)
+        position[order] = torch.arange(2 * m, device=zc.device)
         dist = (sq[i] + sq[j] - 2 * dots[position[:m]]).clamp_min(0).sqrt()
         ctx.save_for_backward(zc, i, j, dist, position, crow, col)
         return dist
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         zc, i, j, dist, position, crow, col = ctx.saved_tensors
         coef = _coefficients(grad, dist)
         degree = torch.zeros(zc.shape[0], dtype=zc.dtype, device=zc.device)
         degree.index_add_(0, i, coef).index_add_(0, j, coef)
         values = torch.empty(2 * coef.numel(), dtype=zc.dtype, device=zc.device)
         values[position] = torch.cat([coef, coef])
-        return degree[:, None] * zc - _csr(crow, col, values, zc.shape[0]) @ zc, None, None
+        return degree[:, None] * zc - _csr(crow, col, values, zc.shape[0]) @ zc, None, None, None
 
 
 def use_sparse(size: int, num_pairs: int, device: torch.device) -> bool:
@@ -107,7 +116,11 @@ def use_sparse(size: int, num_pairs: int, device: torch.device) -> bool:
 
 
 def pair_distances(
-    z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, dense: bool | None = None
+    z: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+    dense: bool | None = None,
+    centred: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``||z[i] - z[j]||_2`` for the listed pairs, differentiable in ``z``.
 
@@ -121,11 +134,13 @@ def pair_distances(
             (each is one entry of a sparse B x B matrix).
         dense: force the route (True: B x B GEMM, False: sparse); None lets ``use_sparse``
             decide.
+        centred: ``centred_with_norms(z)``, if the caller already has it.
     Returns:
         (M,) distances.
     """
     i, j = i.long(), j.long()
     sparse = use_sparse(z.shape[0], i.numel(), z.device) if dense is None else not dense
     if sparse:
-        return _ChosenDistances.apply(z, i, j)
+        zc, sq = centred if centred is not None else centred_with_norms(z)
+        return _ChosenDistances.apply(zc, sq, i, j)
     return euclidean_distances(z)[i, j]
