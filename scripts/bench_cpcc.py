@@ -36,7 +36,7 @@ from hierot import CPCCLoss, Hierarchy
 from hierot.cpcc import pearson
 from hierot.distances import pairwise
 from hierot.distances.batch import all_pairs, group_by_class
-from hierot.distances.sinkhorn import sinkhorn_plans
+from hierot.distances.sinkhorn import pair_regularization, sinkhorn_plans
 
 METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
 
@@ -104,10 +104,8 @@ def sinkhorn_report(
     cost = batch.pair_cost_matrices()
     n = cost.shape[1]
     mask_a, mask_b = batch.mask[batch.pair_a, :n], batch.mask[batch.pair_b, :n]
-    reg = torch.full((cost.shape[0],), opts["reg"], dtype=cost.dtype, device=cost.device)
-    if opts.get("reg_scale") == "mean":
-        sizes = (batch.counts[batch.pair_a] * batch.counts[batch.pair_b]).to(cost.dtype)
-        reg = reg * cost.sum(dim=(1, 2)) / sizes
+    counts_a, counts_b = batch.counts[batch.pair_a], batch.counts[batch.pair_b]
+    reg = pair_regularization(cost, counts_a, counts_b, opts["reg"], opts["reg_scale"])
     result = sinkhorn_plans(cost, mask_a, mask_b, reg, opts["max_iter"], opts["tol"])
     got = (result.plans * cost).sum(dim=(1, 2)).double().cpu().numpy()
     its = result.iterations.float()

@@ -76,11 +76,15 @@ class ClassBatch:
         return self.num_classes * (self.num_classes - 1) // 2
 
     @property
+    def dense_bytes(self) -> int:
+        """Bytes of the (B, B) sample distances: the matrix, the copy autograd keeps and its
+        gradient."""
+        return 3 * self.z.shape[0] ** 2 * self.z.element_size()
+
+    @property
     def dense_fits(self) -> bool:
-        """Whether the (B, B) sample distances fit the budget (the matrix, the copy autograd
-        keeps and its gradient)."""
-        size = self.z.shape[0]
-        return 3 * size * size * self.z.element_size() <= self.memory_bytes
+        """Whether the (B, B) sample distances fit the budget."""
+        return self.dense_bytes <= self.memory_bytes
 
     @property
     def sample_distances(self) -> torch.Tensor:
@@ -137,8 +141,8 @@ class ClassBatch:
             yield all_pairs(self)
             return
         device = self.counts.device
-        itemsize = self.z.element_size()
-        budget = self.memory_bytes - (3 * self.z.shape[0] ** 2 * itemsize if self.dense_fits else 0)
+        # what the pairs may use beside the B x B matrix, if there is one
+        budget = self.memory_bytes - (self.dense_bytes if self.dense_fits else 0)
         budget = max(budget, self.memory_bytes // 4)
         # A training batch fits at once by far: skip the per-row sums (a dozen small ops that
         # are a visible part of a step at B = 512).
@@ -217,8 +221,8 @@ def group_by_class(
     mask = torch.arange(n_max, device=z.device) < counts[:, None]
     # The full pair list is built lazily per chunk: k = 10 000 classes have 5e7 pairs.
     empty = torch.zeros(0, dtype=torch.long, device=z.device)
-    batch = ClassBatch(z, inverse, classes, counts, members, mask, empty, empty)
-    return dataclasses.replace(batch, memory_bytes=int(memory_mb * 2**20))
+    memory_bytes = int(memory_mb * 2**20)
+    return ClassBatch(z, inverse, classes, counts, members, mask, empty, empty, memory_bytes)
 
 
 def all_pairs(batch: ClassBatch) -> ClassBatch:

@@ -189,6 +189,20 @@ def check_sinkhorn(reg: object, reg_scale: object, max_iter: object, tol: object
         raise ValueError(f"sinkhorn: tol must be > 0, got {tol!r}")
 
 
+def pair_regularization(
+    cost: torch.Tensor, n_a: torch.Tensor, n_b: torch.Tensor, reg: float, reg_scale: str
+) -> torch.Tensor:
+    """(P,) absolute regularization of each pair of the (P, N, M) padded ``cost`` stack with
+    ``n_a``, ``n_b`` (P,) real rows and columns: ``reg`` itself (``reg_scale="none"``) or
+    ``reg`` times the pair's mean cost (``"mean"``)."""
+    if reg_scale == "none":
+        return torch.full((cost.shape[0],), float(reg), dtype=cost.dtype, device=cost.device)
+    # Padded entries are 0, so the sum is over the real ones; a pair of coincident sets has
+    # mean 0, where any positive reg gives the same (zero-cost) plan.
+    scale = cost.sum(dim=(1, 2)) / (n_a * n_b).to(cost.dtype)
+    return reg * torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
 def sinkhorn_memory(dim: int, itemsize: int, options: Mapping[str, object]) -> PairMemory:
     # per cost entry: about 12 float temporaries of the solver (cost, shifted cost, kernel,
     # log-sum-exp work, plan, product) and the gather indices; per sample as for emd
@@ -215,14 +229,8 @@ def sinkhorn_distance(
     valid_a, valid_b = batch.mask[batch.pair_a, :n], batch.mask[batch.pair_b, :n]
     with torch.no_grad():
         m = cost.detach()
-        if reg_scale == "mean":
-            sizes = (batch.counts[batch.pair_a] * batch.counts[batch.pair_b]).to(m.dtype)
-            # Padded entries are 0, so the sum is over the real ones; a pair of coincident
-            # sets has mean 0, where any positive reg gives the same (zero-cost) plan.
-            scale = m.sum(dim=(1, 2)) / sizes
-            pair_reg = reg * torch.where(scale > 0, scale, torch.ones_like(scale))
-        else:
-            pair_reg = torch.full((m.shape[0],), float(reg), dtype=m.dtype, device=m.device)
+        counts_a, counts_b = batch.counts[batch.pair_a], batch.counts[batch.pair_b]
+        pair_reg = pair_regularization(m, counts_a, counts_b, reg, reg_scale)
         result = sinkhorn_plans(m, valid_a, valid_b, pair_reg, max_iter=max_iter, tol=tol)
     unconverged = int((~result.converged).sum())
     if unconverged:
