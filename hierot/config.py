@@ -3,6 +3,7 @@ line that names the key, raised before the run directory is created."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import numbers
 from collections.abc import Sequence
@@ -14,11 +15,13 @@ import timm
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hierot.checkpoints import check_checkpoint
 from hierot.distances import check_memory, check_options, list_distances
 from hierot.errors import ConfigError, DataError
 from hierot.hierarchy import HierarchyError
@@ -44,35 +47,60 @@ def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The training config as ``python -m hierot.train *overrides`` would see it (the
+def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> DictConfig:
+    """The config as ``python -m hierot.<config_name> *overrides`` would see it (the
     ``hydra`` node excluded, ``output_dir`` left unresolved)."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            return compose(CONFIG_NAME, overrides=list(overrides))
+            return compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(one_line(e)) from None
     finally:
         GlobalHydra.instance().clear()
 
 
-def first_of_sweeps(overrides: Sequence[str]) -> list[str]:
-    """Overrides with each sweep (``lam=0.1,1``) replaced by its first value and Hydra's own
-    keys dropped: one job of a multirun, to check before any job starts."""
+def _parse(overrides: Sequence[str]) -> list[Override]:
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        return OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as e:
         raise ConfigError(one_line(e)) from None
-    out = []
-    for o in parsed:
-        if o.is_hydra_override():
+
+
+def _as_line(o: Override, value: str | None = None) -> str:
+    if value is None:
+        return o.input_line
+    return f"{o.get_key_element()}={value}"
+
+
+def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
+    """Jobs that together use every value of every sweep: the first job (each sweep at its
+    first value), then one job per further value of each sweep, the others at their first.
+    Checking these checks every value a multirun will use without composing the whole grid."""
+    parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [] for o in parsed]
+    first = [_as_line(o, v[0] if v else None) for o, v in zip(parsed, values, strict=True)]
+    jobs = [first]
+    for i, (o, v) in enumerate(zip(parsed, values, strict=True)):
+        for value in v[1:]:
+            jobs.append([*first[:i], _as_line(o, value), *first[i + 1 :]])
+    return jobs
+
+
+def check_added_keys(overrides: Sequence[str], cfg: DictConfig) -> None:
+    """``+name=value`` adds a top-level key that nothing reads (a typo such as ``+lamda=2``
+    would otherwise be ignored silently); config groups (``+experiment=...``) are fine."""
+    for o in _parse(overrides):
+        key = o.key_or_group
+        if not o.is_add() or o.is_hydra_override() or "." in key or (CONFIG_DIR / key).is_dir():
             continue
-        if o.is_sweep_override():
-            out.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
-        else:
-            out.append(o.input_line)
-    return out
+        known = sorted(str(k) for k in cfg if k != key and not (CONFIG_DIR / str(k)).is_dir())
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"unknown key '{key}'{hint}: nothing reads +{key}=...; top-level keys: "
+            f"{', '.join(known)}"
+        )
 
 
 def _number(cfg: DictConfig, key: str, minimum: float) -> float:
@@ -140,8 +168,8 @@ def _check(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg.trainer) - accepted)
     if unknown:
         raise ConfigError(f"trainer: lightning.Trainer takes no argument {', '.join(unknown)}")
-    if cfg.get("ckpt_path") is not None and not Path(str(cfg.ckpt_path)).is_file():
-        raise ConfigError(f"ckpt_path: no such checkpoint: {cfg.ckpt_path}")
+    if cfg.get("ckpt_path") is not None:
+        check_checkpoint(cfg.ckpt_path, "ckpt_path")
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode must be 'min' or 'max', got {cfg.get('monitor_mode')!r}")
 

@@ -19,7 +19,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hierot.config import build, one_line
+from hierot.checkpoints import check_checkpoint, load_checkpoint
+from hierot.cli import USER_ERRORS, discard_run_dir, fail, hydra_prints, overrides_of
+from hierot.config import build, check_added_keys, compose_config, one_line
 from hierot.cpcc import cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, class_distances
@@ -30,7 +32,6 @@ from hierot.hierarchy import Hierarchy
 from hierot.models import HierarchyModule
 from hierot.models.module import NO_DISTANCE, level_keys
 from hierot.report import format_table, write_metrics
-from hierot.train import HYDRA_FLAGS, USER_ERRORS, fail
 
 GROUPS = ("data", "backbone")
 
@@ -54,9 +55,7 @@ def resolve_groups(cfg: DictConfig, overrides: list[str], saved: DictConfig | No
 
 
 def load_model(ckpt: Path, cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyModule:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise ConfigError(f"ckpt: {ckpt} is not a hierot (Lightning) checkpoint")
+    state = load_checkpoint(ckpt, "ckpt")
     hparams = state.get("hyper_parameters", {})
     model = HierarchyModule(
         backbone=build(cfg.backbone, "backbone"),
@@ -77,8 +76,11 @@ def load_model(ckpt: Path, cfg: DictConfig, datamodule: HierarchyDataModule) -> 
     return model
 
 
-def evaluate(cfg: DictConfig) -> dict[str, object]:
-    ckpt = check_ckpt(str(cfg.ckpt))
+def check_evaluate(cfg: DictConfig) -> Path:
+    """The checked checkpoint path; raises ``ConfigError`` on the first bad value."""
+    ckpt = check_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt, "ckpt")
+    if not isinstance(cfg.get("distances"), DictConfig) or not cfg.distances:
+        raise ConfigError("distances: give at least one distance, e.g. distances={l2: {}}")
     for method, options in cfg.distances.items():
         try:
             check_options(str(method), OmegaConf.to_container(options))  # type: ignore[arg-type]
@@ -88,6 +90,11 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         check_memory(cfg.memory_mb)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return ckpt
+
+
+def evaluate(cfg: DictConfig) -> dict[str, object]:
+    ckpt = check_evaluate(cfg)
     out = Path(cfg.output_dir)
     datamodule = build(cfg.data, "data")
     model = load_model(ckpt, cfg, datamodule)
@@ -176,30 +183,39 @@ def write_figures(
 def _run(cfg: DictConfig) -> None:
     try:
         overrides = list(HydraConfig.get().overrides.task)
-        check_ckpt(None if OmegaConf.is_missing(cfg, "ckpt") else str(cfg.ckpt))
-        resolve_groups(cfg, overrides, run_config(Path(str(cfg.ckpt))))
+        resolve_groups(cfg, overrides, run_config(check_evaluate(cfg)))
         evaluate(cfg)
     except USER_ERRORS as e:
+        discard_run_dir(Path(cfg.output_dir), "evaluate")
         fail(e)
 
 
-def check_ckpt(value: str | None) -> Path:
-    if value is None or value in ("", "???"):
-        raise ConfigError("ckpt: give the checkpoint to evaluate, ckpt=PATH")
-    ckpt = Path(value).expanduser()
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt: no such checkpoint: {ckpt}")
-    return ckpt
+# Training-only keys a user may carry over from a train command, with what evaluate does.
+TRAIN_ONLY = {
+    "dist": "test/cpcc uses the checkpoint's own distance and test/cpcc_<method> each one "
+    "under distances (drop one with ~distances.emd)",
+    "lam": "lam only shapes training",
+}
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and check the command line before Hydra creates the run directory."""
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~").split(".")[0]
+        if key in TRAIN_ONLY:
+            raise ConfigError(f"{key}: evaluate takes no {key}=; {TRAIN_ONLY[key]}")
+    cfg = compose_config(overrides, config_name="evaluate")
+    check_added_keys(overrides, cfg)
+    check_evaluate(cfg)
 
 
 def main() -> None:
-    """Check ``ckpt=`` before Hydra creates the run directory, then hand over to Hydra."""
+    """Check the command line before Hydra creates the run directory, then hand over."""
     args = sys.argv[1:]
-    if not HYDRA_FLAGS.intersection(args):
-        given = [a.split("=", 1)[1] for a in args if a.startswith("ckpt=")]
+    if not hydra_prints(args):
         try:
-            check_ckpt(given[-1] if given else None)
-        except ConfigError as e:
+            precheck(overrides_of(args))
+        except USER_ERRORS as e:
             fail(e)
     _run()
 

@@ -207,6 +207,17 @@ class SweepSummary(Callback):
             f"sweep summary: {sweep_dir / 'summary.csv'} ({done} of {len(rows)} jobs completed)",
             flush=True,
         )
+        failed = [r for r in rows if r.get("status") == "failed"]
+        if failed:
+            # Hydra would exit 0; a script chaining sweeps must see that jobs failed.
+            jobs = ", ".join(str(r["job"]) for r in failed)
+            print(
+                f"hierot: error: {len(failed)} of {len(rows)} jobs failed (job {jobs}: "
+                f"{failed[0].get('error')})",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

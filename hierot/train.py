@@ -19,15 +19,14 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from hierot.config import build, check_config, compose_config, first_of_sweeps
+from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, hydra_prints, overrides_of
+from hierot.config import build, check_added_keys, check_config, compose_config, sweep_variants
 from hierot.data import HierarchyDataModule
-from hierot.errors import ConfigError, DataError, user_message
-from hierot.hierarchy import HierarchyError
+from hierot.errors import ConfigError, user_message
 from hierot.models import HierarchyModule
 from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)
-USER_ERRORS = (ConfigError, DataError, HierarchyError)
 
 
 def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
@@ -118,38 +117,45 @@ def train(cfg: DictConfig) -> float:
     return float(metrics.get("test/cpcc", float("nan")))  # type: ignore[arg-type]
 
 
-def fail(error: BaseException) -> None:
-    print(f"hierot: error: {user_message(error)}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def _run(cfg: DictConfig) -> float:
     try:
         return train(cfg)
     except USER_ERRORS as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the job as failed and the sweep goes on
-        fail(e)
-        raise  # unreachable
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            discard_run_dir(Path(cfg.output_dir), "train")
+            fail(e)
+        # One job of a sweep: record it and let the others run; the sweep summary counts
+        # the failures and the sweep exits with status 2.
+        print(f"{error_line(e)} (job {HydraConfig.get().job.num})", file=sys.stderr, flush=True)
+        write_metrics(
+            Path(cfg.output_dir) / "metrics.json",
+            {"status": "failed", "error": f"{type(e).__name__}: {user_message(e)}"},
+        )
+        return float("nan")
 
 
-# Flags after which Hydra prints something instead of training: nothing to check first.
-HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
-                "-sc", "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
-                "--resolve", "-p", "--package", "--experimental-rerun"}  # fmt: skip
+def precheck(overrides: list[str]) -> None:
+    """Check every value the command line will run (each value of each sweep), so that a
+    bad one costs one line and leaves no run directory."""
+    checked_data: list[object] = []
+    for job in sweep_variants(overrides):
+        cfg = compose_config(job)
+        check_added_keys(job, cfg)
+        check_config(cfg)
+        data = OmegaConf.to_container(cfg.data)
+        if data not in checked_data:  # data modules read their files when built
+            build(cfg.data, "data")
+            checked_data.append(data)
 
 
 def main() -> None:
-    """Check the command line's config first, so that a bad value costs one line and leaves
-    no run directory; then hand over to Hydra (runs, multiruns, sweepers, ``--cfg``...)."""
+    """Check the command line's config first, then hand over to Hydra (runs, multiruns,
+    sweepers, ``--cfg``...)."""
     args = sys.argv[1:]
-    if not HYDRA_FLAGS.intersection(args):
-        overrides = [a for a in args if a not in ("-m", "--multirun")]
+    if not hydra_prints(args):
         try:
-            cfg = compose_config(first_of_sweeps(overrides))
-            check_config(cfg)
-            build(cfg.data, "data")
+            precheck(overrides_of(args))
         except USER_ERRORS as e:
             fail(e)
     _run()

@@ -3,8 +3,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from hierot.config import CONFIG_DIR, check_config, compose_config, first_of_sweeps, one_line
+from hierot.config import (
+    CONFIG_DIR,
+    check_added_keys,
+    check_config,
+    compose_config,
+    one_line,
+    sweep_variants,
+)
 from hierot.errors import ConfigError
 
 GROUPS = {
@@ -76,14 +84,38 @@ def test_bad_values_are_one_line_errors(overrides, message):
     assert message in text and "\n" not in text
 
 
-def test_sweeps_are_checked_on_their_first_value():
-    assert first_of_sweeps(["lam=0.1,1", "dist=l2,emd", "hydra.run.dir=x", "seed=3"]) == [
-        "lam=0.1",
-        "dist=l2",
-        "seed=3",
+def test_sweeps_are_checked_on_every_value_without_the_whole_grid():
+    assert sweep_variants(["lam=0.1,1", "dist=l2,emd,fastft", "hydra.run.dir=x", "seed=3"]) == [
+        ["lam=0.1", "dist=l2", "seed=3"],
+        ["lam=1", "dist=l2", "seed=3"],
+        ["lam=0.1", "dist=emd", "seed=3"],
+        ["lam=0.1", "dist=fastft", "seed=3"],
     ]
+    assert sweep_variants(["+lam=range(0,3)"])[-1] == ["+lam=2"]
     with pytest.raises(ConfigError, match="no viable alternative"):
-        first_of_sweeps(["lam=["])
+        sweep_variants(["lam=["])
+
+
+def test_added_top_level_keys_are_refused_with_a_hint():
+    overrides = ["+lamda=2", "+trainer.max_time=null"]
+    with pytest.raises(ConfigError) as info:
+        check_added_keys(overrides, compose_config(overrides))
+    assert str(info.value).startswith("unknown key 'lamda' (did you mean 'lam'?): ")
+    check_added_keys(["+trainer.max_time=null"], compose_config(["+trainer.max_time=null"]))
+
+
+def test_a_checkpoint_that_is_not_one_is_refused_before_training(tmp_path):
+    text = tmp_path / "last.ckpt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"ckpt_path: .* is not a readable PyTorch checkpoint"):
+        check_config(compose_config([f"ckpt_path={text}"]))
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {}}, whole)
+    check_config(compose_config([f"ckpt_path={whole}"]))
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[:-30])
+    with pytest.raises(ConfigError, match="truncated"):
+        check_config(compose_config([f"ckpt_path={cut}"]))
 
 
 def test_one_line_flattens_multi_line_messages():

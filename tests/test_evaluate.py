@@ -118,21 +118,36 @@ def test_evaluate_reproduces_the_runs_test_metrics_and_adds_the_rest(trained_run
 
 
 def test_evaluate_errors_are_one_line(trained_run, tmp_path):
-    run = evaluate(tmp_path, f"ckpt={tmp_path / 'missing.ckpt'}")
-    assert run.returncode == 2
-    assert (
-        run.stderr.strip()
-        == f"hierot: error: ckpt: no such checkpoint: {tmp_path / 'missing.ckpt'}"
-    )
-    run = evaluate(tmp_path)
-    assert run.returncode == 2 and "ckpt: give the checkpoint" in run.stderr
-    assert not (tmp_path / "eval").exists()  # refused before Hydra made a run directory
-    # another backbone than the one trained: named, not a traceback
+    def refused(*args):
+        run = evaluate(tmp_path, *args)
+        assert run.returncode == 2
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hierot: error: "), lines
+        assert not (tmp_path / "eval").exists()  # nothing half-written left behind
+        return lines[0][len("hierot: error: ") :]
+
+    missing = tmp_path / "missing.ckpt"
+    assert refused(f"ckpt={missing}") == f"ckpt: no such checkpoint: {missing}"
+    assert refused() == "ckpt: give a checkpoint file, ckpt=PATH"
     last = trained_run / "checkpoints" / "last.ckpt"
-    run = evaluate(tmp_path, f"ckpt={last}", "backbone=resnet34")
-    assert run.returncode == 2
-    assert "does not fit backbone=resnet34" in run.stderr
-    assert "Traceback" not in run.stderr
+    not_ckpt = tmp_path / "notes.ckpt"
+    not_ckpt.write_text("a text file")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    for path in (not_ckpt, truncated):
+        assert refused(f"ckpt={path}").startswith(
+            f"ckpt: {path} is not a readable PyTorch checkpoint (truncated, or another kind"
+        )
+    assert refused(f"ckpt={last}", "dist=l2").startswith("dist: evaluate takes no dist=;")
+    assert refused(f"ckpt={last}", "+figure=false") == (
+        "unknown key 'figure' (did you mean 'figures'?): nothing reads +figure=...; top-level "
+        "keys: accelerator, ahd_k, ckpt, distances, enable_progress_bar, figures, memory_mb, "
+        "output_dir, precision, top_k"
+    )
+    # another backbone than the one trained: named, found after the run started
+    message = refused(f"ckpt={last}", "backbone=resnet34")
+    assert "does not fit backbone=resnet34" in message
 
 
 def test_test_cpcc_uses_the_runs_own_distance_options(tmp_path):

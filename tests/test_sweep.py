@@ -4,22 +4,21 @@ import subprocess
 import sys
 
 import yaml
+from datasets import write_cifar100
 
 from hierot.sweep import write_summary
 
-TINY = [
+QUICK = [
     "trainer.fast_dev_run=true",
-    "data.train_per_class=4",
-    "data.val_per_class=2",
-    "data.test_per_class=2",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
+TINY = [*QUICK, "data.train_per_class=4", "data.val_per_class=2", "data.test_per_class=2"]
 
 
-def multirun(tmp_path, *overrides):
+def multirun(tmp_path, *overrides, base=TINY):
     return subprocess.run(
-        [sys.executable, "-m", "hierot.train", "-m", *TINY, *overrides,
+        [sys.executable, "-m", "hierot.train", "-m", *base, *overrides,
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -30,22 +29,41 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job(tmp_path):
+    run = multirun(tmp_path, "lam=1,-1", "dist=l2")
+    assert run.returncode == 2
+    assert run.stderr.strip() == "hierot: error: lam must be a number >= 0, got -1"
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_sweep_writes_summary_with_a_row_per_job_and_failed_jobs_kept(tmp_path):
-    # lam=-1 is refused inside its jobs: the sweep goes on and records them
-    run = multirun(tmp_path, "data.batch_size=32,16", "lam=1,-1", "dist=l2")
-    assert run.returncode != 0  # Hydra reports the failed jobs at the end
+    # The second root's test pickle is corrupt, which only its jobs' setup finds: they fail
+    # with one line each, the others complete, and the sweep ends with its summary.
+    fine, coarse, parent = ["apple", "pear", "rose", "tulip"], ["fruit", "flowers"], [0, 0, 1, 1]
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    write_cifar100(good, fine, coarse, parent, n=8)
+    write_cifar100(bad, fine, coarse, parent, n=8)
+    (bad / "cifar-100-python" / "test").write_bytes(b"not a pickle")
+    run = multirun(tmp_path, "data=cifar100", f"data.root={good},{bad}",
+                   "data.batch_size=8,4", "dist=l2", base=QUICK)  # fmt: skip
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
     sweep = tmp_path / "sweep"
+    assert f"sweep summary: {sweep / 'summary.csv'} (2 of 4 jobs completed)" in run.stdout
+    errors = [line for line in run.stderr.splitlines() if line.startswith("hierot: error:")]
+    assert len(errors) == 3  # one per failed job, then the sweep's verdict
+    assert errors[-1].startswith("hierot: error: 2 of 4 jobs failed (job 2, 3: DataError: ")
     rows = read_rows(sweep / "summary.csv")
-    got = [(r["job"], r["data.batch_size"], r["lam"], r["status"]) for r in rows]
+    got = [(r["job"], r["data.root"], r["data.batch_size"], r["status"]) for r in rows]
     assert got == [
-        ("0", "32", "1.0", "completed"),
-        ("1", "32", "-1", "failed"),
-        ("2", "16", "1.0", "completed"),
-        ("3", "16", "-1", "failed"),
+        ("0", str(good), "8", "completed"),
+        ("1", str(good), "4", "completed"),
+        ("2", str(bad), "8", "failed"),
+        ("3", str(bad), "4", "failed"),
     ]
     header = list(rows[0])
-    for key in ("dist", "test/cpcc", "test/cpcc_l2", "test/acc_fine", "test/acc_palette",
-                "test/acc_shape", "test/mistake_severity", "error"):  # fmt: skip
+    for key in ("dist", "test/cpcc", "test/cpcc_l2", "test/acc_fine", "test/acc_coarse",
+                "test/mistake_severity", "error"):  # fmt: skip
         assert key in header, key
     assert "trainer.fast_dev_run" not in header  # the same in every job: not a sweep column
     for row in rows:
@@ -55,7 +73,8 @@ def test_sweep_writes_summary_with_a_row_per_job_and_failed_jobs_kept(tmp_path):
             assert row["error"] == ""
         else:
             assert row["test/cpcc"] == ""
-            assert row["error"] == "ConfigError: lam must be a number >= 0, got -1"
+            test_file = bad / "cifar-100-python" / "test"
+            assert row["error"].startswith(f"DataError: {test_file}: not the official CIFAR-100")
     assert (sweep / "summary.png").stat().st_size > 10_000
 
 

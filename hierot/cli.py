@@ -1,0 +1,45 @@
+"""What the command-line entry points share: user errors as one line and exit status 2."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from hierot.errors import ConfigError, DataError, user_message
+from hierot.hierarchy import HierarchyError
+
+USER_ERRORS = (ConfigError, DataError, HierarchyError)
+
+# Flags after which Hydra prints something instead of running: nothing to check first.
+HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
+                "-sc", "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
+                "--resolve", "-p", "--package", "--experimental-rerun"}  # fmt: skip
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def error_line(error: BaseException) -> str:
+    return f"hierot: error: {user_message(error)}"
+
+
+def fail(error: BaseException) -> NoReturn:
+    print(error_line(error), file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def discard_run_dir(out: Path, name: str) -> None:
+    """Remove a run directory that holds only Hydra's bookkeeping (``.hydra/`` and the
+    job's log): a run that failed before writing anything leaves nothing behind."""
+    if out.is_dir() and all(p.name in (".hydra", f"{name}.log") for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def hydra_prints(args: Sequence[str]) -> bool:
+    """True when Hydra will print (help, config, ...) rather than run a job."""
+    return bool(HYDRA_FLAGS.intersection(args))
+
+
+def overrides_of(args: Sequence[str]) -> list[str]:
+    return [a for a in args if a not in MULTIRUN_FLAGS]
