@@ -9,6 +9,7 @@ level) and two figures into its run directory (``evaluations/<date>/<time>/``):
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,10 +30,12 @@ from hierot.errors import ConfigError
 from hierot.evaluation import evaluate_features
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
+from hierot.logs import progress_bar_wanted, quiet_warnings
 from hierot.models import HierarchyModule
 from hierot.models.module import NO_DISTANCE, level_keys
 from hierot.report import format_table, write_metrics
 
+log = logging.getLogger(__name__)
 GROUPS = ("data", "backbone")
 
 
@@ -104,7 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         precision=cfg.precision,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=cfg.enable_progress_bar,
+        enable_progress_bar=progress_bar_wanted(cfg.enable_progress_bar),
         enable_model_summary=False,
         default_root_dir=out,
     )
@@ -147,8 +150,8 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     if cfg.figures:
         write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb)
     write_metrics(out / "metrics.json", metrics)
-    print(format_table(metrics), flush=True)
-    print(f"outputs: {out}", flush=True)
+    log.info("%s", format_table(metrics))
+    log.info("outputs: %s", out)
     return metrics
 
 
@@ -212,6 +215,7 @@ def precheck(overrides: list[str]) -> None:
 def main() -> None:
     """Check the command line before Hydra creates the run directory, then hand over."""
     args = sys.argv[1:]
+    quiet_warnings()
     if not hydra_prints(args):
         try:
             precheck(overrides_of(args))

@@ -23,6 +23,7 @@ from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, hydra_pri
 from hierot.config import build, check_added_keys, check_config, compose_config, sweep_variants
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError, user_message
+from hierot.logs import EpochLog, progress_bar_wanted, quiet_warnings
 from hierot.models import HierarchyModule
 from hierot.report import format_table, write_metrics
 
@@ -62,16 +63,30 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
         save_top_k=1,
     )
     logger = build(cfg.logger, "logger") if cfg.get("logger") else False
+    trainer_kwargs["enable_progress_bar"] = progress_bar_wanted(  # type: ignore[index]
+        trainer_kwargs.get("enable_progress_bar")  # type: ignore[union-attr]
+    )
     try:
         trainer = L.Trainer(
             **trainer_kwargs,  # type: ignore[arg-type]
             default_root_dir=out,
             logger=logger,
-            callbacks=[checkpoint],
+            callbacks=[checkpoint, EpochLog()],
         )
     except (ValueError, TypeError) as e:
         raise ConfigError(f"trainer: {e}") from None
     return datamodule, model, trainer
+
+
+def run_summary(cfg: DictConfig) -> str:
+    """The run's main settings on one line, for the console and train.log."""
+    optimizer = str(cfg.optimizer.get("_target_", "?")).rsplit(".", 1)[-1]
+    trainer = cfg.trainer
+    return (
+        f"training {cfg.backbone.name} on {str(cfg.data._target_).rsplit('.', 1)[-1]} "
+        f"(batch {cfg.data.batch_size}) for {trainer.max_epochs} epochs: CE + {cfg.lam} x "
+        f"CPCC({cfg.dist.method}), {optimizer} lr {cfg.optimizer.get('lr')}, seed {cfg.seed}"
+    )
 
 
 def train(cfg: DictConfig) -> float:
@@ -81,8 +96,11 @@ def train(cfg: DictConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model, trainer = build_run(cfg)
+    for logger in trainer.loggers:  # the whole run's settings beside its curves (wandb, ...)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     if trainer.is_global_zero:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        log.info("%s (config: %s)", run_summary(cfg), out / "config.yaml")
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -112,8 +130,8 @@ def train(cfg: DictConfig) -> float:
     # ranks racing on the same temporary file.
     if trainer.is_global_zero:
         write_metrics(out / "metrics.json", metrics)
-        print(format_table(metrics), flush=True)
-        print(f"outputs: {out}", flush=True)
+        log.info("%s", format_table(metrics))
+        log.info("outputs: %s", out)
     return float(metrics.get("test/cpcc", float("nan")))  # type: ignore[arg-type]
 
 
@@ -153,6 +171,7 @@ def main() -> None:
     """Check the command line's config first, then hand over to Hydra (runs, multiruns,
     sweepers, ``--cfg``...)."""
     args = sys.argv[1:]
+    quiet_warnings()
     if not hydra_prints(args):
         try:
             precheck(overrides_of(args))

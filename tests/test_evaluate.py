@@ -99,6 +99,8 @@ def test_evaluate_reproduces_the_runs_test_metrics_and_adds_the_rest(trained_run
     run = evaluate(tmp_path, f"ckpt={trained['best_checkpoint']}")
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    log = (tmp_path / "eval" / "evaluate.log").read_text()
+    assert "test/cpcc_emd" in log and f"outputs: {tmp_path / 'eval'}" in log
     # data and backbone came from the run's config.yaml; same checkpoint, same test split
     for key in ("test/acc_fine", "test/acc_palette", "test/acc_shape", "test/acc_top5",
                 "test/mistake_severity", "test/cpcc", "test/cpcc_l2"):  # fmt: skip

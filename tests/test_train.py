@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -7,7 +8,9 @@ import timm
 import torch
 
 from hierot.config import compose_config
+from hierot.data.module import default_workers
 from hierot.errors import ConfigError
+from hierot.logs import DropNoise
 from hierot.models import create_backbone
 from hierot.train import train
 
@@ -137,8 +140,9 @@ def test_stems_change_resolution():
 
 def test_main_job_as_a_subprocess(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "hierot.train", *TINY, "trainer.max_epochs=1",
-         "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "hierot.train", *[o for o in TINY if "progress_bar" not in o],
+         "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
@@ -150,6 +154,15 @@ def test_main_job_as_a_subprocess(tmp_path):
         assert key in metrics, key
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    # Not a terminal: no progress bar, one line per epoch, no third-party noise.
+    assert "\r" not in run.stdout and "it/s" not in run.stdout
+    assert "epoch 1/1 (" in run.stdout and "val/acc_fine" in run.stdout
+    assert "litlogger" not in run.stdout + run.stderr
+    assert "LeafSpec" not in run.stderr and "logging interval" not in run.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    for text in ("training resnet18 on SyntheticDataModule", "data: 96 train / 48 val images;",
+                 "epoch 1/1 (", "test/acc_fine", f"outputs: {tmp_path / 'run'}"):  # fmt: skip
+        assert text in log, text
 
 
 def test_val_cpcc_every_n_epochs_over_a_class_subset(make_cfg, tmp_path):
@@ -163,3 +176,33 @@ def test_val_cpcc_every_n_epochs_over_a_class_subset(make_cfg, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and with_cpcc == [1, 2]
     metrics = read_metrics(tmp_path / "run")
     assert -1 <= metrics["test/cpcc"] <= 1
+
+
+def test_worker_count_follows_the_cores():
+    assert [default_workers(c) for c in (1, 2, 4, 64)] == [0, 1, 3, 8]
+
+
+def test_noise_filter_drops_only_known_third_party_messages():
+    import logging
+
+    def record(message):
+        return logging.LogRecord("lightning", logging.INFO, "x.py", 1, message, None, None)
+
+    noise = DropNoise()
+    assert not noise.filter(record("💡 Tip: For seamless cloud logging and tracking, try it"))
+    assert noise.filter(record("epoch 1/3 (2 s): val/acc_fine 0.5"))
+
+
+def test_wandb_logger_runs_offline_without_network(tmp_path):
+    pytest.importorskip("wandb")
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.train", *TINY, "trainer.max_epochs=1",
+         "trainer.limit_train_batches=1", "logger=wandb", "logger.offline=true",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(tmp_path / "cfg")},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert record.stat().st_size > 1000
+    assert read_metrics(tmp_path / "run")["status"] == "completed"

@@ -3,6 +3,7 @@ the device (a quarter of the host-to-device traffic of float32)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,21 @@ def data_root(root: str | None, holds: str) -> Path:
     return path
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, which schedulers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(cores: int | None = None) -> int:
+    """DataLoader workers when the config leaves ``num_workers`` unset (null): one core
+    stays with the training process, and more than 8 rarely helps these datasets."""
+    cores = available_cores() if cores is None else cores
+    return max(0, min(8, cores - 1))
+
+
 class HierarchyDataModule(L.LightningDataModule):
     """Subclasses set ``hierarchy`` in ``__init__`` (the model is built from it before any data
     is loaded) and ``train_set``/``val_set``/``test_set`` in ``setup``; each item is
@@ -31,7 +47,7 @@ class HierarchyDataModule(L.LightningDataModule):
 
     Args:
         batch_size: samples per batch (the CPCC regularizer sees the classes of one batch).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None chooses from the available cores.
         image_size: side of the (square) images; ViT backbones are built for it.
         mean, std: per-channel normalization of images in [0, 1].
         level_names: names of the coarse levels, top first, for metric keys.
@@ -47,7 +63,7 @@ class HierarchyDataModule(L.LightningDataModule):
     def __init__(
         self,
         batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         image_size: int = 32,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
@@ -57,6 +73,8 @@ class HierarchyDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers is None:
+            num_workers = default_workers()
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
