@@ -148,7 +148,12 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     metrics.update({"checkpoint": str(ckpt), "dist": run_dist, "test_samples": int(y.numel())})
     out.mkdir(parents=True, exist_ok=True)
     if cfg.figures:
-        write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb)
+        fine = names[max(hierarchy.levels)]
+        scores = (
+            f"acc_{fine} {metrics[f'test/acc_{fine}']:.3f}, "
+            f"TestCPCC ({method}) {metrics['test/cpcc']:.3f}"
+        )
+        write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb, scores)
     write_metrics(out / "metrics.json", metrics)
     log.info("%s", format_table(metrics))
     log.info("outputs: %s", out)
@@ -164,21 +169,40 @@ def write_figures(
     options: Mapping[str, object],
     names: Mapping[int, str],
     memory_mb: float = DEFAULT_MEMORY_MB,
+    scores: str = "",
 ) -> None:
     """``dendrograms.png`` (label tree next to the run's distances between the test classes)
-    and ``embedding.png`` (features colored by top-level class) in ``out``."""
+    and ``embedding.png`` (features coloured by top-level class, marked by second-level
+    class) in ``out``; ``scores`` (e.g. the fine accuracy and TestCPCC) go in the titles."""
+    levels = sorted(hierarchy.levels)
+    top = levels[0]
+    group_names, fine_to_top = hierarchy.level_map(top)
     classes, learned = class_distances(z, y, method, memory_mb, **options)
     tree = present_tree_distances(classes, hierarchy.tree_distances(), learned.numel())
     leaf_names = [hierarchy.leaves[int(c)] for c in classes]
     if len(leaf_names) >= 3:
         tree_and_learned_dendrograms(
-            tree, learned, leaf_names, out / "dendrograms.png", f"learned ({method}) distances"
-        )
-    top = min(hierarchy.levels)
-    group_names, fine_to_top = hierarchy.level_map(top)
+            tree, learned, leaf_names, out / "dendrograms.png",
+            f"learned {method} distances ({scores})" if scores else f"learned {method} distances",
+            groups=fine_to_top[classes.cpu()].tolist(), group_names=group_names,
+        )  # fmt: skip
+    fine_to_top = fine_to_top.to(y.device)
+    sub: dict[str, object] = {}
+    described = f"colour: {names[top]}"
+    if len(levels) > 1:
+        sub_names, fine_to_sub = hierarchy.level_map(levels[1])
+        parent = torch.zeros(len(sub_names), dtype=torch.long)
+        parent[fine_to_sub] = fine_to_top.cpu()
+        sub = {
+            "subgroups": fine_to_sub.to(y.device)[y],
+            "subgroup_names": sub_names,
+            "subgroup_parent": parent.tolist(),
+        }
+        described += f", marker: {names[levels[1]]}"
+    title = "test features on 2 principal components"
     embedding_figure(
-        z, fine_to_top.to(y.device)[y], group_names, out / "embedding.png",
-        f"test features, colored by {names[top]}",
+        z, fine_to_top[y], group_names, out / "embedding.png",
+        f"{title}\n{scores}; {described}" if scores else f"{title}\n{described}", **sub,
     )  # fmt: skip
 
 

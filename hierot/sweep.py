@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -131,50 +132,101 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def plot(path: Path, rows: Sequence[Mapping[str, object]]) -> bool:
-    """TestCPCC against lambda, one line per (batch size, distance); False if nothing to plot."""
-    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}
+# summary.png's panels: TestCPCC under l2 compares every run on one scale; each run's own
+# distance is what its regularizer optimized.
+PANELS = (
+    ("test/cpcc_l2", "TestCPCC under l2 (test/cpcc_l2)"),
+    ("test/cpcc", "TestCPCC under the run's distance (test/cpcc)"),
+)
+MIN_SPAN = 0.2  # the y range shown is at least this wide, so seed noise does not look like a trend
+
+
+def _lines(
+    rows: Sequence[Mapping[str, object]], metric: str
+) -> dict[tuple[float, str], dict[float, list[float]]]:
+    """{(batch size, dist): {lam: [value per seed]}} of the completed rows."""
+    lines: dict[tuple[float, str], dict[float, list[float]]] = {}
     for row in rows:
-        lam, cpcc = _number(row.get("lam")), _number(row.get("test/cpcc"))
-        if row.get("status") != "completed" or lam is None or cpcc is None:
+        lam, value = _number(row.get("lam")), _number(row.get(metric))
+        batch = _number(row.get("data.batch_size"))
+        if row.get("status") != "completed" or lam is None or value is None:
             continue
-        key = (str(row.get("data.batch_size")), str(row.get("dist")))
-        lines.setdefault(key, []).append((lam, cpcc))
-    if not lines:
+        key = (batch if batch is not None else math.nan, str(row.get("dist")))
+        lines.setdefault(key, {}).setdefault(lam, []).append(value)
+    return lines
+
+
+def plot(path: Path, rows: Sequence[Mapping[str, object]], title: str = "") -> bool:
+    """Write ``summary_figure`` to ``path``; False if nothing to plot."""
+    fig = summary_figure(rows, title)
+    if fig is None:
         return False
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    from matplotlib import pyplot as plt
+
+    plt.close(fig)
+    return True
+
+
+def summary_figure(rows: Sequence[Mapping[str, object]], title: str = ""):
+    """TestCPCC against lambda, one line per (batch size, distance), the mean over seeds
+    with their spread as error bars; None if no completed row has a value."""
+    panels = [(m, label, lines) for m, label in PANELS if (lines := _lines(rows, m))]
+    if not panels:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for (batch, dist), points in sorted(lines.items()):
-        # Several seeds of one setting: plot their mean.
-        by_lam: dict[float, list[float]] = {}
-        for lam, cpcc in points:
-            by_lam.setdefault(lam, []).append(cpcc)
-        xs = sorted(by_lam)
-        ys = [sum(by_lam[x]) / len(by_lam[x]) for x in xs]
-        ax.plot(xs, ys, marker="o", label=f"{dist}, batch {batch}")
-    lams = sorted({lam for pts in lines.values() for lam, _ in pts})
-    if lams[0] > 0 and lams[-1] / lams[0] >= 10:
-        ax.set_xscale("log")
-    ax.set_xlabel("lambda")
-    ax.set_ylabel("TestCPCC (test/cpcc)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return True
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.5 * len(panels), 4.2), layout="constrained", squeeze=False
+    )
+    seeds = 1
+    for ax, (_, label, lines) in zip(axes[0], panels, strict=True):
+        values: list[float] = []
+        lams: set[float] = set()
+        for (batch, dist), by_lam in sorted(lines.items()):
+            xs = sorted(by_lam)
+            ys = [float(np.mean(by_lam[x])) for x in xs]
+            spread = [float(np.std(by_lam[x])) for x in xs]
+            seeds = max(seeds, *(len(v) for v in by_lam.values()))
+            batch_label = "?" if math.isnan(batch) else f"{batch:g}"
+            ax.errorbar(
+                xs, ys, yerr=spread if any(spread) else None, marker="o", capsize=3,
+                label=f"{dist}, batch {batch_label}",
+            )  # fmt: skip
+            values += [v for vs in by_lam.values() for v in vs]
+            lams.update(xs)
+        positive = sorted(x for x in lams if x > 0)
+        if positive and 0 in lams:
+            # lam = 0 (no regularizer) stays on the axis: linear below the smallest lam.
+            ax.set_xscale("symlog", linthresh=positive[0])
+        elif positive and positive[-1] / positive[0] >= 10:
+            ax.set_xscale("log")
+        low, high = min(values), max(values)
+        if high - low < MIN_SPAN:
+            mid = (high + low) / 2
+            low, high = mid - MIN_SPAN / 2, mid + MIN_SPAN / 2
+        pad = 0.05 * (high - low)
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_xlabel("lambda (weight of the CPCC regularizer)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    what = f"mean of {seeds} seeds, bars: std" if seeds > 1 else "one seed per point"
+    heading = f"TestCPCC vs lambda ({what})"
+    fig.suptitle(f"{title}: {heading}" if title else heading)
+    return fig
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, object]]:
     """Write ``summary.csv`` (and ``summary.png`` when a job completed) into ``sweep_dir``."""
     rows = collect(sweep_dir)
     write_csv(sweep_dir / "summary.csv", rows)
-    plot(sweep_dir / "summary.png", rows)
+    plot(sweep_dir / "summary.png", rows, title=f"sweep {sweep_dir.name}")
     return rows
 
 

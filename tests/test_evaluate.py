@@ -164,3 +164,16 @@ def test_test_cpcc_uses_the_runs_own_distance_options(tmp_path):
     assert got["test/cpcc"] == pytest.approx(trained["test/cpcc"], abs=1e-4)
     assert got["test/cpcc"] != got["test/cpcc_sinkhorn"]
     assert not (tmp_path / "eval" / "dendrograms.png").exists()
+
+
+def test_figure_colours_are_the_class_names_where_those_are_colours():
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgba
+
+    from hierot.figures import group_colors
+
+    assert group_colors(["red", "green", "blue"]) == [to_rgba(c) for c in ("red", "green", "blue")]
+    tab10 = colormaps["tab10"]
+    assert group_colors(["fruit", "flowers"]) == [tab10(0), tab10(1)]
+    assert group_colors(["red", "azure"]) == [tab10(0), tab10(1)]  # azure is nearly white
+    assert group_colors(["red", "red"]) == [tab10(0), tab10(1)]  # two groups, one colour

@@ -3,10 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from datasets import write_cifar100
 
-from hierot.sweep import write_summary
+from hierot.sweep import MIN_SPAN, summary_figure, write_summary
 
 QUICK = [
     "trainer.fast_dev_run=true",
@@ -115,3 +116,29 @@ def test_shipped_slurm_launcher_config(tmp_path):
     launcher = yaml.safe_load(run.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert launcher["timeout_min"] == 240 and launcher["gpus_per_node"] == 1
+
+
+def test_summary_figure_compares_runs_on_one_scale_and_keeps_lambda_zero():
+    rows = [
+        {"status": "completed", "lam": lam, "data.batch_size": batch, "dist": dist,
+         "seed": seed, "test/cpcc": 0.9 + 0.001 * seed, "test/cpcc_l2": 0.8 + 0.002 * seed}
+        for batch in (128, 64) for dist in ("l2", "fastft") for lam in (0, 0.1, 1, 10)
+        for seed in (0, 1)
+    ]  # fmt: skip
+    rows.append({"status": "failed", "lam": 5, "dist": "l2", "error": "x"})
+    fig = summary_figure(rows, "sweep x")
+    left, right = fig.axes
+    assert left.get_ylabel() == "TestCPCC under l2 (test/cpcc_l2)"
+    assert right.get_ylabel() == "TestCPCC under the run's distance (test/cpcc)"
+    for ax in (left, right):
+        assert ax.get_xscale() == "symlog"  # lam = 0 is on the axis
+        low, high = ax.get_ylim()
+        assert high - low >= MIN_SPAN  # a 0.002 seed spread is not stretched over the plot
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["fastft, batch 64", "l2, batch 64", "fastft, batch 128",
+                          "l2, batch 128"]  # fmt: skip
+        (line, *_) = ax.lines
+        assert list(line.get_xdata()) == [0, 0.1, 1, 10]
+    assert left.lines[0].get_ydata()[0] == pytest.approx(0.801)  # mean of the two seeds
+    assert fig._suptitle.get_text() == "sweep x: TestCPCC vs lambda (mean of 2 seeds, bars: std)"
+    assert summary_figure([{"status": "failed", "lam": 1}]) is None
