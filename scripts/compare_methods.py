@@ -1,8 +1,9 @@
 """Compare the CPCC regularizer's distances with flat training, over several seeds.
 
 Runs one Hydra multirun, ``dist`` x ``seed`` (``none`` is flat cross-entropy), on the data you
-choose, then prints the paper-style table (mean +- std over seeds) from the sweep's
-``summary.csv``. Extra arguments are passed to every job.
+choose, into a fresh sweep directory, then prints the paper-style table (mean +- std over
+seeds) from the sweep's ``summary.csv``. Extra arguments are passed to every job; one that
+sweeps (``lam=0.1,1``) adds a column, since rows pool seeds only.
 
     python scripts/compare_methods.py                            # embedded synthetic data
     python scripts/compare_methods.py --seeds 0 1 2 -- data=cifar100 data.root=/data/cifar
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 METHODS = ["none", "l2", "emd", "sinkhorn", "swd", "fastft"]
@@ -38,42 +40,87 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+# summary.csv columns that describe a job's setting rather than its results.
+SETTINGS = ["dist", "lam", "data.batch_size", "backbone"]
+
+
+def _order(value: str) -> tuple:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def group_keys(rows: list[dict[str, str]]) -> list[str]:
+    """The settings that tell the rows' groups apart: every swept key and setting except
+    ``seed`` (the only key a row pools over), keeping those that vary; ``dist`` always."""
+    header = list(rows[0]) if rows else []
+    swept = header[2 : header.index("dist")] if "dist" in header else []
+    keys = list(dict.fromkeys([*swept, *SETTINGS]))
+    varying = [k for k in keys if k != "seed" and len({r.get(k) for r in rows}) > 1]
+    return ["dist", *[k for k in varying if k != "dist"]]
+
+
 def table(rows: list[dict[str, str]]) -> str:
-    """Markdown table: one line per distance, mean ± sample std over its completed seeds."""
+    """Markdown table: one line per setting (distance and every other swept key but the
+    seed), mean ± sample std over its completed seeds."""
     # fine accuracy first, then coarser levels, then top-k
     accuracies = sorted(
         {k for r in rows for k in r if k.startswith("test/acc_")},
         key=lambda k: (k != "test/acc_fine", "top" in k, k),
     )
     metrics = [*FIRST, *accuracies, *LAST]
-    methods = list(dict.fromkeys(r["dist"] for r in rows))
-    methods.sort(key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
+    keys = group_keys(rows)
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k, "") for k in keys), []).append(r)
+
+    def rank(group: tuple[str, ...]) -> tuple:
+        dist = METHODS.index(group[0]) if group[0] in METHODS else len(METHODS)
+        return (dist, group[0], *(_order(v) for v in group[1:]))
+
     names = [m.removeprefix("test/") for m in metrics]
+    extra = keys[1:]
     lines = [
-        "| method | runs | " + " | ".join(names) + " |",
-        "|---" * (len(names) + 2) + "|",
+        "| method | " + "".join(f"{k} | " for k in extra) + "runs | " + " | ".join(names) + " |",
+        "|---" * (len(names) + len(extra) + 2) + "|",
     ]
-    for method in methods:
-        done = [r for r in rows if r["dist"] == method and r["status"] == "completed"]
-        total = sum(r["dist"] == method for r in rows)
+    for group in sorted(groups, key=rank):
+        members = groups[group]
+        done = [r for r in members if r["status"] == "completed"]
         cells = [mean_std([float(r[m]) for r in done if r.get(m)]) for m in metrics]
-        runs = f"{len(done)}" if len(done) == total else f"{len(done)} of {total}"
-        lines.append(f"| {SHOWN.get(method, method)} | {runs} | " + " | ".join(cells) + " |")
+        runs = f"{len(done)}" if len(done) == len(members) else f"{len(done)} of {len(members)}"
+        settings = "".join(f"{v} | " for v in group[1:])
+        label = SHOWN.get(group[0], group[0])
+        lines.append(f"| {label} | {settings}{runs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def fresh_out(out: Path | None, now: datetime) -> Path:
+    """The sweep directory: ``--out`` if it is empty or new, else a timestamped one under
+    ``multirun/compare_methods`` (a second call never reuses the first call's jobs)."""
+    if out is None:
+        return Path("multirun") / "compare_methods" / now.strftime("%Y-%m-%d_%H-%M-%S")
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"compare_methods: error: --out {out} is not empty; give a new directory")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=None, help="sweep directory")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="a new sweep directory (default: multirun/compare_methods/<date>_<time>)",
+    )  # fmt: skip
     parser.add_argument("--summary", type=Path, default=None, help="only tabulate this file")
     parser.add_argument("overrides", nargs="*", help="passed to every job (after --)")
     args = parser.parse_args()
 
     summary = args.summary
     if summary is None:
-        out = args.out or Path("multirun") / "compare_methods"
+        out = fresh_out(args.out, datetime.now())
         command = [
             sys.executable, "-m", "hierot.train", "-m",
             f"dist={','.join(args.methods)}",
@@ -86,7 +133,7 @@ def main() -> None:
         subprocess.run(command, check=False)
         summary = out / "summary.csv"
     if not summary.is_file():
-        sys.exit(f"compare_methods: no summary at {summary}")
+        sys.exit(f"compare_methods: error: no summary at {summary}")
     print(table(read_rows(summary)))
 
 
