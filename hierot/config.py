@@ -179,8 +179,8 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as e:
-        if isinstance(e.__cause__, (DataError, HierarchyError)):
-            raise e.__cause__ from None  # already names its file
+        if isinstance(e.__cause__, (ConfigError, DataError, HierarchyError)):
+            raise e.__cause__ from None  # already names its key or file
         raise ConfigError(f"{key}: {one_line(e)}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{key}: {one_line(e)}") from None

@@ -59,3 +59,19 @@ def write_folders(root: Path, splits: dict[str, list[str]], n=3, size=(20, 28)) 
                 img = torch.full((*size, 3), (c * 37 + i * 5) % 256, dtype=torch.uint8)
                 Image.fromarray(img.numpy()).save(d / f"img{i}.png")
     return root
+
+
+def write_hub_cache(home: Path, hub_id: str, state: dict[str, torch.Tensor]) -> Path:
+    """A Hugging Face hub cache under ``home`` (what ``HF_HOME`` points at) holding one
+    model repository's ``model.safetensors`` at its ``main`` revision, the layout that
+    ``huggingface_hub`` writes when it downloads timm's weights."""
+    from safetensors.torch import save_file
+
+    repo = home / "hub" / f"models--{hub_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, snapshot / "model.safetensors")
+    return snapshot

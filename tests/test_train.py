@@ -6,6 +6,7 @@ import sys
 import pytest
 import timm
 import torch
+from datasets import write_hub_cache
 
 from hierot.config import compose_config
 from hierot.data.module import default_workers
@@ -206,3 +207,39 @@ def test_wandb_logger_runs_offline_without_network(tmp_path):
     (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
     assert record.stat().st_size > 1000
     assert read_metrics(tmp_path / "run")["status"] == "completed"
+
+
+def test_pretrained_weights_come_from_the_hub_cache_offline(tmp_path):
+    # A cache as huggingface_hub leaves it, with weights we know; the hub is never reached.
+    source = timm.create_model("resnet18")
+    torch.nn.init.constant_(source.conv1.weight, 0.125)
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    write_hub_cache(tmp_path / "hf", hub_id, source.state_dict())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    probe = (
+        "from hierot.models import create_backbone; "
+        "m = create_backbone('resnet18', pretrained=True, stem='standard'); "
+        "print(float(m.conv1.weight.mean()), float(m.layer1[0].conv1.weight.std()))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    conv1, layer1 = map(float, run.stdout.split())
+    assert conv1 == 0.125
+    assert layer1 == pytest.approx(float(source.layer1[0].conv1.weight.detach().std()), rel=1e-6)
+
+    # An empty cache offline: one line naming the model and the way out, no run directory.
+    env["HF_HOME"] = str(tmp_path / "empty")
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.train", *TINY, "backbone.pretrained=true",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"hierot: error: backbone.pretrained: no pretrained weights for resnet18 ({hub_id} on "
+        "the Hugging Face hub): not in the local cache (HF_HOME), and the hub is offline"
+    )
+    assert last.endswith("or give a file with backbone.weights=FILE")
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "run").exists()

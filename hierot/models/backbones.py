@@ -88,11 +88,32 @@ def _check_loaded(model: nn.Module, name: str, weights: str) -> None:
         )
 
 
+def _from_hub(error: Exception) -> bool:
+    """A download failure (no network, offline mode with an empty cache, hub errors)."""
+    package = type(error).__module__.split(".")[0]
+    return isinstance(error, OSError) or package in ("huggingface_hub", "httpx", "requests")
+
+
+def _hub_error(name: str, error: Exception) -> ConfigError:
+    source = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(source, "hf_hub_id", None) if source is not None else None
+    where = f" ({hub_id} on the Hugging Face hub)" if hub_id else ""
+    if type(error).__name__ == "LocalEntryNotFoundError":
+        why = "not in the local cache (HF_HOME), and the hub is offline or unreachable"
+    else:
+        why = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConfigError(
+        f"backbone.pretrained: no pretrained weights for {name}{where}: {why}; fetch them "
+        f"once where the hub is reachable (same HF_HOME), or give a file with backbone.weights=FILE"
+    )
+
+
 def create_backbone(
     name: str,
     *,
     stem: str | None = None,
     weights: str | None = None,
+    pretrained: bool = False,
     **kwargs: object,
 ) -> nn.Module:
     """A timm model returning (B, num_features) pooled features.
@@ -100,8 +121,11 @@ def create_backbone(
     Args:
         name: a timm model name (``resnet18``, ``vit_base_patch16_224``, ...).
         stem: ResNets only: ``standard``, ``small`` or ``cifar`` (see the stem functions).
-        weights: a local checkpoint file (timm or plain ``state_dict`` format); there is no hub
-            access. A replaced stem starts from scratch; every other layer is loaded.
+        weights: a local checkpoint file (timm or plain ``state_dict`` format); no hub access.
+            A replaced stem starts from scratch; every other layer is loaded.
+        pretrained: timm's pretrained weights for ``name`` from the Hugging Face hub, through
+            its cache (``HF_HOME``; ``HF_HUB_OFFLINE=1`` reads only the cache). Ignored when
+            ``weights`` is given.
         kwargs: passed to ``timm.create_model`` (``img_size`` for ViTs, ``drop_rate``, ...).
     """
     if not timm.is_model(name):
@@ -117,10 +141,16 @@ def create_backbone(
             raise ConfigError(f"backbone.weights: no such file: {path}")
         # timm only reads an overlaid file when pretrained=True.
         extra = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+    elif pretrained:
+        extra = {"pretrained": True}
     try:
         model = timm.create_model(name, num_classes=0, **extra, **kwargs)
     except TypeError as e:
         raise ConfigError(f"backbone: {name}: {e}") from None
+    except Exception as e:
+        if weights is not None or not pretrained or not _from_hub(e):
+            raise
+        raise _hub_error(name, e) from None
     except RuntimeError as e:
         if weights is None:
             raise
@@ -129,7 +159,7 @@ def create_backbone(
     if weights is not None:
         _check_loaded(model, name, weights)
     if stem is not None:
-        if weights is not None and stem != "standard":
+        if (weights is not None or pretrained) and stem != "standard":
             log.warning(
                 "backbone.stem=%s replaces the stem; its pretrained weights are unused", stem
             )
