@@ -170,6 +170,10 @@ def _check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer: lightning.Trainer takes no argument {', '.join(unknown)}")
     if cfg.get("ckpt_path") is not None:
         check_checkpoint(cfg.ckpt_path, "ckpt_path")
+    for key in ("save_last", "weights_only"):
+        value = OmegaConf.select(cfg, f"checkpoint.{key}")
+        if not isinstance(value, bool):
+            raise ConfigError(f"checkpoint.{key} must be true or false, got {value!r}")
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode must be 'min' or 'max', got {cfg.get('monitor_mode')!r}")
 

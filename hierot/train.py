@@ -59,8 +59,9 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
         auto_insert_metric_name=False,
         monitor=cfg.monitor if validates else None,
         mode=cfg.monitor_mode,
-        save_last=True,
+        save_last=cfg.checkpoint.save_last,
         save_top_k=1,
+        save_weights_only=cfg.checkpoint.weights_only,
     )
     logger = build(cfg.logger, "logger") if cfg.get("logger") else False
     trainer_kwargs["enable_progress_bar"] = progress_bar_wanted(  # type: ignore[index]

@@ -243,3 +243,18 @@ def test_pretrained_weights_come_from_the_hub_cache_offline(tmp_path):
     assert last.endswith("or give a file with backbone.weights=FILE")
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_checkpoints_kept_can_be_cut_to_the_best_weights(make_cfg, tmp_path):
+    train(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=1"))
+    full = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert full == ["best-epoch00.ckpt", "last.ckpt"]
+    size = (tmp_path / "run" / "checkpoints" / "last.ckpt").stat().st_size
+    lean = ["checkpoint.save_last=false", "checkpoint.weights_only=true"]
+    train(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=1", *lean, out="lean"))
+    (only,) = (tmp_path / "lean" / "checkpoints").iterdir()
+    assert only.name == "best-epoch00.ckpt"
+    state = torch.load(only, map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in state and "state_dict" in state
+    assert only.stat().st_size < 0.6 * size  # SGD's momentum buffers are half of a full one
+    assert read_metrics(tmp_path / "lean")["best_checkpoint"] == str(only)
