@@ -60,11 +60,14 @@ def format_metrics(metrics: Mapping[str, object]) -> str:
 
 
 class EpochLog(L.Callback):
-    """One log line per training epoch with its metrics (train means and the latest
-    validation), and the data sizes when fitting starts."""
+    """One log line per training epoch with its metrics, and the data sizes when fitting
+    starts. ``train/*`` are means over the epoch's batches (the module logs them per step);
+    ``val/*`` are the epoch's validation."""
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
+        self._sums: dict[str, float] = {}
+        self._batches = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
@@ -84,15 +87,28 @@ class EpochLog(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._sums, self._batches = {}, 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object
+    ) -> None:
+        self._batches += 1
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/") and value.numel() == 1:
+                self._sums[key] = self._sums.get(key, 0.0) + float(value)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         seconds = time.perf_counter() - self._start
+        metrics: dict[str, object] = {
+            k: v for k, v in trainer.callback_metrics.items() if not k.startswith("train/")
+        }
+        metrics.update({k: v / max(self._batches, 1) for k, v in self._sums.items()})
         log.info(
             "epoch %d/%d (%.0f s): %s",
             trainer.current_epoch + 1,
             trainer.max_epochs,
             seconds,
-            format_metrics(trainer.callback_metrics),
+            format_metrics(metrics),
         )

@@ -258,3 +258,34 @@ def test_checkpoints_kept_can_be_cut_to_the_best_weights(make_cfg, tmp_path):
     assert "optimizer_states" not in state and "state_dict" in state
     assert only.stat().st_size < 0.6 * size  # SGD's momentum buffers are half of a full one
     assert read_metrics(tmp_path / "lean")["best_checkpoint"] == str(only)
+
+
+def test_vit_conv_stem_keeps_the_tokens_and_convolves_first():
+    x = torch.zeros(2, 3, 32, 32)
+    for patch, strides in ((16, 4), (8, 3)):
+        model = create_backbone("vit_small_patch16_224", stem="conv", img_size=32, patch_size=patch)
+        convs = [m for m in model.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+        assert [c.stride[0] for c in convs] == [2] * strides + [1]
+        assert convs[-1].out_channels == model.embed_dim
+        assert model.forward_features(x).shape[1] == (32 // patch) ** 2 + 1  # + class token
+        assert model(x).shape == (2, model.num_features)
+    with pytest.raises(ConfigError, match="apply to ViTs"):
+        create_backbone("resnet18", stem="conv")
+    with pytest.raises(ConfigError, match="power-of-two patch"):
+        create_backbone("vit_small_patch16_224", stem="conv", img_size=36, patch_size=12)
+
+
+def test_epoch_line_gives_train_means_over_the_epoch(make_cfg, tmp_path, caplog):
+    import csv
+    import logging
+    import re
+
+    with caplog.at_level(logging.INFO, logger="hierot.logs"):
+        train(make_cfg("trainer.max_epochs=1", "trainer.log_every_n_steps=1"))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        steps = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(steps) == 3  # 96 images in batches of 32
+    logged = float(re.search(r"train/loss (\S+)", line).group(1))
+    assert logged == pytest.approx(sum(steps) / 3, abs=1e-4)
+    assert "val/acc_fine" in line and "val/cpcc" in line

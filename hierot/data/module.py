@@ -53,6 +53,8 @@ class HierarchyDataModule(L.LightningDataModule):
         level_names: names of the coarse levels, top first, for metric keys.
         resnet_stem: the ResNet stem that suits these images; configs read it as
             ``data.resnet_stem`` (``standard``, ``small`` or ``cifar``).
+        vit_stem: the ViT stem that suits these images (``patch`` or ``conv``), read as
+            ``data.vit_stem``.
     """
 
     hierarchy: Hierarchy
@@ -69,6 +71,7 @@ class HierarchyDataModule(L.LightningDataModule):
         std: Sequence[float] = (0.25, 0.25, 0.25),
         level_names: Sequence[str] | None = None,
         resnet_stem: str | None = None,
+        vit_stem: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -82,6 +85,7 @@ class HierarchyDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.level_names = list(level_names) if level_names else None
         self.resnet_stem = resnet_stem
+        self.vit_stem = vit_stem
         self._mean = torch.tensor(mean).view(1, -1, 1, 1)
         self._std = torch.tensor(std).view(1, -1, 1, 1)
 
