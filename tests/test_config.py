@@ -19,7 +19,7 @@ GROUPS = {
     "backbone": ["resnet18", "resnet34", "resnet50", "vit_b16", "vit_l16", "vit_s16"],
     "dist": ["emd", "fastft", "l2", "none", "sinkhorn", "swd"],
     "data": ["breeds", "cifar10", "cifar100", "imagefolder", "inat", "synthetic"],
-    "logger": ["csv", "tensorboard"],
+    "logger": ["csv", "tensorboard", "wandb"],
     "optimizer": ["adamw", "sgd"],
     "scheduler": ["cosine", "none", "step"],
     "trainer": ["default"],
@@ -46,6 +46,8 @@ def test_defaults_and_group_coupling():
     assert cfg.optimizer._target_ == "torch.optim.SGD"
     vit = compose_config(["backbone=vit_b16"])
     assert vit.optimizer._target_ == "torch.optim.AdamW" and vit.backbone.img_size == 32
+    # the small-image ViT recipe: conv stem (the synthetic data's suggestion), mean pooling
+    assert (vit.backbone.stem, vit.backbone.global_pool, vit.optimizer.lr) == ("conv", "avg", 1e-4)
     assert compose_config(["backbone=vit_b16", "optimizer=sgd"]).optimizer.lr == 0.1
     assert compose_config(["dist=sinkhorn", "dist.options.reg=0.5"]).dist.options.reg == 0.5
     trainer = compose_config(["trainer.limit_train_batches=2", "trainer.precision=bf16-mixed"])

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from hierot.config import compose_config
+from hierot.errors import ConfigError
+from hierot.evaluate import precheck
 from hierot.evaluation import average_hierarchical_distance, retrieval_map
 from hierot.figures import embedding_2d
 from hierot.train import train
@@ -129,25 +131,30 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
         assert not (tmp_path / "eval").exists()  # nothing half-written left behind
         return lines[0][len("hierot: error: ") :]
 
+    def prechecked(*args):
+        with pytest.raises(ConfigError) as info:
+            precheck(list(args))
+        return str(info.value)
+
     missing = tmp_path / "missing.ckpt"
     assert refused(f"ckpt={missing}") == f"ckpt: no such checkpoint: {missing}"
-    assert refused() == "ckpt: give a checkpoint file, ckpt=PATH"
+    assert prechecked() == "ckpt: give a checkpoint file, ckpt=PATH"
     last = trained_run / "checkpoints" / "last.ckpt"
     not_ckpt = tmp_path / "notes.ckpt"
     not_ckpt.write_text("a text file")
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    for path in (not_ckpt, truncated):
-        assert refused(f"ckpt={path}").startswith(
-            f"ckpt: {path} is not a readable PyTorch checkpoint (truncated, or another kind"
-        )
-    assert refused(f"ckpt={last}", "dist=l2").startswith("dist: evaluate takes no dist=;")
-    assert refused(f"ckpt={last}", "+figure=false") == (
+    assert refused(f"ckpt={truncated}").startswith(
+        f"ckpt: {truncated} is not a readable PyTorch checkpoint (truncated, or another kind"
+    )
+    assert "is not a readable PyTorch checkpoint" in prechecked(f"ckpt={not_ckpt}")
+    assert prechecked(f"ckpt={last}", "dist=l2").startswith("dist: evaluate takes no dist=;")
+    assert prechecked(f"ckpt={last}", "+figure=false") == (
         "unknown key 'figure' (did you mean 'figures'?): nothing reads +figure=...; top-level "
         "keys: accelerator, ahd_k, ckpt, distances, enable_progress_bar, figures, memory_mb, "
         "output_dir, precision, top_k"
     )
-    # another backbone than the one trained: named, found after the run started
+    # another backbone than the one trained: found after the run started, still one line
     message = refused(f"ckpt={last}", "backbone=resnet34")
     assert "does not fit backbone=resnet34" in message
 
