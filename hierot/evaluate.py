@@ -9,6 +9,7 @@ level) and two figures into its run directory (``evaluations/<date>/<time>/``):
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Mapping
@@ -57,6 +58,27 @@ def resolve_groups(cfg: DictConfig, overrides: list[str], saved: DictConfig | No
         cfg[group] = node
 
 
+def check_run_classes(ckpt: Path, classes: list[str]) -> None:
+    """The classes about to be evaluated are those the checkpoint's run trained on, in the
+    same order (its ``data.json``; runs from before it existed are not checked)."""
+    path = ckpt.resolve().parent.parent / "data.json"
+    try:
+        trained = json.loads(path.read_text())["classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if trained == classes:
+        return
+    if len(trained) != len(classes):
+        detail = f"{len(trained)} classes there, {len(classes)} here"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(trained, classes, strict=True)) if a != b)
+        detail = f"class {i} is '{trained[i]}' there and '{classes[i]}' here"
+    raise ConfigError(
+        f"ckpt: the data differs from what its run trained on ({path}: {detail}); "
+        f"evaluate with the run's data (drop data overrides such as data.split)"
+    )
+
+
 def load_model(ckpt: Path, cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyModule:
     state = load_checkpoint(ckpt, "ckpt")
     hparams = state.get("hyper_parameters", {})
@@ -100,6 +122,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     ckpt = check_evaluate(cfg)
     out = Path(cfg.output_dir)
     datamodule = build(cfg.data, "data")
+    check_run_classes(ckpt, list(datamodule.hierarchy.leaves))
     model = load_model(ckpt, cfg, datamodule)
     trainer = L.Trainer(
         accelerator=cfg.accelerator,

@@ -19,12 +19,17 @@ def as_number(value: object) -> float | int | str | None:
     return value  # type: ignore[return-value]
 
 
-def write_metrics(path: Path, metrics: Mapping[str, object]) -> None:
+def write_json(path: Path, data: object) -> None:
     """Write atomically, so a reader (or a sweep summary) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({k: as_number(v) for k, v in metrics.items()}, indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def write_metrics(path: Path, metrics: Mapping[str, object]) -> None:
+    """``metrics.json``: flat keys, tensors as numbers, NaN as null."""
+    write_json(path, {k: as_number(v) for k, v in metrics.items()})
 
 
 def format_table(metrics: Mapping[str, object], prefix: str = "test/") -> str:

@@ -23,9 +23,10 @@ from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, hydra_pri
 from hierot.config import build, check_added_keys, check_config, compose_config, sweep_variants
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError, user_message
+from hierot.hierarchy import Hierarchy
 from hierot.logs import EpochLog, progress_bar_wanted, quiet_warnings
 from hierot.models import HierarchyModule
-from hierot.report import format_table, write_metrics
+from hierot.report import format_table, write_json, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,15 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
     return datamodule, model, trainer
 
 
+def write_hierarchy(out: Path, hierarchy: Hierarchy) -> None:
+    """``hierarchy.json``: the tree the run trained on, nested, for ``Hierarchy.from_file``
+    (with ``classes=`` from ``data.json`` for the class ids); a tree with edge weights also
+    gets ``hierarchy.txt``, an edge list that keeps them."""
+    write_json(out / "hierarchy.json", hierarchy.to_nested())
+    if not hierarchy.unit_weights:
+        (out / "hierarchy.txt").write_text(hierarchy.edge_list())
+
+
 def run_summary(cfg: DictConfig) -> str:
     """The run's main settings on one line, for the console and train.log."""
     optimizer = str(cfg.optimizer.get("_target_", "?")).rsplit(".", 1)[-1]
@@ -101,6 +111,7 @@ def train(cfg: DictConfig) -> float:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     if trainer.is_global_zero:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_hierarchy(out, datamodule.hierarchy)
         log.info("%s (config: %s)", run_summary(cfg), out / "config.yaml")
 
     start = time.perf_counter()
@@ -130,6 +141,7 @@ def train(cfg: DictConfig) -> float:
     # Under DDP every rank gets here with the same (synced) metrics; one writer avoids two
     # ranks racing on the same temporary file.
     if trainer.is_global_zero:
+        write_json(out / "data.json", datamodule.description())
         write_metrics(out / "metrics.json", metrics)
         log.info("%s", format_table(metrics))
         log.info("outputs: %s", out)

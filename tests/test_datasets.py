@@ -1,4 +1,5 @@
 import json
+import pickle
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from datasets import write_cifar10, write_cifar100, write_folders
 
 from hierot.config import build, compose_config
 from hierot.errors import DataError
-from hierot.hierarchy import HierarchyError
+from hierot.hierarchy import Hierarchy, HierarchyError
 
 FINE = ["apple", "pear", "rose", "tulip", "bee", "ant"]
 COARSE = ["fruit", "flowers", "insects"]
@@ -362,3 +363,101 @@ def test_bad_hierarchy_file_from_the_command_line(tmp_path):
                  f"data.hierarchy={tmp_path / 'tree.txt'}")  # fmt: skip
     assert line.startswith(f"hierot: error: {tmp_path / 'tree.txt'}:2: node 'cat' has two parents")
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- the OT-CPCC CIFAR-100 protocol
+PAPER_COARSE = ["aquatic_mammals", "fish", "flowers", "food_containers"]
+# 5 classes per superclass, interleaved in id order as in the real release
+PAPER_PARENT = [1, 0, 2, 3, 0, 1, 2, 3, 3, 0, 1, 2, 2, 3, 0, 1, 0, 1, 2, 3]
+PAPER_FINE = [f"class{i:02d}" for i in range(20)]
+
+
+def authors_maps(coarse_map):
+    """fine -> mid and fine -> coarsest as uiuctml/OTCPCC's dataset/cifar100/data.py builds
+    them (their loop, on our fixture's superclasses)."""
+    coarse_map = np.array(coarse_map)
+    mid_map = np.zeros(len(coarse_map))
+    for i in range(coarse_map.max() + 1):
+        idx = (coarse_map == i).nonzero()[0]
+        mid_map[idx[:2]] = i + 0.5
+        mid_map[idx[2:]] = i
+    mid_map = (mid_map * 2).astype(int)
+    coarsest_map = coarse_map // 2
+    return mid_map, coarsest_map
+
+
+def paper_tree_distance(a, b, height):
+    """The authors' dT: 2 x the number of levels up to the first shared ancestor."""
+    coarse = np.array(PAPER_PARENT)
+    mid, coarsest = authors_maps(PAPER_PARENT)
+    if a == b:
+        return 0
+    if height >= 3 and mid[a] == mid[b]:
+        return 2
+    if coarse[a] == coarse[b]:
+        return 4 if height >= 3 else 2
+    if height == 4 and coarsest[a] == coarsest[b]:
+        return 6
+    return {2: 4, 3: 6, 4: 8}[height]
+
+
+@pytest.mark.parametrize("split", ["all", "source", "target"])
+@pytest.mark.parametrize("height", [2, 3, 4])
+def test_cifar100_paper_splits_and_heights(tmp_path, split, height):
+    write_cifar100(tmp_path, PAPER_FINE, PAPER_COARSE, PAPER_PARENT, n=3)
+    dm = data_module("data=cifar100", f"data.root={tmp_path}", f"data.split={split}",
+                     f"data.height={height}", "data.val_fraction=0.2")  # fmt: skip
+    lowest = {i for c in range(4) for i in [j for j, p in enumerate(PAPER_PARENT) if p == c][:2]}
+    kept = [i for i in range(20) if split == "all" or (i in lowest) == (split == "target")]
+    assert len(kept) == {"all": 20, "source": 12, "target": 8}[split]
+    assert dm.hierarchy.leaves == [PAPER_FINE[i] for i in kept]
+    assert dm.level_names == {2: ["coarse"], 3: ["coarse", "mid"],
+                              4: ["coarsest", "coarse", "mid"]}[height]  # fmt: skip
+    want = torch.tensor(
+        [[paper_tree_distance(a, b, height) for b in kept] for a in kept], dtype=torch.float32
+    )
+    assert torch.equal(dm.hierarchy.tree_distances(), want)
+    # images of the kept classes only, labels renumbered in original id order
+    for dataset, per_class in ((dm.test_set, 3), (dm.train_set, None)):
+        labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+        assert set(labels.tolist()) <= set(range(len(kept)))
+        if per_class:
+            assert torch.equal(torch.bincount(labels), torch.full((len(kept),), per_class))
+    # the test split is the release's test images of the kept classes, in file order
+    raw = pickle.loads((tmp_path / "cifar-100-python" / "test").read_bytes(), encoding="bytes")
+    rows = [j for j, f in enumerate(raw[b"fine_labels"]) if f in kept]
+    want_x = torch.as_tensor(raw[b"data"][rows]).view(-1, 3, 32, 32)
+    want_y = torch.tensor([kept.index(raw[b"fine_labels"][j]) for j in rows])
+    got = [dm.test_set[i] for i in range(len(dm.test_set))]
+    assert torch.equal(torch.stack([torch.as_tensor(x) for x, _ in got]), want_x)
+    assert torch.equal(torch.tensor([int(y) for _, y in got]), want_y)
+
+
+def test_cifar100_target_split_run_records_its_tree_and_classes(tmp_path):
+    write_cifar100(tmp_path, PAPER_FINE, PAPER_COARSE, PAPER_PARENT, n=3)
+    metrics = run_main(tmp_path, "data=cifar100", f"data.root={tmp_path}", "data.split=target",
+                       "data.height=3")  # fmt: skip
+    assert "test/acc_mid" in metrics and "test/acc_coarse" in metrics
+    run = tmp_path / "run"
+    data = json.loads((run / "data.json").read_text())
+    lowest = [i for c in range(4) for i in [j for j, p in enumerate(PAPER_PARENT) if p == c][:2]]
+    assert data["classes"] == [PAPER_FINE[i] for i in sorted(lowest)]
+    assert (data["dataset"], data["split"], data["images"]["test"]) == (
+        "Cifar100DataModule",
+        "target",
+        8 * 3,
+    )
+    tree = Hierarchy.from_file(run / "hierarchy.json", classes=data["classes"])
+    assert tree.leaves == data["classes"]
+    want = [[paper_tree_distance(a, b, 3) for b in sorted(lowest)] for a in sorted(lowest)]
+    assert tree.tree_distances().tolist() == want
+
+
+def test_cifar100_paper_options_are_checked(tmp_path):
+    write_cifar100(tmp_path, PAPER_FINE, PAPER_COARSE, PAPER_PARENT, n=2)
+    for override, message in (
+        ("data.split=holdout", "data.split: unknown 'holdout'; available: all, source, target"),
+        ("data.height=5", "data.height: 5 is not a tree height of CIFAR-100; available: 2, 3, 4"),
+    ):
+        with pytest.raises(DataError, match=re.escape(message)):
+            data_module("data=cifar100", f"data.root={tmp_path}", override)

@@ -184,3 +184,18 @@ def test_figure_colours_are_the_class_names_where_those_are_colours():
     assert group_colors(["fruit", "flowers"]) == [tab10(0), tab10(1)]
     assert group_colors(["red", "azure"]) == [tab10(0), tab10(1)]  # azure is nearly white
     assert group_colors(["red", "red"]) == [tab10(0), tab10(1)]  # two groups, one colour
+
+
+def test_evaluate_checks_the_classes_against_the_runs_data_json(tmp_path):
+    from hierot.evaluate import check_run_classes
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    check_run_classes(ckpt, ["a", "b"])  # no data.json (an older run): nothing to check
+    (run / "data.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    check_run_classes(ckpt, ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="class 1 is 'b' there and 'x' here"):
+        check_run_classes(ckpt, ["a", "x", "c"])
+    with pytest.raises(ConfigError, match="3 classes there, 2 here"):
+        check_run_classes(ckpt, ["a", "b"])

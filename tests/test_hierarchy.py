@@ -311,3 +311,20 @@ def test_tree_distances_of_thousands_of_classes_are_built_in_row_blocks():
     expect = torch.where(group[:, None] == group[None, :], 2.0, 4.0)
     expect.fill_diagonal_(0)
     assert torch.equal(t, expect)
+
+
+def test_nested_export_reads_back_as_the_same_tree():
+    # leaves at different depths, a single-child chain, ids not grouped by subtree
+    h = Hierarchy.from_paths(
+        [["b", "b1", "x"], ["a", "a1", "y"], ["b", "b2", "z"], ["a", "w"], ["c", "c1", "c2", "v"]]
+    )
+    back = Hierarchy.from_nested(h.to_nested(), classes=h.leaves)
+    assert back.leaves == h.leaves
+    assert torch.equal(back.tree_distances(), h.tree_distances())
+    assert h.to_nested() == {"b": {"b1": ["x"], "b2": ["z"]}, "a": {"a1": ["y"], "w": None},
+                             "c": {"c1": {"c2": ["v"]}}}  # fmt: skip
+    assert h.unit_weights
+    weighted = Hierarchy.from_edges([("r", "p", 2.0), ("p", "x", 1.0), ("p", "y", 0.5)])
+    assert not weighted.unit_weights
+    lines = sorted(weighted.edge_list().splitlines())
+    assert lines == ["p x 1", "p y 0.5", "r p 2"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hierot.data import SyntheticDataModule, SyntheticSpec, synthetic_hierarchy
-from hierot.data.synthetic import class_names, make_split, mode_separation
+from hierot.data.synthetic import class_names, make_split, mode_separation, split_modes
 
 
 def test_default_tree_has_three_levels_and_24_classes():
@@ -68,3 +68,29 @@ def test_data_module_splits_and_normalization():
 def test_bad_spec_is_one_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticSpec(**kwargs)
+
+
+def test_source_and_target_take_disjoint_halves_of_every_class_modes():
+    assert split_modes(4, "source") == [0, 1] and split_modes(4, "target") == [2, 3]
+    assert split_modes(3, "source") == [0] and split_modes(3, "target") == [1, 2]
+    assert split_modes(2, "all") == [0, 1]
+    with pytest.raises(ValueError, match=r"needs data\.modes >= 2"):
+        split_modes(1, "target")
+    with pytest.raises(ValueError, match="unknown 'holdout'"):
+        split_modes(2, "holdout")
+    spec = SyntheticSpec(modes=4)
+    _, labels, modes = make_split(spec, 8, seed=0, modes_used=[2, 3])
+    assert set(modes.tolist()) == {2, 3}
+    for c in range(spec.num_classes):  # every class, both of its target modes, evenly
+        assert torch.bincount(modes[labels == c], minlength=4).tolist() == [0, 0, 4, 4]
+
+
+def test_source_is_dark_and_target_light_background_with_two_modes():
+    corners = {}
+    for split in ("source", "target"):
+        dm = SyntheticDataModule(split=split, train_per_class=2, val_per_class=2,
+                                 test_per_class=4)  # fmt: skip
+        dm.setup("test")
+        assert dm.hierarchy.leaves == SyntheticDataModule().hierarchy.leaves  # same classes
+        corners[split] = dm.test_set.tensors[0][:, :, 0, 0].float().mean(1) / 255
+    assert corners["source"].max() < 0.45 and corners["target"].min() > 0.55

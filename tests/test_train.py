@@ -8,7 +8,7 @@ import timm
 import torch
 from datasets import write_hub_cache
 
-from hierot.config import compose_config
+from hierot.config import build, compose_config
 from hierot.data.module import default_workers
 from hierot.errors import ConfigError
 from hierot.logs import DropNoise
@@ -289,3 +289,22 @@ def test_epoch_line_gives_train_means_over_the_epoch(make_cfg, tmp_path, caplog)
     logged = float(re.search(r"train/loss (\S+)", line).group(1))
     assert logged == pytest.approx(sum(steps) / 3, abs=1e-4)
     assert "val/acc_fine" in line and "val/cpcc" in line
+
+
+def test_run_records_its_tree_and_data(make_cfg, tmp_path):
+    from hierot.hierarchy import Hierarchy
+
+    cfg = make_cfg("trainer.fast_dev_run=true")
+    train(cfg)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    expected = build(cfg.data, "data").hierarchy
+    assert data == {
+        "dataset": "SyntheticDataModule",
+        "split": "all",
+        "images": {"train": 96, "val": 48, "test": 48},
+        "classes": expected.leaves,
+    }
+    tree = Hierarchy.from_file(tmp_path / "run" / "hierarchy.json")
+    assert tree.leaves == expected.leaves  # consecutive ids per subtree: same order as is
+    assert torch.equal(tree.tree_distances(), expected.tree_distances())
+    assert not (tmp_path / "run" / "hierarchy.txt").exists()  # unit weights: JSON suffices

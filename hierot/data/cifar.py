@@ -106,19 +106,98 @@ class CifarDataModule(HierarchyDataModule):
         self.test_set = TensorImages(xt, yt, resize)
 
 
+SPLITS = ("all", "source", "target")
+HEIGHTS = (2, 3, 4)
+# In every superclass the two lowest-id classes are the target classes (OT-CPCC protocol).
+TARGET_PER_SUPERCLASS = 2
+
+
+def split_classes(parent: Sequence[int], split: str) -> list[int]:
+    """Class ids of ``split``: ``target`` holds the two lowest-id classes of every superclass
+    (``parent[i]`` is class i's superclass), ``source`` the others, ``all`` every class."""
+    if split not in SPLITS:
+        raise DataError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
+    lowest: set[int] = set()
+    for c in sorted(set(parent)):
+        members = [i for i, p in enumerate(parent) if p == c]
+        lowest.update(members[:TARGET_PER_SUPERCLASS])
+    every = range(len(parent))
+    if split == "all":
+        return list(every)
+    return [i for i in every if (i in lowest) == (split == "target")]
+
+
+def paper_paths(
+    classes: Sequence[str],
+    coarse_names: Sequence[str],
+    parent: Sequence[int],
+    target: Sequence[bool],
+    height: int,
+) -> tuple[list[list[str]], list[str]]:
+    """Root-to-leaf paths of the OT-CPCC CIFAR-100 trees, and their level names.
+
+    Height 2 is superclass -> class. Height 3 puts a mid level between them that splits each
+    superclass into ``<superclass>_b`` (its two lowest-id classes) and ``<superclass>_a``
+    (the other three). Height 4 adds on top a level pairing superclasses in id order,
+    ``<superclass 0>_<superclass 1>``, ``<2>_<3>``, ... Every level is kept, also where a
+    node has a single child, so the tree distances are 2, 4, 6 (and 8).
+
+    Args:
+        classes, parent, target: per class its name, superclass id and whether it is one
+            of its superclass's two lowest-id classes (a target class).
+    """
+    if height not in HEIGHTS:
+        raise DataError(
+            f"data.height: {height!r} is not a tree height of CIFAR-100; available: 2, 3, 4"
+        )
+    paths = []
+    for i, name in enumerate(classes):
+        c = parent[i]
+        coarse = coarse_names[c]
+        path = [coarse, name]
+        if height >= 3:
+            path.insert(1, f"{coarse}_{'b' if target[i] else 'a'}")
+        if height == 4:
+            pair = c - c % 2
+            partner = coarse_names[pair + 1] if pair + 1 < len(coarse_names) else ""
+            path.insert(0, f"{coarse_names[pair]}_{partner}" if partner else coarse_names[pair])
+        paths.append(path)
+    names = {2: ["coarse"], 3: ["coarse", "mid"], 4: ["coarsest", "coarse", "mid"]}[height]
+    return paths, names
+
+
 class Cifar100DataModule(CifarDataModule):
-    """CIFAR-100; the default tree is superclass -> class (2 levels)."""
+    """CIFAR-100; the default tree is superclass -> class (2 levels).
+
+    ``split`` and ``height`` follow the OT-CPCC paper's protocol: ``source`` (60 classes) and
+    ``target`` (40 classes, the two lowest-id classes of every superclass) for train and
+    test alike, and trees of height 2, 3 or 4 (see ``paper_paths``). Class ids of a split
+    are renumbered from 0 in the order of the original ids.
+    """
 
     what = "CIFAR-100"
 
-    def __init__(self, root: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, root: str | None = None, split: str = "all", height: int = 2, **kwargs: Any
+    ) -> None:
         super().__init__(root=root, **kwargs)
+        if split not in SPLITS:
+            raise DataError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
+        if height not in HEIGHTS:
+            raise DataError(
+                f"data.height: {height!r} is not a tree height of CIFAR-100; available: 2, 3, 4"
+            )
+        if height != 2 and self.hierarchy_file is not None:
+            raise DataError("data.height: a data.hierarchy file brings its own tree; drop one")
+        self.split = split
         folder = _root(root, CIFAR100_FOLDER)
         self.folder = folder
         meta = read_pickle(folder / "meta", self.what, ["fine_label_names", "coarse_label_names"])
-        self.classes = _names(meta["fine_label_names"])
+        all_classes = _names(meta["fine_label_names"])
+        self.classes = all_classes
         coarse_names = _names(meta["coarse_label_names"])
         self._n_coarse = len(coarse_names)
+        self._n_fine = len(all_classes)  # the file's labels, before a split renumbers them
         self._train = self._read("train", self._n_coarse)
         _, y, coarse = self._train
         # The superclass of each class, read off the training labels.
@@ -126,35 +205,59 @@ class Cifar100DataModule(CifarDataModule):
         for f, c in zip(y.tolist(), coarse.tolist()):
             if parent.setdefault(f, c) != c:
                 raise DataError(
-                    f"{folder / 'train'}: class '{self.classes[f]}' has two superclasses: "
+                    f"{folder / 'train'}: class '{all_classes[f]}' has two superclasses: "
                     f"'{coarse_names[parent[f]]}' and '{coarse_names[c]}'"
                 )
-        missing = [n for i, n in enumerate(self.classes) if i not in parent]
-        if missing and self.hierarchy_file is None:
+        missing = [n for i, n in enumerate(all_classes) if i not in parent]
+        if missing and (self.hierarchy_file is None or split != "all"):
             raise DataError(f"{folder / 'train'}: class '{missing[0]}' has no training images")
+        kept = list(range(len(all_classes)))
+        target: set[int] = set()
+        if not missing:
+            superclass = [parent[i] for i in range(len(all_classes))]
+            target = set(split_classes(superclass, "target"))
+            kept = split_classes(superclass, split)
+            self.classes = [all_classes[i] for i in kept]
+        # old class id -> new id (-1: not in this split)
+        self._renumber = torch.full((len(all_classes),), -1, dtype=torch.long)
+        self._renumber[torch.tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
+        self._train = self._select(self._train)
         default = None
         if self.hierarchy_file is None:
-            paths = [[f"{coarse_names[parent[i]]}", n] for i, n in enumerate(self.classes)]
+            paths, names = paper_paths(
+                self.classes,
+                coarse_names,
+                [parent[i] for i in kept],
+                [i in target for i in kept],
+                height,
+            )
             try:
                 default = Hierarchy.from_paths(paths, source=str(folder / "meta"))
             except HierarchyError as e:
                 raise DataError(str(e)) from None
             if self.level_names is None:
-                self.level_names = ["coarse"]
+                self.level_names = names
         self.hierarchy = self._tree(self.classes, default)  # type: ignore[arg-type]
+
+    def _select(self, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
+        """The images of this split's classes, labels renumbered."""
+        x, y, coarse = data
+        new = self._renumber[y]
+        keep = new >= 0
+        return x[keep], new[keep], coarse[keep]
 
     def _read(self, split: str, n_coarse: int):
         path = self.folder / split
         batch = read_pickle(path, self.what, ["data", "fine_labels", "coarse_labels"])
         x = _images(batch, path, self.what)
-        y = _labels(batch, "fine_labels", len(x), len(self.classes), path, self.what)
+        y = _labels(batch, "fine_labels", len(x), self._n_fine, path, self.what)
         coarse = _labels(batch, "coarse_labels", len(x), n_coarse, path, self.what)
         return x, y, coarse
 
     def setup(self, stage: str | None = None) -> None:
         if not hasattr(self, "train_set"):
             x, y, _ = self._train
-            xt, yt, _ = self._read("test", self._n_coarse)
+            xt, yt, _ = self._select(self._read("test", self._n_coarse))
             self._splits((x, y), (xt, yt))
 
 

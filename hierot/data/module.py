@@ -122,6 +122,22 @@ class HierarchyDataModule(L.LightningDataModule):
         std = self._std.to(x.device)
         return (x - mean) / std
 
+    def description(self) -> dict[str, object]:
+        """What a run trained on, for its ``data.json``: the data module, its split, the
+        number of images per split (those set up so far) and the class names in class-id
+        order. Subclasses whose classes pool several sources add which ones."""
+        images = {}
+        for split in ("train", "val", "test"):
+            dataset = getattr(self, f"{split}_set", None)
+            if dataset is not None:
+                images[split] = len(dataset)
+        return {
+            "dataset": type(self).__name__,
+            "split": getattr(self, "split", "all"),
+            "images": images,
+            "classes": list(self.hierarchy.leaves),
+        }
+
     def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
         images, labels = batch  # type: ignore[misc]
         return self.normalize(images), labels

@@ -186,16 +186,34 @@ def render(
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+SPLITS = ("all", "source", "target")
+
+
+def split_modes(modes: int, split: str) -> list[int]:
+    """The modes (subpopulations) of every class that ``split`` draws from: ``source`` the
+    first half (rounded down), ``target`` the rest, ``all`` every mode."""
+    if split not in SPLITS:
+        raise ValueError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
+    if split != "all" and modes < 2:
+        raise ValueError(f"data.split={split} needs data.modes >= 2 to halve, got {modes}")
+    half = modes // 2
+    return {"all": list(range(modes)), "source": list(range(half))}.get(
+        split, list(range(half, modes))
+    )
+
+
 def make_split(
-    spec: SyntheticSpec, per_class: int, seed: int
+    spec: SyntheticSpec, per_class: int, seed: int, modes_used: list[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(images uint8 (N,3,S,S), labels (N,), modes (N,))`` with ``per_class`` images of every
-    class spread evenly over its modes, shuffled; the same seed gives the same split."""
-    if per_class < spec.modes:
-        raise ValueError(f"synthetic data: {per_class} images per class < {spec.modes} modes")
+    class spread evenly over ``modes_used`` (default: all its modes), shuffled; the same
+    seed gives the same split."""
+    used = torch.tensor(modes_used if modes_used is not None else range(spec.modes))
+    if per_class < len(used):
+        raise ValueError(f"synthetic data: {per_class} images per class < {len(used)} modes")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(spec.num_classes).repeat_interleave(per_class)
-    modes = torch.arange(per_class).repeat(spec.num_classes) % spec.modes
+    modes = used[torch.arange(per_class).repeat(spec.num_classes) % len(used)]
     order = torch.randperm(labels.numel(), generator=generator)
     labels, modes = labels[order], modes[order]
     chunks = [
@@ -230,6 +248,9 @@ class SyntheticDataModule(HierarchyDataModule):
         palettes, shapes, textures, modes, noise: see ``SyntheticSpec``.
         train_per_class, val_per_class, test_per_class: images per class in each split.
         seed: the data seed (the same seed gives the same images).
+        split: ``all``, or ``source`` / ``target``: the same classes drawn from a disjoint
+            half of every class's modes (its subpopulations; see ``split_modes``), the
+            subpopulation shift of the OT-CPCC protocol.
         kwargs: ``HierarchyDataModule`` options (``batch_size``, ``image_size``, ...).
     """
 
@@ -245,11 +266,14 @@ class SyntheticDataModule(HierarchyDataModule):
         test_per_class: int = 100,
         seed: int = 0,
         image_size: int = 32,
+        split: str = "all",
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("level_names", LEVEL_NAMES)
         super().__init__(image_size=image_size, **kwargs)  # type: ignore[arg-type]
         self.spec = SyntheticSpec(palettes, shapes, textures, modes, image_size, noise)
+        self.split = split
+        self.modes_used = split_modes(modes, split)
         self.per_class = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
         self.seed = seed
         self.hierarchy = synthetic_hierarchy(self.spec)
@@ -258,7 +282,9 @@ class SyntheticDataModule(HierarchyDataModule):
     def _split(self, name: str) -> TensorDataset:
         if name not in self._made:
             offset = {"train": 0, "val": 1, "test": 2}[name]
-            images, labels, _ = make_split(self.spec, self.per_class[name], self.seed * 3 + offset)
+            images, labels, _ = make_split(
+                self.spec, self.per_class[name], self.seed * 3 + offset, self.modes_used
+            )
             self._made[name] = TensorDataset(images, labels)
         return self._made[name]
 

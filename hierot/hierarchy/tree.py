@@ -404,6 +404,43 @@ class Hierarchy:
             out[start:stop] = block.to(dtype)
         return out
 
+    def to_nested(self) -> dict[str, object]:
+        """The tree as nested dicts that ``from_nested`` (and ``from_file`` on a ``.json``
+        or ``.yaml`` file) reads back: a node's children as a list of names when all are
+        leaves, else a mapping (a leaf's value ``None``). Siblings are ordered by the
+        smallest class id below them, so that a tree whose subtrees hold consecutive class
+        ids reads back with the same ids; pass ``classes=`` to restore any other order.
+        Edge weights are not part of the format (see ``edge_list``)."""
+        first: dict[str, int] = {}
+        for i, leaf in enumerate(self.leaves):
+            for node in self.path(leaf):
+                first.setdefault(node, i)
+
+        def below(node: str) -> object:
+            kids = sorted(self._children[node], key=lambda n: first[n])
+            if not kids:
+                return None
+            if all(not self._children[k] for k in kids):
+                return list(kids)
+            return {k: below(k) for k in kids}
+
+        root = self.path(self.leaves[0])[0]
+        nested = below(root)
+        if root != VIRTUAL_ROOT:
+            return {root: nested}
+        return nested if isinstance(nested, dict) else dict.fromkeys(nested)  # type: ignore[arg-type]
+
+    def edge_list(self) -> str:
+        """``parent child weight`` lines (the edge-list format ``from_file`` reads), which
+        keep edge weights; the top-level nodes hang under ``VIRTUAL_ROOT``'s name."""
+        return "".join(
+            f"{p} {c} {self._weight[c]:g}\n" for c, p in self._parent.items() if p != VIRTUAL_ROOT
+        )
+
+    @property
+    def unit_weights(self) -> bool:
+        return all(w == 1.0 for w in self._weight.values())
+
     def check_classes(self, names: Iterable[str]) -> None:
         """Raise ``HierarchyError`` naming the dataset classes that are not leaves of the tree."""
         _check_leaves(list(names), self._children, _at(self.source), self.leaves)
