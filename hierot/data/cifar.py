@@ -102,8 +102,13 @@ class CifarDataModule(HierarchyDataModule):
         resize = None if self.image_size == 32 else eval_transform(self.image_size)
         tr, va = carve_validation(len(y), self.val_fraction, self.split_seed)
         self.train_set = TensorImages(x[tr], y[tr], self.train_tf)
+        self._eval_tf = resize
         self.val_set = TensorImages(x[va], y[va], resize)
         self.test_set = TensorImages(xt, yt, resize)
+
+    def plain_train_set(self) -> TensorImages:
+        train = self.train_set
+        return TensorImages(train.images, train.labels, self._eval_tf)  # type: ignore[attr-defined]
 
 
 SPLITS = ("all", "source", "target")

@@ -122,6 +122,11 @@ class HierarchyDataModule(L.LightningDataModule):
         std = self._std.to(x.device)
         return (x - mean) / std
 
+    def plain_train_set(self) -> Dataset:
+        """The training images as the test sees them, without augmentation (the features a
+        linear probe is fitted on); data modules that augment override it."""
+        return self.train_set
+
     def description(self) -> dict[str, object]:
         """What a run trained on, for its ``data.json``: the data module, its split, the
         number of images per split (those set up so far) and the class names in class-id
