@@ -23,6 +23,7 @@ GROUPS = {
     "optimizer": ["adamw", "sgd"],
     "scheduler": ["cosine", "none", "step"],
     "trainer": ["default"],
+    "experiment": ["paper_cifar100"],
 }
 
 
@@ -32,6 +33,26 @@ def test_every_group_option_is_shipped_and_composes():
         assert shipped == options, group
         for option in options:
             check_config(compose_config([f"{group}={option}"]))
+
+
+def test_paper_cifar100_recipe_is_the_authors_settings():
+    # uiuctml/OTCPCC: dataset/cifar100/pre.json {"epochs": 200, "optimizer": {"lr": 0.1,
+    # "momentum": 0.9, "weight_decay": 0.0005}, "scheduler": {"step_size": 60, "gamma": 0.2}},
+    # pretrain.py --batch_size 1024 --lamb 1 --height 2, cmd/pretrain.sh --cpcc fft, a
+    # ResNet-18 with a 3x3 stride-1 stem and no max-pool, trained on the source split.
+    cfg = compose_config(["experiment=paper_cifar100", "data.root=/data"])
+    check_config(cfg)
+    assert cfg.data._target_ == "hierot.data.Cifar100DataModule"
+    assert (cfg.data.split, cfg.data.height, cfg.data.batch_size) == ("source", 2, 1024)
+    assert (cfg.backbone.name, cfg.backbone.stem) == ("resnet18", "cifar")
+    assert (cfg.dist.method, cfg.lam, cfg.trainer.max_epochs) == ("fastft", 1.0, 200)
+    opt = cfg.optimizer
+    assert (opt._target_, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov) == (
+        "torch.optim.SGD", 0.1, 0.9, 5e-4, False)  # fmt: skip
+    assert [m * 200 for m in cfg.scheduler.milestones] == pytest.approx([60, 120, 180])
+    assert (cfg.scheduler.gamma, cfg.scheduler.warmup) == (0.2, 0.0)
+    # the command line still wins over the recipe
+    assert compose_config(["experiment=paper_cifar100", "lam=0.5"]).lam == 0.5
 
 
 def test_repository_conf_is_the_package_conf():
