@@ -8,12 +8,18 @@ sweeps (``lam=0.1,1``) adds a column, since rows pool seeds only.
     python scripts/compare_methods.py                            # embedded synthetic data
     python scripts/compare_methods.py --seeds 0 1 2 -- data=cifar100 data.root=/data/cifar
     python scripts/compare_methods.py --summary multirun/.../summary.csv   # table only
+    python scripts/compare_methods.py --transfer       # pretrain on source, transfer to target
+
+With ``--transfer`` every job trains on ``data.split=source`` and its best checkpoint is then
+transferred to the target split (``python -m hierot.transfer``, 1 shot, the job's seed);
+the table gains the transfer accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import subprocess
 import sys
@@ -28,8 +34,31 @@ LAST = ["test/mistake_severity"]
 
 
 def read_rows(summary: Path) -> list[dict[str, str]]:
+    """The summary's rows, each with the ``transfer/*`` results of its job if it has any
+    (``<job>/transfer/metrics.json``)."""
     with summary.open() as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        path = summary.parent / row["job"] / "transfer" / "metrics.json"
+        if path.is_file():
+            metrics = json.loads(path.read_text())
+            row.update({k: str(v) for k, v in metrics.items() if k.startswith("transfer/")})
+    return rows
+
+
+def run_transfers(sweep: Path, rows: list[dict[str, str]], extra: Sequence[str] = ()) -> None:
+    """``hierot.transfer`` of every completed job's best checkpoint into ``<job>/transfer``."""
+    for row in rows:
+        if row["status"] != "completed":
+            continue
+        job = sweep / row["job"]
+        metrics = json.loads((job / "metrics.json").read_text())
+        ckpt = metrics.get("best_checkpoint") or str(job / "checkpoints" / "last.ckpt")
+        command = [
+            sys.executable, "-m", "hierot.transfer", f"ckpt={ckpt}", f"seed={row['seed']}",
+            f"hydra.run.dir={job / 'transfer'}", *extra,
+        ]  # fmt: skip
+        subprocess.run(command, check=False)
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -69,7 +98,8 @@ def table(rows: list[dict[str, str]]) -> str:
         {k for r in rows for k in r if k.startswith("test/acc_")},
         key=lambda k: (k != "test/acc_fine", "top" in k, k),
     )
-    metrics = [*FIRST, *accuracies, *LAST]
+    transfer = sorted({k for r in rows for k in r if k.startswith("transfer/")})
+    metrics = [*FIRST, *accuracies, *LAST, *transfer]
     keys = group_keys(rows)
     groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for r in rows:
@@ -115,12 +145,18 @@ def main() -> None:
         help="a new sweep directory (default: multirun/compare_methods/<date>_<time>)",
     )  # fmt: skip
     parser.add_argument("--summary", type=Path, default=None, help="only tabulate this file")
+    parser.add_argument(
+        "--transfer", action="store_true",
+        help="train on data.split=source, then transfer every job to the target split",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="passed to every job (after --)")
     args = parser.parse_args()
 
     summary = args.summary
     if summary is None:
         out = fresh_out(args.out, datetime.now())
+        if args.transfer and not any(o.startswith("data.split=") for o in args.overrides):
+            args.overrides.append("data.split=source")
         command = [
             sys.executable, "-m", "hierot.train", "-m",
             f"dist={','.join(args.methods)}",
@@ -132,6 +168,8 @@ def main() -> None:
         # A failed job is a row of the summary; the table says how many runs completed.
         subprocess.run(command, check=False)
         summary = out / "summary.csv"
+        if args.transfer and summary.is_file():
+            run_transfers(out, read_rows(summary))
     if not summary.is_file():
         sys.exit(f"compare_methods: error: no summary at {summary}")
     print(table(read_rows(summary)))

@@ -57,3 +57,31 @@ def test_every_call_gets_a_fresh_sweep_directory(tmp_path):
     (tmp_path / "used" / "0").mkdir()
     with pytest.raises(SystemExit, match="is not empty"):
         compare.fresh_out(tmp_path / "used", now)
+
+
+def test_transfer_column_after_a_source_sweep(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "scripts" / "compare_methods.py"
+    tiny = [
+        "data.train_per_class=4", "data.val_per_class=2", "data.test_per_class=2",
+        "data.batch_size=32", "trainer.max_epochs=1", "trainer.enable_model_summary=false",
+    ]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(script), "--methods", "l2", "fastft", "--seeds", "0", "--transfer",
+         "--out", str(tmp_path / "sweep"), "--", *tiny],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    column = header.index("transfer/acc_fine")
+    assert header[column:] == ["transfer/acc_fine", "transfer/acc_top5"]
+    assert len(lines) == 4  # header, rule, l2, fastft
+    for line in lines[2:]:
+        assert 0 <= float(line.strip("|").split("|")[column]) <= 1
+    for job in ("0", "1"):
+        config = (tmp_path / "sweep" / job / "config.yaml").read_text()
+        assert "split: source" in config
+        assert (tmp_path / "sweep" / job / "transfer" / "metrics.json").is_file()
