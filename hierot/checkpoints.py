@@ -3,6 +3,7 @@ one-line error instead of torch's unpickling or zip traceback."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -35,6 +36,22 @@ def check_checkpoint(value: object, key: str) -> Path:
     if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
         raise ConfigError(f"{key}: {path} is a zip archive but not a PyTorch checkpoint")
     return path
+
+
+def run_file(ckpt: Path, name: str) -> Path:
+    """A file of the training run a checkpoint belongs to (``<run>/checkpoints/<ckpt>``):
+    ``config.yaml``, ``data.json``, ..."""
+    return ckpt.resolve().parent.parent / name
+
+
+def run_data(ckpt: Path) -> dict[str, Any] | None:
+    """The ``data.json`` of the checkpoint's run, or None when there is no readable one
+    (runs from before hierot wrote it, checkpoints moved out of their run)."""
+    try:
+        data = json.loads(run_file(ckpt, "data.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def load_checkpoint(path: Path, key: str) -> dict[str, Any]:

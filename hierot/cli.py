@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from hierot.errors import ConfigError, DataError, user_message
 from hierot.hierarchy import HierarchyError
+from hierot.logs import quiet_warnings
 
 USER_ERRORS = (ConfigError, DataError, HierarchyError)
 
@@ -43,3 +44,17 @@ def hydra_prints(args: Sequence[str]) -> bool:
 
 def overrides_of(args: Sequence[str]) -> list[str]:
     return [a for a in args if a not in MULTIRUN_FLAGS]
+
+
+def run_checked(precheck: Callable[[list[str]], None], run: Callable[[], object]) -> None:
+    """An entry point's ``main``: quiet known third-party noise, check the command line with
+    ``precheck`` (one line and exit 2 on a user error, before Hydra creates a run
+    directory), then hand over to ``run`` (the ``hydra.main`` function)."""
+    args = sys.argv[1:]
+    quiet_warnings()
+    if not hydra_prints(args):
+        try:
+            precheck(overrides_of(args))
+        except USER_ERRORS as e:
+            fail(e)
+    run()

@@ -103,11 +103,20 @@ def check_added_keys(overrides: Sequence[str], cfg: DictConfig) -> None:
         )
 
 
-def _number(cfg: DictConfig, key: str, minimum: float) -> float:
+def check_number(cfg: DictConfig, key: str, minimum: float) -> float:
+    """``cfg``'s value at dotted ``key``, a real number >= ``minimum``, else a ConfigError."""
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
         raise ConfigError(f"{key} must be a number >= {minimum}, got {value!r}")
     return float(value)
+
+
+def check_integer(cfg: DictConfig, key: str, minimum: int) -> int:
+    """``cfg``'s value at dotted ``key``, an integer >= ``minimum``, else a ConfigError."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -122,12 +131,10 @@ def _check(cfg: DictConfig) -> None:
     for key in ("data", "backbone", "dist", "optimizer", "trainer"):
         if not isinstance(cfg.get(key), DictConfig):
             raise ConfigError(f"{key}: missing config group (choose one with {key}=<option>)")
-    _number(cfg, "lam", 0)
+    check_number(cfg, "lam", 0)
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
-    batch = cfg.data.get("batch_size")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"data.batch_size must be an integer >= 1, got {batch!r}")
+    check_integer(cfg, "data.batch_size", 1)
 
     method = cfg.dist.get("method")
     known = [NO_DISTANCE, *list_distances()]

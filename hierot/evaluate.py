@@ -9,9 +9,7 @@ level) and two figures into its run directory (``evaluations/<date>/<time>/``):
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,8 +19,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hierot.checkpoints import check_checkpoint, load_checkpoint
-from hierot.cli import USER_ERRORS, discard_run_dir, fail, hydra_prints, overrides_of
+from hierot.checkpoints import check_checkpoint, load_checkpoint, run_data, run_file
+from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
 from hierot.config import build, check_added_keys, compose_config, one_line
 from hierot.cpcc import cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
@@ -31,7 +29,7 @@ from hierot.errors import ConfigError
 from hierot.evaluation import evaluate_features
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
-from hierot.logs import progress_bar_wanted, quiet_warnings
+from hierot.logs import progress_bar_wanted
 from hierot.models import HierarchyModule
 from hierot.models.module import NO_DISTANCE, level_keys
 from hierot.report import format_table, write_metrics
@@ -42,7 +40,7 @@ GROUPS = ("data", "backbone")
 
 def run_config(ckpt: Path) -> DictConfig | None:
     """The training run's saved config, when the checkpoint sits in ``<run>/checkpoints/``."""
-    path = ckpt.resolve().parent.parent / "config.yaml"
+    path = run_file(ckpt, "config.yaml")
     return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
 
 
@@ -61,13 +59,10 @@ def resolve_groups(cfg: DictConfig, overrides: list[str], saved: DictConfig | No
 def check_run_classes(ckpt: Path, classes: list[str]) -> None:
     """The classes about to be evaluated are those the checkpoint's run trained on, in the
     same order (its ``data.json``; runs from before it existed are not checked)."""
-    path = ckpt.resolve().parent.parent / "data.json"
-    try:
-        trained = json.loads(path.read_text())["classes"]
-    except (OSError, ValueError, KeyError, TypeError):
+    trained = (run_data(ckpt) or {}).get("classes")
+    if not isinstance(trained, list) or trained == classes:
         return
-    if trained == classes:
-        return
+    path = run_file(ckpt, "data.json")
     if len(trained) != len(classes):
         detail = f"{len(trained)} classes there, {len(classes)} here"
     else:
@@ -260,15 +255,7 @@ def precheck(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    """Check the command line before Hydra creates the run directory, then hand over."""
-    args = sys.argv[1:]
-    quiet_warnings()
-    if not hydra_prints(args):
-        try:
-            precheck(overrides_of(args))
-        except USER_ERRORS as e:
-            fail(e)
-    _run()
+    run_checked(precheck, _run)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 import lightning as L
 import torch
 
+from hierot.data.module import HierarchyDataModule
+
 log = logging.getLogger(__name__)
 
 # Messages from libraries we use that tell a hierot user nothing they can act on.
@@ -71,19 +73,15 @@ class EpochLog(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
-        sizes = []
-        for split in ("train", "val", "test"):
-            dataset = getattr(data, f"{split}_set", None)
-            if dataset is not None:
-                sizes.append(f"{len(dataset)} {split}")
-        hierarchy = getattr(data, "hierarchy", None)
-        if trainer.is_global_zero and hierarchy is not None:
-            log.info(
-                "data: %s images; %d classes on a tree of %d levels",
-                " / ".join(sizes) or "?",
-                hierarchy.num_classes,
-                len(hierarchy.levels),
-            )
+        if not trainer.is_global_zero or not isinstance(data, HierarchyDataModule):
+            return
+        images: dict[str, int] = data.description()["images"]  # type: ignore[assignment]
+        log.info(
+            "data: %s images; %d classes on a tree of %d levels",
+            " / ".join(f"{n} {split}" for split, n in images.items()) or "?",
+            data.hierarchy.num_classes,
+            len(data.hierarchy.levels),
+        )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()

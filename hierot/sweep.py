@@ -230,6 +230,15 @@ def write_summary(sweep_dir: Path) -> list[dict[str, object]]:
     return rows
 
 
+def record_failure(job_dir: Path, error: object) -> None:
+    """A failed job's ``metrics.json``: its status and its error as one line."""
+    message = user_message(error) if isinstance(error, BaseException) else str(error)
+    write_metrics(
+        job_dir / "metrics.json",
+        {"status": "failed", "error": f"{type(error).__name__}: {message}"},
+    )
+
+
 class SweepSummary(Callback):
     """Hydra callback: records failed jobs and keeps the sweep's summary current."""
 
@@ -238,12 +247,7 @@ class SweepSummary(Callback):
             return
         job_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED:
-            error = job_return._return_value
-            message = user_message(error) if isinstance(error, BaseException) else str(error)
-            write_metrics(
-                job_dir / "metrics.json",
-                {"status": "failed", "error": f"{type(error).__name__}: {message}"},
-            )
+            record_failure(job_dir, job_return._return_value)
         try:
             write_summary(Path(config.hydra.sweep.dir))
         except OSError as e:  # a summary problem must not fail the job

@@ -19,14 +19,15 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, hydra_prints, overrides_of
+from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, run_checked
 from hierot.config import build, check_added_keys, check_config, compose_config, sweep_variants
 from hierot.data import HierarchyDataModule
-from hierot.errors import ConfigError, user_message
+from hierot.errors import ConfigError
 from hierot.hierarchy import Hierarchy
-from hierot.logs import EpochLog, progress_bar_wanted, quiet_warnings
+from hierot.logs import EpochLog, progress_bar_wanted
 from hierot.models import HierarchyModule
 from hierot.report import format_table, write_json, write_metrics
+from hierot.sweep import record_failure
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +160,7 @@ def _run(cfg: DictConfig) -> float:
         # One job of a sweep: record it and let the others run; the sweep summary counts
         # the failures and the sweep exits with status 2.
         print(f"{error_line(e)} (job {HydraConfig.get().job.num})", file=sys.stderr, flush=True)
-        write_metrics(
-            Path(cfg.output_dir) / "metrics.json",
-            {"status": "failed", "error": f"{type(e).__name__}: {user_message(e)}"},
-        )
+        record_failure(Path(cfg.output_dir), e)
         return float("nan")
 
 
@@ -181,16 +179,7 @@ def precheck(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    """Check the command line's config first, then hand over to Hydra (runs, multiruns,
-    sweepers, ``--cfg``...)."""
-    args = sys.argv[1:]
-    quiet_warnings()
-    if not hydra_prints(args):
-        try:
-            precheck(overrides_of(args))
-        except USER_ERRORS as e:
-            fail(e)
-    _run()
+    run_checked(precheck, _run)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ the head trains in milliseconds. Writes ``metrics.json`` (``transfer/acc_<level>
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,13 +22,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hierot.checkpoints import check_checkpoint, load_checkpoint
-from hierot.cli import USER_ERRORS, discard_run_dir, fail, hydra_prints, overrides_of
-from hierot.config import build, check_added_keys, compose_config, sweep_variants
+from hierot.checkpoints import check_checkpoint, load_checkpoint, run_data, run_file
+from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
+from hierot.config import (
+    build,
+    check_added_keys,
+    check_integer,
+    check_number,
+    compose_config,
+    sweep_variants,
+)
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError
 from hierot.evaluate import resolve_groups, run_config
-from hierot.logs import quiet_warnings
 from hierot.models.module import level_keys
 from hierot.report import format_table, write_metrics
 
@@ -40,14 +44,10 @@ log = logging.getLogger(__name__)
 def check_transfer(cfg: DictConfig) -> Path:
     """The checked checkpoint path; raises ``ConfigError`` on the first bad value."""
     ckpt = check_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt, "ckpt")
-    for key, low in (("shots", 1), ("top_k", 1), ("head.epochs", 1), ("head.step", 1)):
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+    for key in ("shots", "top_k", "head.epochs", "head.step"):
+        check_integer(cfg, key, 1)
     for key in ("head.lr", "head.momentum", "head.weight_decay", "head.gamma"):
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+        check_number(cfg, key, 0)
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     return ckpt
@@ -56,14 +56,13 @@ def check_transfer(cfg: DictConfig) -> Path:
 def source_run(ckpt: Path) -> dict[str, object]:
     """The checkpoint's run's ``data.json``; transfer needs a model pretrained on a source
     split, so that the target classes (or subpopulations) are new to it."""
-    path = ckpt.resolve().parent.parent / "data.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    path = run_file(ckpt, "data.json")
+    data = run_data(ckpt)
+    if data is None:
         raise ConfigError(
             f"ckpt: {ckpt} has no readable {path.name} beside its checkpoints/ folder; "
             f"transfer needs a run trained with data.split=source"
-        ) from None
+        )
     if data.get("split") != "source":
         raise ConfigError(
             f"ckpt: its run trained on data.split={data.get('split')!r} ({path}); transfer "
@@ -212,14 +211,7 @@ def precheck(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    quiet_warnings()
-    if not hydra_prints(args):
-        try:
-            precheck(overrides_of(args))
-        except USER_ERRORS as e:
-            fail(e)
-    _run()
+    run_checked(precheck, _run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from hierot.data.images import TensorImages, carve_validation, eval_transform, train_transform
-from hierot.data.module import HierarchyDataModule, data_root
+from hierot.data.module import HierarchyDataModule, check_split, data_root
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
 
@@ -111,7 +111,6 @@ class CifarDataModule(HierarchyDataModule):
         return TensorImages(train.images, train.labels, self._eval_tf)  # type: ignore[attr-defined]
 
 
-SPLITS = ("all", "source", "target")
 HEIGHTS = (2, 3, 4)
 # In every superclass the two lowest-id classes are the target classes (OT-CPCC protocol).
 TARGET_PER_SUPERCLASS = 2
@@ -120,8 +119,7 @@ TARGET_PER_SUPERCLASS = 2
 def split_classes(parent: Sequence[int], split: str) -> list[int]:
     """Class ids of ``split``: ``target`` holds the two lowest-id classes of every superclass
     (``parent[i]`` is class i's superclass), ``source`` the others, ``all`` every class."""
-    if split not in SPLITS:
-        raise DataError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
+    check_split(split)
     lowest: set[int] = set()
     for c in sorted(set(parent)):
         members = [i for i, p in enumerate(parent) if p == c]
@@ -130,6 +128,14 @@ def split_classes(parent: Sequence[int], split: str) -> list[int]:
     if split == "all":
         return list(every)
     return [i for i in every if (i in lowest) == (split == "target")]
+
+
+def check_height(height: int) -> int:
+    if height not in HEIGHTS:
+        raise DataError(
+            f"data.height: {height!r} is not a tree height of CIFAR-100; available: 2, 3, 4"
+        )
+    return height
 
 
 def paper_paths(
@@ -151,10 +157,7 @@ def paper_paths(
         classes, parent, target: per class its name, superclass id and whether it is one
             of its superclass's two lowest-id classes (a target class).
     """
-    if height not in HEIGHTS:
-        raise DataError(
-            f"data.height: {height!r} is not a tree height of CIFAR-100; available: 2, 3, 4"
-        )
+    check_height(height)
     paths = []
     for i, name in enumerate(classes):
         c = parent[i]
@@ -186,12 +189,8 @@ class Cifar100DataModule(CifarDataModule):
         self, root: str | None = None, split: str = "all", height: int = 2, **kwargs: Any
     ) -> None:
         super().__init__(root=root, **kwargs)
-        if split not in SPLITS:
-            raise DataError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
-        if height not in HEIGHTS:
-            raise DataError(
-                f"data.height: {height!r} is not a tree height of CIFAR-100; available: 2, 3, 4"
-            )
+        check_split(split)
+        check_height(height)
         if height != 2 and self.hierarchy_file is not None:
             raise DataError("data.height: a data.hierarchy file brings its own tree; drop one")
         self.split = split

@@ -25,6 +25,17 @@ def data_root(root: str | None, holds: str) -> Path:
     return path
 
 
+# Data splits of the OT-CPCC protocol: everything, or the source / target part.
+SPLITS = ("all", "source", "target")
+
+
+def check_split(split: str) -> str:
+    """``split`` if it is one of ``SPLITS``, else a one-line ``DataError``."""
+    if split not in SPLITS:
+        raise DataError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
+    return split
+
+
 def available_cores() -> int:
     """CPU cores this process may use (its affinity mask, which schedulers set)."""
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import TensorDataset
 
-from hierot.data.module import HierarchyDataModule
+from hierot.data.module import HierarchyDataModule, check_split
 from hierot.hierarchy import Hierarchy
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
@@ -186,14 +186,10 @@ def render(
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-SPLITS = ("all", "source", "target")
-
-
 def split_modes(modes: int, split: str) -> list[int]:
     """The modes (subpopulations) of every class that ``split`` draws from: ``source`` the
     first half (rounded down), ``target`` the rest, ``all`` every mode."""
-    if split not in SPLITS:
-        raise ValueError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
+    check_split(split)
     if split != "all" and modes < 2:
         raise ValueError(f"data.split={split} needs data.modes >= 2 to halve, got {modes}")
     half = modes // 2
