@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from hierot.errors import ConfigError
 
@@ -52,6 +53,16 @@ def run_data(ckpt: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def run_choices(ckpt: Path) -> dict[str, str]:
+    """The config-group options the checkpoint's run was composed with (``data: breeds``,
+    ``backbone: resnet18``, ...), from Hydra's record of it; empty when there is none."""
+    try:
+        choices = OmegaConf.load(run_file(ckpt, ".hydra/hydra.yaml")).hydra.runtime.choices
+        return {str(k): str(v) for k, v in choices.items() if v is not None}
+    except Exception:  # no record, or not Hydra's: the caller falls back to the defaults
+        return {}
 
 
 def load_checkpoint(path: Path, key: str) -> dict[str, Any]:

@@ -46,10 +46,17 @@ def overrides_of(args: Sequence[str]) -> list[str]:
     return [a for a in args if a not in MULTIRUN_FLAGS]
 
 
-def run_checked(precheck: Callable[[list[str]], None], run: Callable[[], object]) -> None:
-    """An entry point's ``main``: quiet known third-party noise, check the command line with
-    ``precheck`` (one line and exit 2 on a user error, before Hydra creates a run
-    directory), then hand over to ``run`` (the ``hydra.main`` function)."""
+def run_checked(
+    precheck: Callable[[list[str]], None],
+    run: Callable[[], object],
+    implied: Callable[[list[str]], list[str]] | None = None,
+) -> None:
+    """An entry point's ``main``: quiet known third-party noise, add the overrides the
+    command line ``implied`` (read off it), check the command line with ``precheck`` (one
+    line and exit 2 on a user error, before Hydra creates a run directory), then hand over
+    to ``run`` (the ``hydra.main`` function)."""
+    if implied is not None:
+        sys.argv.extend(implied(overrides_of(sys.argv[1:])))
     args = sys.argv[1:]
     quiet_warnings()
     if not hydra_prints(args):

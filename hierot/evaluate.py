@@ -19,7 +19,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hierot.checkpoints import check_checkpoint, load_checkpoint, run_data, run_file
+from hierot.checkpoints import (
+    check_checkpoint,
+    load_checkpoint,
+    run_choices,
+    run_data,
+    run_file,
+)
 from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
 from hierot.config import build, check_added_keys, compose_config, one_line
 from hierot.cpcc import cpcc, present_tree_distances
@@ -44,11 +50,30 @@ def run_config(ckpt: Path) -> DictConfig | None:
     return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
 
 
-def resolve_groups(cfg: DictConfig, overrides: list[str], saved: DictConfig | None) -> None:
+def run_groups(overrides: list[str]) -> list[str]:
+    """``data=<option>`` and ``backbone=<option>`` as the checkpoint's run chose them, for
+    the groups the command line leaves alone: its dotted overrides (``data.height=3`` on a
+    BREEDS run) then compose against the run's config group instead of the default's."""
+    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "ckpt"]
+    if len(values) != 1 or "," in values[0]:
+        return []  # no checkpoint, or a sweep over several
+    choices = run_choices(Path(values[0]).expanduser())
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [f"{g}={choices[g]}" for g in GROUPS if g in choices and g not in given]
+
+
+def resolve_groups(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
     """Give ``data`` and ``backbone`` the training run's values unless the command line
-    chose another option of the group; its dotted overrides apply on top either way."""
+    chose another option of the group than the run did; its dotted overrides apply on top
+    either way."""
+    saved = run_config(ckpt)
+    choices = run_choices(ckpt)
     for group in GROUPS:
-        chosen = any(o.split("=", 1)[0].lstrip("+~") == group for o in overrides)
+        chosen = any(
+            o.split("=", 1)[0].lstrip("+~") == group and o.split("=", 1)[1] != choices.get(group)
+            for o in overrides
+            if "=" in o
+        )
         if chosen or saved is None or group not in saved:
             continue
         dotted = [o.lstrip("+") for o in overrides if o.lstrip("+~").startswith(f"{group}.")]
@@ -228,7 +253,7 @@ def write_figures(
 def _run(cfg: DictConfig) -> None:
     try:
         overrides = list(HydraConfig.get().overrides.task)
-        resolve_groups(cfg, overrides, run_config(check_evaluate(cfg)))
+        resolve_groups(cfg, overrides, check_evaluate(cfg))
         evaluate(cfg)
     except USER_ERRORS as e:
         discard_run_dir(Path(cfg.output_dir), "evaluate")
@@ -255,7 +280,7 @@ def precheck(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    run_checked(precheck, _run)
+    run_checked(precheck, _run, run_groups)
 
 
 if __name__ == "__main__":

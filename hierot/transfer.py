@@ -34,7 +34,7 @@ from hierot.config import (
 )
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError
-from hierot.evaluate import resolve_groups, run_config
+from hierot.evaluate import resolve_groups, run_groups
 from hierot.models.module import level_keys
 from hierot.report import format_table, write_metrics
 
@@ -183,7 +183,7 @@ def transfer(cfg: DictConfig) -> dict[str, object]:
 def target_data(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
     """The checkpoint's run's data and backbone, with ``data.split=target`` unless the
     command line sets ``data.split``."""
-    resolve_groups(cfg, overrides, run_config(ckpt))
+    resolve_groups(cfg, overrides, ckpt)
     if not any(o.lstrip("+~").startswith("data.split=") for o in overrides):
         if "split" not in cfg.data:
             raise ConfigError(f"data.split: {cfg.data.get('_target_')} has no source/target split")
@@ -211,7 +211,7 @@ def precheck(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    run_checked(precheck, _run)
+    run_checked(precheck, _run, run_groups)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,61 @@ def reference_distance(
         return float(ot.sliced_wasserstein_distance(a, b, projections=projections, p=2))
     plan = plan_for(method, a, b, reg)
     return float((plan * ot.dist(a, b, metric="euclidean")).sum())
+
+
+def authors_weights(z: torch.Tensor, far: bool) -> torch.Tensor:
+    """uiuctml/OTCPCC loss.py compute_weights (far) / compute_inverse_weights (near) for
+    one class's samples ``z``."""
+    centroid = z.mean(dim=0)
+    dists = torch.norm(z - centroid, dim=1)
+    return torch.softmax(dists if far else -dists, dim=0)
+
+
+def greedy_plan_weighted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """North-west-corner plan of weights ``a`` and ``b`` (each summing to 1), a loop."""
+    a, b = a.astype(np.float64).copy(), b.astype(np.float64).copy()
+    a, b = a / a.sum(), b / b.sum()
+    plan = np.zeros((len(a), len(b)))
+    i = j = 0
+    while i < len(a) and j < len(b):
+        m = min(a[i], b[j])
+        plan[i, j] += m
+        a[i] -= m
+        b[j] -= m
+        # what rounding leaves is no sample's mass
+        if a[i] <= 1e-15:
+            i += 1
+        if b[j] <= 1e-15:
+            j += 1
+    return plan
+
+
+def authors_fft_plan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The plan of uiuctml/OTCPCC emd_methods.fft (its coupling, filled from both ends)."""
+    a, b = a.astype(np.float64).copy(), b.astype(np.float64).copy()
+    n, m = len(a), len(b)
+    plan = np.zeros((n, m))
+    half_n = n // 2
+    i = j = 0
+    while i < half_n and j < m:
+        v = min(a[i], b[j])
+        plan[i, j] += v
+        plan[n - i - 1, m - j - 1] += v
+        a[i] -= v
+        b[j] -= v
+        if a[i] == 0:
+            i += 1
+        if b[j] == 0:
+            j += 1
+    if n % 2 == 1:
+        i = half_n
+        while j < m:
+            v = min(a[i], b[j])
+            plan[i, j] += v
+            a[i] -= v
+            b[j] -= v
+            if a[i] == 0:
+                break
+            if b[j] == 0:
+                j += 1
+    return plan

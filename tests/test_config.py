@@ -23,7 +23,15 @@ GROUPS = {
     "optimizer": ["adamw", "sgd"],
     "scheduler": ["cosine", "none", "step"],
     "trainer": ["default"],
-    "experiment": ["paper_cifar100"],
+    "experiment": [
+        "paper_cifar10",
+        "paper_cifar100",
+        "paper_entity13",
+        "paper_entity30",
+        "paper_inat",
+        "paper_living17",
+        "paper_nonliving26",
+    ],
 }
 
 
@@ -53,6 +61,50 @@ def test_paper_cifar100_recipe_is_the_authors_settings():
     assert (cfg.scheduler.gamma, cfg.scheduler.warmup) == (0.2, 0.0)
     # the command line still wins over the recipe
     assert compose_config(["experiment=paper_cifar100", "lam=0.5"]).lam == 0.5
+
+
+# uiuctml/OTCPCC pre.json per dataset: epochs, lr, momentum (torch's 0 where unset), weight
+# decay, StepLR step and gamma (torch's 0.1 where unset); batch 1024 and ResNet-18 for all.
+PAPER = {
+    "cifar10": (100, 0.01, 0.9, 5e-4, 60, 0.1),
+    "living17": (450, 0.01, 0.0, 1e-4, 150, 0.1),
+    "nonliving26": (450, 0.01, 0.0, 1e-4, 150, 0.1),
+    "entity13": (300, 0.01, 0.0, 1e-4, 100, 0.1),
+    "entity30": (300, 0.01, 0.0, 1e-4, 100, 0.1),
+    "inat": (120, 0.1, 0.9, 5e-4, 60, 0.2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_recipes_are_the_authors_settings(name):
+    epochs, lr, momentum, wd, step, gamma = PAPER[name]
+    cfg = compose_config([f"experiment=paper_{name}", "data.root=/data"])
+    assert (cfg.data.split, cfg.data.batch_size, cfg.backbone.name) == ("source", 1024,
+                                                                       "resnet18")  # fmt: skip
+    assert (cfg.dist.method, cfg.lam, cfg.trainer.max_epochs) == ("fastft", 1.0, epochs)
+    opt = cfg.optimizer
+    assert (opt.lr, opt.momentum, opt.weight_decay, opt.nesterov) == (lr, momentum, wd, False)
+    # StepLR fires at every multiple of the step before the end; the per-step schedule
+    # rounds fraction x total steps, so with 7 steps an epoch it fires at the same steps
+    steps = 7 * epochs
+    fired = [round(m * steps) for m in cfg.scheduler.milestones]
+    assert fired == [7 * e for e in range(step, epochs, step)]
+    assert (cfg.scheduler.gamma, cfg.scheduler.warmup) == (gamma, 0.0)
+    if name == "cifar10":
+        assert cfg.backbone.stem == "cifar" and cfg.data._target_.endswith("Cifar10DataModule")
+        # dataset/cifar10/data.py's Normalize
+        assert list(cfg.data.std) == [0.2023, 0.1994, 0.2010]
+    elif name == "inat":
+        # dataset/inat/data.py: class under phylum, RandomResizedCrop(224), Resize(256)
+        assert (cfg.data.fine_rank, list(cfg.data.ranks)) == ("class", ["phylum"])
+        assert (cfg.data.augment, cfg.data.eval_resize) == ("imagenet", 256)
+        assert list(cfg.data.mean) == [0.466, 0.471, 0.380]
+    else:
+        assert cfg.backbone.stem == "standard" and cfg.data.image_size == 224
+        assert (cfg.data.subset, cfg.data.classes, cfg.data.height) == (name, "superclass", 2)
+        # robustness' ImageNet transforms, unnormalized, as the authors' BREEDS loaders
+        assert (cfg.data.augment, cfg.data.eval_resize) == ("robustness", 256)
+        assert list(cfg.data.mean) == [0, 0, 0] and list(cfg.data.std) == [1, 1, 1]
 
 
 def test_repository_conf_is_the_package_conf():
@@ -88,6 +140,8 @@ def test_defaults_and_group_coupling():
         (["dist=sinkhorn", "dist.options.reg_scale=max"], "reg_scale must be one of mean, none"),
         (["dist=sinkhorn", "dist.options.max_iter=0"], "max_iter must be an integer >= 1"),
         (["dist=emd", "dist.options.max_iter=-1"], "emd: max_iter must be an integer >= 1"),
+        (["dist.options.weights=heavy"], "fastft: weights must be one of uniform, far, near"),
+        (["dist=swd", "+dist.options.weights=far"], "class distance 'swd' has no option"),
         (["cpcc.memory_mb=0"], "cpcc.memory_mb must be a number of megabytes > 0, got 0"),
         (["cpcc.val_every=0"], "cpcc.val_every must be an integer >= 1, got 0"),
         (["cpcc.val_classes=2"], "cpcc.val_classes must be an integer >= 3"),

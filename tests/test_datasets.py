@@ -105,6 +105,26 @@ def test_cifar10_tree_from_config_and_main_job(tmp_path):
     assert "test/acc_coarse" in metrics and metrics["dist"] == "emd"
 
 
+def test_cifar10_source_and_target_are_the_papers_classes(tmp_path):
+    folder = write_cifar10(tmp_path, CIFAR10)
+    source = data_module("data=cifar10", f"data.root={folder}", "data.split=source")
+    target = data_module("data=cifar10", f"data.root={folder}", "data.split=target")
+    # uiuctml/OTCPCC dataset/cifar10/data.py: the class lists and coarse maps of its splits
+    assert source.hierarchy.leaves == ["deer", "dog", "frog", "horse", "ship", "truck"]
+    assert source.hierarchy.ancestors_at(1) == ["animal"] * 4 + ["vehicle"] * 2
+    assert target.hierarchy.leaves == ["airplane", "automobile", "bird", "cat"]
+    assert target.hierarchy.ancestors_at(1) == ["vehicle"] * 2 + ["animal"] * 2
+    # 10 images per class in train (5 batches x 2), 2 in test; labels renumbered in order
+    assert len(source.train_set) + len(source.val_set) == 60 and len(source.test_set) == 12
+    assert target.test_set.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    x, y = source.test_set[0]
+    full = data_module("data=cifar10", f"data.root={folder}")
+    assert torch.equal(x, full.test_set[8][0]) and y == 0  # deer: class 4 of the full set
+    with pytest.raises(DataError, match=r"data\.target_classes: 'plane' is not a class of"):
+        data_module("data=cifar10", f"data.root={folder}", "data.split=target",
+                    "data.target_classes=[plane]")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -143,6 +163,29 @@ def test_image_folder_resizes_and_trains(tmp_path):
     metrics = run_main(tmp_path, "data=imagefolder", f"data.root={root}",
                        f"data.hierarchy={tree}", "data.image_size=16")  # fmt: skip
     assert "test/acc_level1" in metrics
+
+
+def test_image_folder_split_file_marks_source_and_target_classes(tmp_path):
+    root, tree = folder_tree(tmp_path)
+    marks = tmp_path / "split.txt"
+    marks.write_text("# class  half\ncat target\ndog source\ncar target  # one per parent\n"
+                     "bus source\n")  # fmt: skip
+    common = ["data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}",
+              f"data.split_file={marks}", "data.image_size=16"]  # fmt: skip
+    source = data_module(*common, "data.split=source")
+    target = data_module(*common, "data.split=target")
+    assert source.hierarchy.leaves == ["bus", "dog"] and target.hierarchy.leaves == ["car", "cat"]
+    assert source.hierarchy.ancestors_at(1) == ["vehicle", "animal"]
+    assert len(source.test_set) == 6 and source.test_set.labels.tolist() == [0] * 3 + [1] * 3
+    assert source.description()["split"] == "source"
+    marks.write_text("cat target\ndog source\ncar sauce\n")
+    with pytest.raises(DataError, match=re.escape(f"{marks}:3: expected '<class> source' or")):
+        data_module(*common, "data.split=source")
+    marks.write_text("cat target\ndog source\ncar target\n")
+    with pytest.raises(DataError, match="class folder 'bus' is neither source nor target"):
+        data_module(*common, "data.split=source")
+    with pytest.raises(DataError, match=r"data\.split_file: not set; data\.split=target needs"):
+        data_module(*common[:3], "data.split=target")
 
 
 def test_image_folder_with_its_own_val_split(tmp_path):
@@ -256,6 +299,81 @@ def test_inat_tree_from_folder_names_and_rank_choice(tmp_path):
     assert {"test/acc_kingdom", "test/acc_order", "test/acc_fine"} <= set(metrics)
 
 
+# Phyla with 3 and 5 classes, one with 2 and one with 1 (left out of a split); Insecta and
+# Aves hold two species each.
+INAT_PAPER = [
+    "00000_Animalia_Arthropoda_Insecta_Hymenoptera_Apidae_Apis_mellifera",
+    "00001_Animalia_Arthropoda_Insecta_Hymenoptera_Formicidae_Formica_rufa",
+    "00002_Animalia_Arthropoda_Arachnida_Araneae_Araneidae_Araneus_diadematus",
+    "00003_Animalia_Arthropoda_Malacostraca_Decapoda_Cancridae_Cancer_pagurus",
+    "00004_Animalia_Chordata_Actinopterygii_Perciformes_Percidae_Perca_fluviatilis",
+    "00005_Animalia_Chordata_Amphibia_Anura_Ranidae_Rana_temporaria",
+    "00006_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+    "00007_Animalia_Chordata_Aves_Passeriformes_Paridae_Parus_major",
+    "00008_Animalia_Chordata_Mammalia_Carnivora_Felidae_Felis_catus",
+    "00009_Animalia_Chordata_Reptilia_Squamata_Lacertidae_Lacerta_agilis",
+    "00010_Fungi_Basidiomycota_Agaricomycetes_Agaricales_Amanitaceae_Amanita_muscaria",
+    "00011_Plantae_Tracheophyta_Liliopsida_Asparagales_Orchidaceae_Orchis_mascula",
+    "00012_Plantae_Tracheophyta_Magnoliopsida_Rosales_Rosaceae_Rosa_canina",
+]
+
+
+def authors_inat_split(folders, images_per_folder):
+    """uiuctml/OTCPCC dataset/inat/data.py, transcribed: class ids by first appearance, the
+    phylum of each, and their loop over the training images sorted by class."""
+    index = {}
+    fine = []
+    for name in folders:
+        pieces = name.split("_")
+        fine.append(index.setdefault(pieces[3], len(index)))
+    species2fine = np.array(fine)
+    phyla = {}
+    species2coarse = np.array([phyla.setdefault(n.split("_")[2], len(phyla)) for n in folders])
+    targets = species2fine[np.repeat(np.arange(len(folders)), images_per_folder)]
+    unique_fine, first = np.unique(species2fine, return_index=True)
+    coarse_map = species2coarse[first][np.argsort(unique_fine)]
+    counts = {c: int((coarse_map == c).sum()) for c in set(coarse_map.tolist())}
+    small = {c for c, n in counts.items() if n <= 2}
+    seen = {c: [] for c in counts}
+    train_target, train_source = [], []
+    for fine_id in np.sort(targets):
+        c = int(coarse_map[fine_id])
+        if c in small:
+            continue
+        seen[c].append(int(fine_id))
+        (train_target if len(set(seen[c])) <= int(0.4 * counts[c]) else train_source).append(
+            int(fine_id))  # fmt: skip
+    names = {v: k for k, v in index.items()}
+    return ([names[i] for i in sorted(set(train_source))],
+            [names[i] for i in sorted(set(train_target))])  # fmt: skip
+
+
+def test_inat_paper_split_classes_under_phyla(tmp_path):
+    write_folders(tmp_path, {"train_mini": INAT_PAPER, "val": INAT_PAPER}, n=2)
+    common = ["data=inat", f"data.root={tmp_path}", "data.image_size=16", "data.fine_rank=class",
+              "data.ranks=[phylum]"]  # fmt: skip
+    source_ref, target_ref = authors_inat_split(INAT_PAPER, 2)
+    assert target_ref == ["Insecta", "Actinopterygii", "Amphibia"]
+    source = data_module(*common, "data.split=source")
+    target = data_module(*common, "data.split=target")
+    assert source.hierarchy.leaves == [f"class:{c}" for c in source_ref]
+    assert target.hierarchy.leaves == [f"class:{c}" for c in target_ref]
+    assert target.hierarchy.ancestors_at(1) == ["phylum:Arthropoda"] + ["phylum:Chordata"] * 2
+    assert source.level_names == ["phylum"]
+    # a class pools its species' folders: Insecta holds two, 4 test images
+    folders = target.description()["folders"]
+    assert folders["class:Insecta"] == INAT_PAPER[:2]
+    assert target.test_set.labels.tolist() == [0] * 4 + [1] * 2 + [2] * 2
+    # without a split: every class, numbered by first folder
+    full = data_module(*common)
+    assert full.hierarchy.num_classes == 11 and full.hierarchy.leaves[:2] == [
+        "class:Insecta", "class:Arachnida"]  # fmt: skip
+    with pytest.raises(DataError, match=r"data\.ranks: genus is not a rank above class"):
+        data_module(*common[:-1], "data.ranks=[genus]")
+    with pytest.raises(DataError, match=r"data\.fine_rank: unknown rank 'tribe'"):
+        data_module(*common[:3], "data.fine_rank=tribe")
+
+
 def test_inat_bad_folder_name_and_rank(tmp_path):
     write_folders(tmp_path, {"train_mini": [*INAT, "birds"], "val": INAT})
     with pytest.raises(DataError, match="birds: not an iNaturalist 2021 class folder name"):
@@ -331,7 +449,8 @@ def test_breeds_subset_trains_through_the_main_job(tmp_path, monkeypatch):
     info, root = write_breeds(tmp_path)
     monkeypatch.setitem(breeds.SUBSETS, "living17", (3, "n00004258", 2))
     dm = data_module("data=breeds", f"data.root={root}", f"data.info_dir={info}",
-                     "data.image_size=16", "data.val_fraction=0.25")  # fmt: skip
+                     "data.classes=subclass", "data.image_size=16",
+                     "data.val_fraction=0.25")  # fmt: skip
     assert dm.hierarchy.num_classes == 6 and dm.hierarchy.depth == 2
     assert dm.hierarchy.ancestors_at(1)[0] == "cat (cat)"
     assert dm.hierarchy.ancestors_at(1)[2] == "dog (dog)"
@@ -339,6 +458,107 @@ def test_breeds_subset_trains_through_the_main_job(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"class_hierarchy\.txt: missing BREEDS hierarchy file"):
         (info / "class_hierarchy.txt").unlink()
         data_module("data=breeds", f"data.root={root}", f"data.info_dir={info}")
+
+
+def test_breeds_split_halves_follow_robustness_rand_split(tmp_path):
+    from hierot.data.breeds import BreedsTree
+
+    info, _ = write_breeds(tmp_path)
+    tree = BreedsTree(info)
+    # robustness' split_superclass(split_type="rand"): one generator, superclasses in order,
+    # each drawing from its pooled sorted ImageNet classes, first half source
+    rng = np.random.RandomState(2)
+    expected = []
+    for node in ["cat", "dog", "saw", "tree"]:
+        sel = list(rng.choice(tree.leaves_below(node), 2, replace=False))
+        expected.append((node, sel[:1], sel[1:]))
+    halves = tree.split_subset(level=3, ancestor=None, subclasses=2)
+    assert halves == expected
+    assert all(not set(a) & set(b) for _, a, b in halves)
+    with pytest.raises(DataError, match="must be even and >= 2, got 3"):
+        tree.split_subset(level=3, ancestor=None, subclasses=3)
+
+
+def breeds_module(info, root, *overrides):
+    return data_module("data=breeds", f"data.root={root}", f"data.info_dir={info}",
+                       "data.level=3", "data.ancestor=''", "data.subclasses=2",
+                       "data.image_size=16", "data.val_fraction=0.25", *overrides)  # fmt: skip
+
+
+def test_breeds_superclasses_are_the_classes_with_the_papers_trees(tmp_path):
+    info, root = write_breeds(tmp_path)
+    labels = ["cat (cat)", "dog (dog)", "saw (saw)", "tree (tree)"]
+    source = breeds_module(info, root, "data.split=source", "data.edges=[1,2]")
+    target = breeds_module(info, root, "data.split=target", "data.edges=[1,2]")
+    for dm in (source, target):
+        assert dm.hierarchy.leaves == labels and dm.level_names == ["coarse"]
+    # height 2: superclass -> 2 edges up (living thing for cat, dog, tree; artifact for saw)
+    assert source.hierarchy.ancestors_at(1) == ["living thing (n00004258)"] * 2 + [
+        "artifact (n00021939)", "living thing (n00004258)"]  # fmt: skip
+    assert source.hierarchy.tree_distances()[0].tolist() == [0, 2, 4, 2]
+    # every class pools its half of the ImageNet classes: one folder of 4 images here
+    folders_s = source.description()["folders"]
+    folders_t = target.description()["folders"]
+    halves = {n: (a, b) for n, a, b in source_tree(info).split_subset(3, None, 2)}
+    for label, node in zip(labels, ["cat", "dog", "saw", "tree"]):
+        assert (folders_s[label], folders_t[label]) == halves[node]
+    assert len(source.test_set) == 16 and len(source.train_set) + len(source.val_set) == 16
+    test_labels = source.test_set.labels.tolist()
+    assert test_labels == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    # height 3 adds the mid level 1 edge up: animal, animal, tool, plant
+    deep = breeds_module(info, root, "data.split=source", "data.edges=[1,2]", "data.height=3")
+    assert deep.level_names == ["coarse", "mid"]
+    assert deep.hierarchy.ancestors_at(2) == ["animal (animal)", "animal (animal)",
+                                              "tool (tool)", "plant (plant)"]  # fmt: skip
+    assert deep.hierarchy.tree_distances()[0].tolist() == [0, 2, 6, 4]
+    # all: robustness' split=None draw of 2 ImageNet classes per superclass
+    full = breeds_module(info, root)
+    drawn = dict(source_tree(info).subset(3, None, 2))
+    assert full.description()["folders"]["tree (tree)"] == drawn["tree"]
+
+
+def source_tree(info):
+    from hierot.data.breeds import BreedsTree
+
+    return BreedsTree(info)
+
+
+def test_breeds_levels_are_separate_namespaces(tmp_path):
+    from hierot.data.breeds import paper_tree
+
+    info, _ = write_breeds(tmp_path)
+    # mid 1 edge up, coarse 1 edge up: the same WordNet node on two levels stays two nodes,
+    # as the authors' per-level label maps keep them
+    paths, levels = paper_tree(source_tree(info), ["cat", "dog", "tree"], (1, 1), 3)
+    assert levels == ["coarse", "mid"]
+    assert paths[0] == ["animal (animal) [coarse]", "animal (animal) [mid]", "cat (cat)"]
+    tree = Hierarchy.from_paths(paths)
+    assert tree.tree_distances()[0].tolist() == [0, 2, 6]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.classes=wnids", "data.classes: unknown 'wnids'; available: superclass, subclass"),
+        ("data.split=half", "data.split: unknown 'half'; available: all, source, target"),
+        ("data.height=4", "data.height: 4 is not a tree height of BREEDS; available: 2, 3"),
+        ("data.edges=[1]", "data.edges: expected [mid, coarse], edges up from a superclass"),
+    ],
+)
+def test_breeds_bad_options(tmp_path, override, message):
+    info, root = write_breeds(tmp_path)
+    with pytest.raises(DataError, match=re.escape(message)):
+        breeds_module(info, root, override)
+
+
+def test_breeds_subclass_classes_take_a_split_half(tmp_path):
+    info, root = write_breeds(tmp_path)
+    dm = breeds_module(info, root, "data.classes=subclass", "data.split=target")
+    halves = source_tree(info).split_subset(3, None, 2)
+    assert dm.hierarchy.leaves == [b[0] for _, _, b in halves]
+    assert dm.level_names == ["superclass"]
+    with pytest.raises(DataError, match=r"with data\.classes=subclass the tree is superclass"):
+        breeds_module(info, root, "data.classes=subclass", "data.height=3")
 
 
 def test_breeds_main_job_and_bad_subset(tmp_path):
@@ -349,8 +569,13 @@ def test_breeds_main_job_and_bad_subset(tmp_path):
                     "entity30, living17, nonliving26")  # fmt: skip
     metrics = run_main(tmp_path, "data=breeds", f"data.root={root}", f"data.info_dir={info}",
                        "data.level=3", "data.ancestor=''", "data.subclasses=2",
-                       "data.image_size=16")  # fmt: skip
-    assert "test/acc_superclass" in metrics
+                       "data.split=source", "data.image_size=16")  # fmt: skip
+    assert "test/acc_coarse" in metrics
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["split"] == "source" and data["subset"] == "living17"
+    assert data["classes"] == ["cat (cat)", "dog (dog)", "saw (saw)", "tree (tree)"]
+    assert data["images"]["test"] == 16
+    assert sum(len(f) for f in data["folders"].values()) == 4
     line = fails(tmp_path, "data=breeds", f"data.root={root}", f"data.info_dir={info}",
                  "data.subset=entity30")  # fmt: skip
     assert line == "hierot: error: BREEDS: no superclass at level 4 has 8 ImageNet classes"
@@ -461,3 +686,61 @@ def test_cifar100_paper_options_are_checked(tmp_path):
     ):
         with pytest.raises(DataError, match=re.escape(message)):
             data_module("data=cifar100", f"data.root={tmp_path}", override)
+
+
+def test_breeds_source_run_transfers_to_the_target_subpopulations(tmp_path):
+    info, root = write_breeds(tmp_path)
+    common = [f"data.root={root}", f"data.info_dir={info}", "data.level=3", "data.ancestor=''",
+              "data.subclasses=2", "data.image_size=16"]  # fmt: skip
+    run_main(tmp_path, "data=breeds", *common, "data.split=source")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "transfer"
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.transfer", f"ckpt={ckpt}", "level=mid", "data.height=3",
+         "data.num_workers=0", f"hydra.run.dir={out}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    # the target halves: the same 4 superclasses, 3 mid classes (animal, plant, tool)
+    assert m["data.split"] == "target" and m["source_classes"] == 4 and m["classes"] == 3
+    assert m["train_images"] == 3 and m["test_images"] == 16
+    assert 0 <= m["transfer/acc_mid"] <= 1
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def robustness_lighting(img, alpha):
+    """robustness' Lighting.__call__ with its random draw ``alpha`` given (float image)."""
+    from hierot.data.images import PCA_EIGVAL, PCA_EIGVEC
+
+    eigvec, eigval = torch.tensor(PCA_EIGVEC), torch.tensor(PCA_EIGVAL)
+    rgb = eigvec.clone().mul(alpha.view(1, 3).expand(3, 3)).mul(eigval.view(1, 3).expand(3, 3))
+    return img.add(rgb.sum(1).squeeze().view(3, 1, 1).expand_as(img))
+
+
+def test_the_papers_augmentations():
+    from hierot.data.images import eval_transform, lighting, train_transform
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(30, 220, (3, 40, 50), dtype=torch.uint8, generator=g)
+    torch.manual_seed(3)
+    out = lighting(image)
+    torch.manual_seed(3)
+    alpha = torch.randn(3) * 0.05
+    ref = robustness_lighting(image.float() / 255, alpha) * 255
+    assert out.dtype == torch.uint8
+    assert (out.float() - ref).abs().max() <= 0.5 + 1e-4  # rounded to the nearest level
+    assert not torch.equal(out, image)
+    for augment in ("robustness", "imagenet", "crop_flip_rotate"):
+        x = train_transform(24, augment)(image)
+        assert x.shape == (3, 24, 24) and x.dtype == torch.uint8
+    # ImageNet's test crop: resize the shorter side to 256 (here 32), centre 224 (here 28)
+    x = eval_transform(28, 32)(image)
+    resized = torch.nn.functional.interpolate(image[None].float(), size=(32, 40),
+                                              mode="bilinear", antialias=True)[0]  # fmt: skip
+    assert x.shape == (3, 28, 28)
+    assert (x.float() - resized[:, 2:30, 6:34]).abs().max() <= 1
+    with pytest.raises(DataError, match=r"data\.augment: unknown 'mixup'; available: crop_flip"):
+        train_transform(24, "mixup")

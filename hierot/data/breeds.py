@@ -1,24 +1,34 @@
 """BREEDS subsets of ImageNet (Santurkar et al., 2021): superclasses of a modified WordNet tree,
-each with a fixed sample of its ImageNet classes.
+each with a fixed sample of its ImageNet classes (its subclasses, hidden subpopulations).
 
-The selection follows the reference implementation (robustness' ``BreedsDatasetGenerator``
-with ``split=None``): the level of a node is its longest distance from the root in the tree
-pruned to ancestors of ImageNet classes; the superclasses are the nodes at ``level`` (under
-``ancestor``) with at least ``subclasses`` ImageNet descendants, in sorted WordNet-id order;
-each keeps ``numpy.random.RandomState(seed).choice(sorted descendants, subclasses,
-replace=False)``, drawn in that order from one generator.
+The selection follows the reference implementation, robustness' ``BreedsDatasetGenerator``:
+the level of a node is its longest distance from the root in the tree pruned to ancestors of
+ImageNet classes; the superclasses are the nodes at ``level`` (under ``ancestor``) with at
+least ``subclasses`` ImageNet descendants, in sorted WordNet-id order. Without a split
+(``split=None`` there) each keeps ``RandomState(seed).choice(sorted descendants, subclasses,
+replace=False)``, drawn in that order from one generator. With ``split="rand"`` (the source
+and target domains of the benchmark, which the OT-CPCC paper uses) each superclass first
+walks down while it has a single child, then draws ``subclasses`` of the pooled, sorted
+ImageNet classes below its children from the same kind of generator and halves them: the
+first half is the source domain, the second the target.
+
+The tree above the superclasses is the OT-CPCC authors' (uiuctml/OTCPCC,
+``dataset/breeds2/data.py``): a fixed number of edges up ``class_hierarchy.txt``, each child
+taking the parent listed last for it, stopping at the root.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hierot.data.folders import FolderDataModule
+from hierot.data.module import check_split
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
 
@@ -30,6 +40,18 @@ SUBSETS = {
     "living17": (5, "n00004258", 4),
     "nonliving26": (5, "n00021939", 4),
 }
+# name: edges from a superclass up to its (mid, coarse) ancestor, as the OT-CPCC authors set
+# them (make_levels_edge_mapping(..., 1 or 2) and (..., 2 or 3)).
+PAPER_EDGES = {
+    "entity13": (1, 2),
+    "entity30": (2, 3),
+    "living17": (1, 2),
+    "nonliving26": (2, 3),
+}
+# What the fine classes are: the BREEDS superclasses (the benchmark), or the ImageNet classes
+# under them (each its own class, superclass -> ImageNet class).
+CLASS_KINDS = ("superclass", "subclass")
+HEIGHTS = (2, 3)
 FILES = ("dataset_class_info.json", "class_hierarchy.txt", "node_names.txt")
 
 
@@ -59,6 +81,7 @@ class BreedsTree:
                 f"{path}: not a BREEDS class list ([index, wnid, name] rows): {e}"
             ) from None
         path = info / FILES[1]
+        self.listed_parent: dict[str, str] = {}
         children: dict[str, set[str]] = defaultdict(set)
         parents: dict[str, set[str]] = defaultdict(set)
         for lineno, line in enumerate(_read_lines(path), start=1):
@@ -68,6 +91,7 @@ class BreedsTree:
             if len(parts) != 2:
                 raise DataError(f"{path}:{lineno}: expected 'parent child', got {line!r}")
             parents[parts[1]].add(parts[0])
+            self.listed_parent[parts[1]] = parts[0]  # the last line for a child wins
         self.names = {}
         for line in _read_lines(info / FILES[2]):
             wnid, _, name = line.partition("\t")
@@ -136,19 +160,107 @@ class BreedsTree:
             )
         return out
 
+    def split_subset(
+        self, level: int, ancestor: str | None, subclasses: int, seed: int = 2
+    ) -> list[tuple[str, list[str], list[str]]]:
+        """``[(superclass wnid, [source wnids], [target wnids])]``: robustness'
+        ``get_superclasses(..., split="rand", balanced=True)``, ``subclasses / 2`` ImageNet
+        classes per superclass and domain."""
+        if subclasses < 2 or subclasses % 2:
+            raise DataError(
+                f"data.subclasses: a source/target split halves each superclass's ImageNet "
+                f"classes, so it must be even and >= 2, got {subclasses}"
+            )
+        chosen = self.subset(level, ancestor, subclasses, seed)  # the same superclasses
+        rng = np.random.RandomState(seed)
+        out = []
+        for node, _ in chosen:
+            # The first descendant with more than one child (robustness' split_superclass).
+            desc = self.children.get(node, [])
+            while len(desc) == 1:
+                desc = self.children.get(desc[0], [])
+            # Pooled with repeats, as there: an ImageNet class under two children counts twice.
+            pool = sorted(w for d in desc for w in self.leaves_below(d))
+            sel = [str(w) for w in rng.choice(pool, subclasses, replace=False)]
+            half = subclasses // 2
+            if len(set(sel)) < subclasses:
+                raise DataError(
+                    f"BREEDS: superclass {node} drew an ImageNet class twice for its split"
+                )
+            out.append((node, sel[:half], sel[half:]))
+        return out
+
+    def ancestor_up(self, node: str, edges: int) -> str:
+        """The node ``edges`` steps up the listed parents (the root stays the root)."""
+        for _ in range(edges):
+            node = self.listed_parent.get(node, node)
+        return node
+
+    def label(self, node: str) -> str:
+        """``name (wnid)``: readable, and unique where WordNet names repeat."""
+        return f"{self.names.get(node, node)} ({node})"
+
+
+def check_breeds_height(height: int) -> int:
+    if height not in HEIGHTS:
+        raise DataError(f"data.height: {height!r} is not a tree height of BREEDS; available: 2, 3")
+    return height
+
+
+def paper_tree(
+    tree: BreedsTree, superclasses: Sequence[str], edges: Sequence[int], height: int
+) -> tuple[list[list[str]], list[str]]:
+    """Root-to-leaf paths over the superclasses, and the level names (top first): height 2
+    is superclass -> coarse, height 3 superclass -> mid -> coarse, the ancestors ``edges``
+    = (mid, coarse) steps up. Each level is its own namespace, as the authors' per-level
+    label maps are: a WordNet node that is one superclass's mid and another's coarse
+    ancestor becomes two nodes, marked with their level."""
+    mid_up, coarse_up = edges
+    levels = {"coarse": [tree.ancestor_up(s, coarse_up) for s in superclasses]}
+    if height == 3:
+        levels["mid"] = [tree.ancestor_up(s, mid_up) for s in superclasses]
+    levels["class"] = list(superclasses)
+    taken: dict[str, str] = {}
+    clash = set()
+    for level, nodes in levels.items():
+        for n in set(nodes):
+            if taken.setdefault(n, level) != level:
+                clash.add(n)
+    labels = {
+        level: [tree.label(n) + (f" [{level}]" if n in clash else "") for n in nodes]
+        for level, nodes in levels.items()
+    }
+    paths = [list(p) for p in zip(*labels.values())]
+    return paths, [name for name in levels if name != "class"]
+
 
 class BreedsDataModule(FolderDataModule):
     """A BREEDS subset (``living17``, ``nonliving26``, ``entity13``, ``entity30``) read from an
     ImageNet ``train/`` and ``val/`` tree of ``<wnid>/`` folders, with the BREEDS files in
-    ``info_dir``. Fine classes are the chosen ImageNet classes (superclass by superclass); the
-    tree is superclass -> class. ImageNet's ``val/`` is the test split; validation is held out
-    from train. ``level``, ``ancestor`` ("" for none) and ``subclasses`` build a custom subset
-    the same way."""
+    ``info_dir``. ImageNet's ``val/`` is the test split; validation is held out from train.
+
+    ``classes="superclass"`` (the benchmark): the classes are the superclasses, each the
+    union of its ImageNet classes; ``split="all"`` takes robustness' ``split=None`` draw,
+    ``source``/``target`` the two halves of its ``split="rand"`` draw (same labels,
+    disjoint subpopulations). The tree over them has ``height`` 2 (superclass -> coarse,
+    what the authors' CPCC uses) or 3 (superclass -> mid -> coarse, for transfer at
+    ``level=mid``), the ancestors ``edges`` = (mid, coarse) steps up, the paper's per subset
+    when None.
+
+    ``classes="subclass"``: every ImageNet class is a class, the tree superclass -> class;
+    a split keeps the ImageNet classes of its half (disjoint classes, as CIFAR-100's).
+
+    ``level``, ``ancestor`` ("" for none) and ``subclasses`` build a custom subset the same
+    way."""
 
     def __init__(
         self,
         subset: str = "living17",
         info_dir: str | None = None,
+        classes: str = "superclass",
+        split: str = "all",
+        height: int = 2,
+        edges: Sequence[int] | None = None,
         level: int | None = None,
         ancestor: str | None = None,
         subclasses: int | None = None,
@@ -160,20 +272,63 @@ class BreedsDataModule(FolderDataModule):
         super().__init__(train_split=train_split, test_split=test_split, **kwargs)
         if subset not in SUBSETS:
             raise DataError(f"data.subset: unknown '{subset}'; available: {', '.join(SUBSETS)}")
+        if classes not in CLASS_KINDS:
+            raise DataError(
+                f"data.classes: unknown '{classes}'; available: {', '.join(CLASS_KINDS)}"
+            )
+        self.split = check_split(split)
+        check_breeds_height(height)
+        if classes == "subclass" and height != 2:
+            raise DataError(
+                "data.height: with data.classes=subclass the tree is superclass -> ImageNet "
+                "class (height 2); heights 2 and 3 over the superclasses need "
+                "data.classes=superclass"
+            )
+        if edges is None:
+            edges = PAPER_EDGES[subset]
+        edges = tuple(edges)
+        if len(edges) != 2 or not all(isinstance(e, int) and e >= 1 for e in edges):
+            raise DataError(
+                f"data.edges: expected [mid, coarse], edges up from a superclass (integers "
+                f">= 1), got {list(edges)}"
+            )
         if not info_dir:
             raise DataError("data.info_dir: not set (the folder with the BREEDS hierarchy files)")
         tree = BreedsTree(info_dir)
         # level / ancestor / subclasses, when set, replace the named subset's own values.
         std_level, std_ancestor, std_n = SUBSETS[subset]
-        chosen = tree.subset(
+        args = (
             std_level if level is None else level,
             std_ancestor if ancestor is None else ancestor or None,
             std_n if subclasses is None else subclasses,
         )
+        if split == "all":
+            chosen = tree.subset(*args)
+        else:
+            halves = tree.split_subset(*args)
+            side = 1 if split == "source" else 2
+            chosen = [(h[0], h[side]) for h in halves]
+        self.subset_name = subset
+        self.class_kind = classes
         self.superclasses = [(tree.names.get(s, s), s) for s, _ in chosen]
-        paths = [[f"{tree.names.get(s, s)} ({s})", w] for s, ws in chosen for w in ws]
-        self.hierarchy = Hierarchy.from_paths(paths, source=str(Path(info_dir) / FILES[1]))
+        source = str(Path(info_dir) / FILES[1])
+        if classes == "superclass":
+            paths, names = paper_tree(tree, [s for s, _ in chosen], edges, height)
+            self.hierarchy = Hierarchy.from_paths(paths, source=source)
+            self.folders = {w: i for i, (_, ws) in enumerate(chosen) for w in ws}
+            default_levels = names
+        else:
+            paths = [[tree.label(s), w] for s, ws in chosen for w in ws]
+            self.hierarchy = Hierarchy.from_paths(paths, source=source)
+            default_levels = ["superclass"]
         self.class_names = {w: tree.leaf_names.get(w, w) for _, ws in chosen for w in ws}
         self.only_classes = True
         if self.level_names is None:
-            self.level_names = ["superclass"]
+            self.level_names = default_levels
+
+    def description(self) -> dict[str, object]:
+        """The folder description (with the ImageNet folders each superclass holds in this
+        run, its subpopulations) plus the subset and what its classes are."""
+        out = super().description()
+        out.update(subset=self.subset_name, classes_are=self.class_kind)
+        return out

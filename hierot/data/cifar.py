@@ -265,26 +265,52 @@ class Cifar100DataModule(CifarDataModule):
             self._splits((x, y), (xt, yt))
 
 
+# The OT-CPCC paper's CIFAR-10 target classes (uiuctml/OTCPCC dataset/cifar10/data.py); the
+# other six are the source classes.
+CIFAR10_TARGET = ("airplane", "automobile", "bird", "cat")
+
+
 class Cifar10DataModule(CifarDataModule):
-    """CIFAR-10; the tree is ``tree`` (nested mapping over the class names) or a file."""
+    """CIFAR-10; the tree is ``tree`` (nested mapping over the class names) or a file.
+
+    ``split``: ``all`` classes, or the ``target`` classes (``target_classes``) or the other
+    (``source``) ones, in class-id order, for train and test alike."""
 
     what = "CIFAR-10"
 
     def __init__(
-        self, root: str | None = None, tree: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        root: str | None = None,
+        tree: Mapping[str, Any] | None = None,
+        split: str = "all",
+        target_classes: Sequence[str] = CIFAR10_TARGET,
+        **kwargs: Any,
     ) -> None:
         super().__init__(root=root, **kwargs)
+        self.split = check_split(split)
         folder = _root(root, CIFAR10_FOLDER)
         self.folder = folder
         meta = read_pickle(folder / "batches.meta", self.what, ["label_names"])
-        self.classes = _names(meta["label_names"])
+        every = _names(meta["label_names"])
+        unknown = [c for c in target_classes if c not in every]
+        if unknown:
+            raise DataError(
+                f"data.target_classes: '{unknown[0]}' is not a class of {folder / 'batches.meta'}"
+            )
+        if split == "all":
+            self.classes = every
+        else:
+            self.classes = [c for c in every if (c in target_classes) == (split == "target")]
+        # old class id -> new id (-1: not in this split)
+        self._renumber = torch.tensor([self.classes.index(c) if c in self.classes else -1
+                                       for c in every])  # fmt: skip
         default = None
         if self.hierarchy_file is None:
             if not tree:
                 raise DataError("data.tree: CIFAR-10 needs a tree (data.tree or data.hierarchy)")
             try:
                 default = Hierarchy.from_nested(dict(tree), source="data.tree")
-                default.check_classes(self.classes)
+                default.check_classes(every)
                 default = default.with_classes(self.classes)
             except HierarchyError as e:
                 raise DataError(str(e)) from None
@@ -297,8 +323,9 @@ class Cifar10DataModule(CifarDataModule):
             batch = read_pickle(path, self.what, ["data", "labels"])
             x = _images(batch, path, self.what)
             xs.append(x)
-            ys.append(_labels(batch, "labels", len(x), len(self.classes), path, self.what))
-        return torch.cat(xs), torch.cat(ys)
+            ys.append(_labels(batch, "labels", len(x), len(self._renumber), path, self.what))
+        x, y = torch.cat(xs), self._renumber[torch.cat(ys)]
+        return x[y >= 0], y[y >= 0]
 
     def setup(self, stage: str | None = None) -> None:
         if not hasattr(self, "train_set"):

@@ -3,7 +3,7 @@ iNaturalist 2021, whose folder names carry the taxonomy."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from hierot.data.images import (
     eval_transform,
     train_transform,
 )
-from hierot.data.module import HierarchyDataModule, data_root
+from hierot.data.module import HierarchyDataModule, check_split, data_root
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
 
@@ -34,18 +34,23 @@ def class_folders(split: Path) -> list[str]:
 
 
 def scan_split(
-    split: Path, classes: Sequence[str], only_classes: bool = False
+    split: Path, classes: Sequence[str] | Mapping[str, int], only_classes: bool = False
 ) -> tuple[list[str], list[int]]:
-    """``(paths, labels)`` of the images of a split, labels by position in ``classes``. A class
-    folder that is not one of ``classes`` is an error naming it, or skipped with
-    ``only_classes`` (a subset of a bigger dataset, as BREEDS takes from ImageNet)."""
+    """``(paths, labels)`` of the images of a split, labels by position in ``classes``, or
+    ``classes[folder]`` where it maps folders to labels (several folders may share one, as
+    the ImageNet classes of a BREEDS superclass do). A class folder that is not one of
+    ``classes`` is an error naming it, or skipped with ``only_classes`` (a subset of a
+    bigger dataset, as BREEDS takes from ImageNet)."""
     present = class_folders(split)
-    index = {c: i for i, c in enumerate(classes)}
+    if isinstance(classes, Mapping):
+        index = dict(classes)
+    else:
+        index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in present if c not in index]
     if unknown and not only_classes:
         raise DataError(f"{split / unknown[0]}: class '{unknown[0]}' is not in the hierarchy")
     present = [c for c in present if c in index]
-    missing = [c for c in classes if c not in present]
+    missing = [c for c in index if c not in present]
     if only_classes and missing:
         raise DataError(f"{split / missing[0]}: missing class folder '{missing[0]}'")
     try:
@@ -75,23 +80,39 @@ class FolderDataModule(HierarchyDataModule):
         split_seed: int = 0,
         augment: str = "resized_crop",
         image_size: int = 64,
+        eval_resize: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_size=image_size, **kwargs)
         self.root = data_root(root, "the split folders")
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.only_classes = False  # subclasses that take a subset of the class folders set it
+        # folder -> class id, for subclasses whose classes pool several folders; None: one
+        # folder per class, named as the hierarchy's leaves
+        self.folders: dict[str, int] | None = None
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.train_tf = train_transform(image_size, augment)
-        self.eval_tf = eval_transform(image_size)
+        self.eval_tf = eval_transform(image_size, eval_resize)
         for name in ("train", "test"):
             class_folders(self.root / self.splits[name])  # fail now, before any training
+
+    def description(self) -> dict[str, object]:
+        """The base description, plus per class the folders it holds in this run where a
+        class pools several (BREEDS superclasses, iNaturalist taxa above species)."""
+        out = super().description()
+        if self.folders is not None:
+            leaves = self.hierarchy.leaves
+            held: dict[str, list[str]] = {c: [] for c in leaves}
+            for name, i in self.folders.items():
+                held[leaves[i]].append(name)
+            out["folders"] = held
+        return out
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
-        classes = self.hierarchy.leaves
+        classes = self.folders if self.folders is not None else self.hierarchy.leaves
 
         def scan(split: Path) -> tuple[list[str], list[int]]:
             return scan_split(split, classes, self.only_classes)
@@ -110,57 +131,160 @@ class FolderDataModule(HierarchyDataModule):
         self.test_set = FileImages(*scan(self.root / self.splits["test"]), self.eval_tf)
 
 
+def read_split_file(path: str | Path, classes: Sequence[str]) -> dict[str, str]:
+    """``{class folder: "source" | "target"}`` from a text file of ``<class> <source|target>``
+    lines (``#`` starts a comment); every class folder must be listed once."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"data.split_file: cannot read {file} ({e})") from None
+    marks: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        where = f"{file}:{lineno}"
+        if len(parts) != 2 or parts[1] not in ("source", "target"):
+            raise DataError(f"{where}: expected '<class> source' or '<class> target', got {line!r}")
+        if parts[0] in marks:
+            raise DataError(f"{where}: class '{parts[0]}' is listed twice")
+        marks[parts[0]] = parts[1]
+    missing = [c for c in classes if c not in marks]
+    if missing:
+        raise DataError(f"{file}: class folder '{missing[0]}' is neither source nor target")
+    return marks
+
+
 class ImageFolderDataModule(FolderDataModule):
     """Any class-folder dataset plus a hierarchy file (nested JSON/YAML, CSV/TSV paths or an
     edge list) whose leaves include every class folder; the classes are the training folders in
-    sorted order."""
+    sorted order.
 
-    def __init__(self, hierarchy: str | None = None, **kwargs: Any) -> None:
+    ``split=source|target`` keeps the class folders a ``split_file`` marks so (the OT-CPCC
+    protocol's disjoint source and target classes), in the same sorted order."""
+
+    def __init__(
+        self,
+        hierarchy: str | None = None,
+        split: str = "all",
+        split_file: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.split = check_split(split)
         if not hierarchy:
             raise DataError("data.hierarchy: not set (a hierarchy file over the class folders)")
         classes = class_folders(self.root / self.splits["train"])
         tree = Hierarchy.from_file(hierarchy)
         tree.check_classes(classes)
+        if split != "all":
+            if not split_file:
+                raise DataError(
+                    f"data.split_file: not set; data.split={split} needs a file marking each "
+                    "class folder source or target"
+                )
+            marks = read_split_file(split_file, classes)
+            classes = [c for c in classes if marks[c] == split]
+            if not classes:
+                raise DataError(f"{split_file}: no class folder is marked {split}")
+            self.only_classes = True  # the other half's folders are skipped
         self.hierarchy = tree.with_classes(classes)
+
+
+# The OT-CPCC paper's iNaturalist split: in every parent with more than SMALL_PARENT classes
+# the first TARGET_FRACTION of them (in class-id order, rounded down) are the target classes;
+# parents with fewer are left out (uiuctml/OTCPCC dataset/inat/data.py).
+TARGET_FRACTION = 0.4
+SMALL_PARENT = 2
+
+
+def inat_split(parents: Sequence[str], split: str) -> list[int]:
+    """Class ids of ``split`` (``parents[i]`` is class i's parent): per parent with more than
+    ``SMALL_PARENT`` classes its first ``int(TARGET_FRACTION x count)`` are ``target``, the
+    others ``source``; ``all`` is every class."""
+    if split == "all":
+        return list(range(len(parents)))
+    members: dict[str, list[int]] = {}
+    for i, parent in enumerate(parents):
+        members.setdefault(parent, []).append(i)
+    kept = []
+    for ids in members.values():
+        if len(ids) <= SMALL_PARENT:
+            continue
+        n_target = int(TARGET_FRACTION * len(ids))
+        kept += ids[:n_target] if split == "target" else ids[n_target:]
+    return sorted(kept)
 
 
 class INatDataModule(FolderDataModule):
     """iNaturalist 2021 (``train_mini/`` or ``train/``, ``val/``): class folders are named
     ``NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_species``; ``ranks`` picks the levels of the
     tree above the classes (default all six). ``val/`` is the test split; validation is held out
-    from the training split."""
+    from the training split.
+
+    ``fine_rank`` picks what a class is: a species (one folder), or a taxon of a higher rank
+    holding all its species' folders (the OT-CPCC paper: ``class`` under ``phylum``). Taxa are
+    numbered in the order of their first folder and told apart by name, as the authors' code
+    does. ``split=source|target`` is the paper's class split (``inat_split``), grouping the
+    classes by their parent in the tree."""
 
     def __init__(
         self,
         ranks: Sequence[str] = INAT_RANKS[:-1],
+        fine_rank: str = "species",
+        split: str = "all",
         train_split: str = "train_mini",
         test_split: str = "val",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("val_split", None)
         super().__init__(train_split=train_split, test_split=test_split, **kwargs)
-        bad = [r for r in ranks if r not in INAT_RANKS[:-1]]
+        self.split = check_split(split)
+        if fine_rank not in INAT_RANKS:
+            raise DataError(
+                f"data.fine_rank: unknown rank '{fine_rank}'; choose from {', '.join(INAT_RANKS)}"
+            )
+        above = INAT_RANKS[: INAT_RANKS.index(fine_rank)]
+        bad = [r for r in ranks if r not in above]
         if bad or not ranks:
             raise DataError(
-                f"data.ranks: {bad[0] if bad else 'none'} is not a rank above species; "
-                f"choose from {', '.join(INAT_RANKS[:-1])}"
+                f"data.ranks: {bad[0] if bad else 'none'} is not a rank above {fine_rank}; "
+                f"choose from {', '.join(above) or 'none'}"
             )
         order = sorted(ranks, key=INAT_RANKS.index)
-        split = self.root / self.splits["train"]
-        classes = class_folders(split)
-        paths = []
-        for name in classes:
+        folder = self.root / self.splits["train"]
+        names = class_folders(folder)
+        # per class (in first-folder order): its label, its path of ancestors, its folders
+        labels: list[str] = []
+        ids: dict[str, int] = {}
+        paths: dict[str, list[str]] = {}
+        folders: dict[str, int] = {}
+        for name in names:
             parts = name.split("_")
             if len(parts) != 1 + len(INAT_RANKS) or not parts[0].isdigit():
                 raise DataError(
-                    f"{split / name}: not an iNaturalist 2021 class folder name "
+                    f"{folder / name}: not an iNaturalist 2021 class folder name "
                     "(NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_species)"
                 )
             taxa = dict(zip(INAT_RANKS, parts[1:]))
-            # Prefix each node with its rank so that equal names at two ranks stay distinct.
-            paths.append([f"{rank}:{taxa[rank]}" for rank in order] + [name])
-        self.hierarchy = Hierarchy.from_paths(paths, source=str(split))
+            label = name if fine_rank == "species" else f"{fine_rank}:{taxa[fine_rank]}"
+            if label not in ids:
+                ids[label] = len(labels)
+                labels.append(label)
+                # Prefix each node with its rank so that equal names at two ranks stay distinct.
+                paths[label] = [f"{rank}:{taxa[rank]}" for rank in order]
+            folders[name] = ids[label]
+        kept = inat_split([paths[c][-1] for c in labels], split)
+        if not kept:
+            raise DataError(f"data.split: no {fine_rank} is in the {split} split of {folder}")
+        new_id = {old: new for new, old in enumerate(kept)}
+        self.hierarchy = Hierarchy.from_paths(
+            [[*paths[labels[i]], labels[i]] for i in kept], source=str(folder)
+        )
+        if fine_rank != "species" or split != "all":
+            self.folders = {f: new_id[c] for f, c in folders.items() if c in new_id}
+            self.only_classes = True  # folders of classes outside the split are skipped
         if self.level_names is None:
             # A rank with one taxon on top (all Animalia, say) becomes the root, not a level.
             self.level_names = order[len(order) - (self.hierarchy.depth - 1) :]

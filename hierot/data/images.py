@@ -20,25 +20,53 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def eval_transform(image_size: int) -> Transform:
-    """Shorter side to ``image_size``, then the central square."""
-    return v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+AUGMENTS = ("crop_flip", "crop_flip_rotate", "resized_crop", "imagenet", "robustness", "none")
+# The ImageNet colour principal components (AlexNet's lighting noise), as robustness ships
+# them: eigenvalues, and eigenvectors as columns.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+def eval_transform(image_size: int, resize: int | None = None) -> Transform:
+    """Shorter side to ``resize`` (default ``image_size``), then the central square of
+    ``image_size`` (ImageNet's convention is 256 then 224)."""
+    side = resize or image_size
+    return v2.Compose([v2.Resize(side, antialias=True), v2.CenterCrop(image_size)])
+
+
+def lighting(image: torch.Tensor, std: float = 0.05) -> torch.Tensor:
+    """robustness' ``Lighting(0.05, IMAGENET_PCA)``: one random colour shift along the
+    ImageNet principal components per image, here on a uint8 image (rounded and clipped)."""
+    alpha = torch.randn(3) * std
+    eigvec = torch.tensor(PCA_EIGVEC)
+    rgb = (eigvec * (alpha * torch.tensor(PCA_EIGVAL))[None, :]).sum(1)
+    shifted = image.float() + 255 * rgb[:, None, None]
+    return shifted.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def train_transform(image_size: int, augment: str = "crop_flip") -> Transform:
     """``crop_flip``: resize as ``eval_transform``, random crop with 1/8 padding, horizontal
-    flip (the standard CIFAR recipe); ``resized_crop``: random resized crop + flip (the
-    ImageNet recipe); ``none``: ``eval_transform``."""
+    flip (the standard CIFAR recipe); ``crop_flip_rotate``: that plus a random rotation of up
+    to 15 degrees (the OT-CPCC authors' CIFAR-100); ``resized_crop``: random resized crop
+    (35-100 % of the area) + flip; ``imagenet``: torchvision's ImageNet recipe, random resized
+    crop (8-100 % of the area) + flip; ``robustness``: robustness' ImageNet training transform,
+    which the BREEDS benchmark uses (random resized crop of 8-100 % of the area, flip, colour
+    jitter 0.1, PCA lighting noise 0.05); ``none``: ``eval_transform``."""
     if augment == "none":
         return eval_transform(image_size)
-    if augment == "crop_flip":
-        return v2.Compose(
-            [
-                eval_transform(image_size),
-                v2.RandomCrop(image_size, padding=max(1, image_size // 8)),
-                v2.RandomHorizontalFlip(),
-            ]
-        )
+    if augment in ("crop_flip", "crop_flip_rotate"):
+        steps: list[Transform] = [
+            eval_transform(image_size),
+            v2.RandomCrop(image_size, padding=max(1, image_size // 8)),
+            v2.RandomHorizontalFlip(),
+        ]
+        if augment == "crop_flip_rotate":
+            steps.append(v2.RandomRotation(15))
+        return v2.Compose(steps)
     if augment == "resized_crop":
         return v2.Compose(
             [
@@ -46,7 +74,20 @@ def train_transform(image_size: int, augment: str = "crop_flip") -> Transform:
                 v2.RandomHorizontalFlip(),
             ]
         )
-    raise DataError(f"data.augment: unknown '{augment}'; available: crop_flip, resized_crop, none")
+    if augment == "imagenet":
+        return v2.Compose(
+            [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+        )
+    if augment == "robustness":
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(image_size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
+                lighting,
+            ]
+        )
+    raise DataError(f"data.augment: unknown '{augment}'; available: {', '.join(AUGMENTS)}")
 
 
 class TensorImages(Dataset):

@@ -47,3 +47,38 @@ def monotone_coupling(
     end = torch.minimum((r + 1) * nb, (s + 1) * na)
     mass = ((end - start).to(torch.float64) / (na * nb).to(torch.float64)).to(dtype)
     return pair, r, s, mass
+
+
+def weighted_monotone_coupling(
+    weights_a: torch.Tensor, weights_b: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The north-west-corner coupling of any weights, for every pair at once.
+
+    Sample ``r`` of side a covers ``(A[r-1], A[r]]`` with ``A`` the cumulative weights (and
+    so for side b); ``P[r, s]`` is the length of the overlap. The union of both sides'
+    cumulative weights cuts ``[0, 1]`` into segments; each segment's midpoint is looked up
+    on both sides (``searchsorted``) to find its ``(r, s)``. With uniform weights this is
+    ``monotone_coupling`` up to rounding (which computes that case exactly).
+
+    Args:
+        weights_a: (P, N), weights_b: (P, M) non-negative weights, each row summing to 1
+            over its real samples and 0 on padding after them.
+    Returns:
+        ``(pair, r, s, mass)`` as ``monotone_coupling``: (E,) each, E <= P (N + M).
+    """
+    p = weights_a.shape[0]
+    # float64 and renormalized, so both sides end at exactly 1 and rounding makes no sliver
+    # segments that would map past a side's last sample.
+    cum_a = weights_a.double().cumsum(1)
+    cum_b = weights_b.double().cumsum(1)
+    cum_a = cum_a / cum_a[:, -1:]
+    cum_b = cum_b / cum_b[:, -1:]
+    ends = torch.cat([cum_a, cum_b], 1).sort(1).values
+    starts = torch.cat([ends.new_zeros(p, 1), ends[:, :-1]], 1)
+    mass = ends - starts
+    keep = mass > 0
+    mid = (starts + ends) / 2
+    r = torch.searchsorted(cum_a, mid).clamp_max(cum_a.shape[1] - 1)
+    s = torch.searchsorted(cum_b, mid).clamp_max(cum_b.shape[1] - 1)
+    pair = torch.arange(p, device=weights_a.device)[:, None].expand_as(mid)
+    return pair[keep], r[keep], s[keep], mass[keep].to(dtype)

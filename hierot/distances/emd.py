@@ -12,6 +12,7 @@ import torch
 
 from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.registry import register_distance
+from hierot.distances.weights import check_weights, pair_weights
 
 try:  # POT's C++ network simplex without ot.emd's per-call checks (~10x less overhead)
     from ot.lp.emd_wrap import emd_c as _emd_c
@@ -22,12 +23,24 @@ except ImportError:  # pragma: no cover - other POT layouts
 _POOL_MIN_ENTRIES = 200_000
 
 
-def _solve(cost: np.ndarray, n_a: np.ndarray, n_b: np.ndarray, max_iter: int) -> np.ndarray:
+def _solve(
+    cost: np.ndarray,
+    n_a: np.ndarray,
+    n_b: np.ndarray,
+    max_iter: int,
+    w_a: np.ndarray | None = None,
+    w_b: np.ndarray | None = None,
+) -> np.ndarray:
     plans = np.zeros_like(cost)
     for p in range(cost.shape[0]):
         na, nb = int(n_a[p]), int(n_b[p])
-        a = np.full(na, 1.0 / na)
-        b = np.full(nb, 1.0 / nb)
+        if w_a is None or w_b is None:
+            a = np.full(na, 1.0 / na)
+            b = np.full(nb, 1.0 / nb)
+        else:
+            # renormalized in float64: the network simplex wants equal total masses
+            a = w_a[p, :na] / w_a[p, :na].sum()
+            b = w_b[p, :nb] / w_b[p, :nb].sum()
         m = np.ascontiguousarray(cost[p, :na, :nb])
         if _emd_c is not None:
             plans[p, :na, :nb] = _emd_c(a, b, m, max_iter, 1)[0]
@@ -42,9 +55,12 @@ def emd_plans(
     n_b: torch.Tensor,
     max_iter: int = 100_000,
     num_threads: int | None = None,
+    weights_a: torch.Tensor | None = None,
+    weights_b: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact OT plans of a (P, N, M) stack of padded problems with uniform weights over the
-    first ``n_a[p]`` rows and ``n_b[p]`` columns; returns (P, N, M) plans on ``cost``'s device.
+    """Exact OT plans of a (P, N, M) stack of padded problems over the first ``n_a[p]`` rows
+    and ``n_b[p]`` columns, with uniform weights or ``weights_a`` (P, N) and ``weights_b``
+    (P, M); returns (P, N, M) plans on ``cost``'s device.
 
     Only the costs go to host memory; the solver runs in C++ without the GIL, so chunks of
     pairs are solved on ``num_threads`` threads (default: torch's intra-op thread count).
@@ -52,14 +68,24 @@ def emd_plans(
     host = cost.detach().to("cpu", torch.float64).numpy()
     na = n_a.cpu().numpy()
     nb = n_b.cpu().numpy()
+    wa = wb = None
+    if weights_a is not None and weights_b is not None:
+        wa = weights_a.detach().to("cpu", torch.float64).numpy()
+        wb = weights_b.detach().to("cpu", torch.float64).numpy()
+
+    def solve(c: np.ndarray) -> np.ndarray:
+        return _solve(
+            host[c], na[c], nb[c], max_iter, None if wa is None else wa[c],
+            None if wb is None else wb[c],
+        )  # fmt: skip
+
     threads = num_threads or torch.get_num_threads() or os.cpu_count() or 1
     if threads > 1 and host.size >= _POOL_MIN_ENTRIES:
         chunks = np.array_split(np.arange(host.shape[0]), threads)
         with ThreadPoolExecutor(threads) as pool:
-            parts = pool.map(lambda c: _solve(host[c], na[c], nb[c], max_iter), chunks)
-            plans = np.concatenate(list(parts))
+            plans = np.concatenate(list(pool.map(solve, chunks)))
     else:
-        plans = _solve(host, na, nb, max_iter)
+        plans = solve(np.arange(host.shape[0]))
     return torch.from_numpy(plans).to(device=cost.device, dtype=cost.dtype)
 
 
@@ -69,17 +95,25 @@ def emd_memory(dim: int, itemsize: int, options: Mapping[str, object]) -> PairMe
     return PairMemory(entry=4 * itemsize + 48, sample=dim * itemsize, pair=64)
 
 
-def check_emd(max_iter: object) -> None:
+def check_emd(max_iter: object, weights: object) -> None:
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"emd: max_iter must be an integer >= 1, got {max_iter!r}")
+    check_weights("emd", weights)
 
 
 @register_distance("emd", check=check_emd, memory=emd_memory)
-def emd_distance(batch: ClassBatch, max_iter: int = 100_000) -> torch.Tensor:
-    """Exact W1 between the classes' empirical distributions, ``ot.emd2`` per pair; (P,).
-    Envelope gradient: the plan is a constant, ``sum(P * M)`` carries the gradient."""
+def emd_distance(
+    batch: ClassBatch, max_iter: int = 100_000, weights: str = "uniform"
+) -> torch.Tensor:
+    """Exact W1 between the classes' distributions over their samples (``weights``: see
+    ``hierot.distances.weights``), ``ot.emd2`` per pair; (P,). Envelope gradient: the plan
+    is a constant, ``sum(P * M)`` carries the gradient."""
     cost = batch.pair_cost_matrices()
+    w_a = w_b = None
+    if weights != "uniform":
+        w_a, w_b = pair_weights(batch, weights, cost.shape[1])
     plans = emd_plans(
-        cost, batch.counts[batch.pair_a], batch.counts[batch.pair_b], max_iter=max_iter
-    )
+        cost, batch.counts[batch.pair_a], batch.counts[batch.pair_b], max_iter=max_iter,
+        weights_a=w_a, weights_b=w_b,
+    )  # fmt: skip
     return (plans * cost).sum(dim=(1, 2))

@@ -20,6 +20,7 @@ import torch
 
 from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.registry import register_distance
+from hierot.distances.weights import check_weights, pair_weights
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,12 @@ def sinkhorn_plans(
     max_iter: int = 1000,
     tol: float = 1e-6,
     check_every: int = 10,
+    weights_a: torch.Tensor | None = None,
+    weights_b: torch.Tensor | None = None,
 ) -> SinkhornResult:
-    """Log-domain Sinkhorn on a stack of padded problems, uniform weights on the real entries.
+    """Log-domain Sinkhorn on a stack of padded problems, uniform weights on the real entries
+    or ``weights_a`` (P, N) and ``weights_b`` (P, M) (positive where valid, each row summing
+    to 1).
 
     Args:
         cost: (P, N, M) cost matrices; padded entries are ignored.
@@ -92,10 +97,18 @@ def sinkhorn_plans(
     neg_inf = torch.tensor(-math.inf, dtype=dtype, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     valid = valid_a[:, :, None] & valid_b[:, None, :]
-    n_a = valid_a.sum(1, keepdim=True).to(dtype)
-    n_b = valid_b.sum(1, keepdim=True).to(dtype)
-    log_a = torch.where(valid_a, -torch.log(n_a), neg_inf)
-    log_b = torch.where(valid_b, -torch.log(n_b), neg_inf)
+    if weights_a is None or weights_b is None:
+        target_a = valid_a.to(dtype) / valid_a.sum(1, keepdim=True).to(dtype)
+        target_b = valid_b.to(dtype) / valid_b.sum(1, keepdim=True).to(dtype)
+    else:
+        target_a = torch.where(valid_a, weights_a.to(dtype), zero)
+        target_b = torch.where(valid_b, weights_b.to(dtype), zero)
+        target_a = target_a / target_a.sum(1, keepdim=True)
+        target_b = target_b / target_b.sum(1, keepdim=True)
+    # A softmax weight can underflow to 0: the smallest positive mass keeps its log finite.
+    tiny = torch.finfo(dtype).tiny
+    log_a = torch.where(valid_a, target_a.clamp_min(tiny).log(), neg_inf)
+    log_b = torch.where(valid_b, target_b.clamp_min(tiny).log(), neg_inf)
     # The plan does not change when a pair's costs shift by a constant: starting them at 0
     # keeps the exponents, and so the float32 rounding, as small as the cost range allows.
     low = torch.where(valid, cost, math.inf).amin(dim=(1, 2))
@@ -122,13 +135,11 @@ def sinkhorn_plans(
 
     kernel = -shifted / reg[:, None, None]
     del shifted
-    target_b = valid_b.to(dtype) / n_b
     threshold = (_ROUNDING_FLOOR * torch.finfo(dtype).eps * spread / reg).clamp_min(tol)
     iterations = annealed.clone()
     error = torch.full((p,), math.inf, dtype=dtype, device=device)
     active = torch.arange(p, device=device)
     done = 0
-    target_a = valid_a.to(dtype) / n_a
     # Per pair: 1 (plain Sinkhorn) until the first two checks measure its convergence rate.
     omega = torch.ones(p, dtype=dtype, device=device)
     while active.numel() and done < max_iter:
@@ -175,7 +186,9 @@ def sinkhorn_plans(
     return SinkhornResult(plans, iterations, converged, error)
 
 
-def check_sinkhorn(reg: object, reg_scale: object, max_iter: object, tol: object) -> None:
+def check_sinkhorn(
+    reg: object, reg_scale: object, max_iter: object, tol: object, weights: object
+) -> None:
     """Raise ``ValueError`` naming the first bad option."""
     if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
         raise ValueError(f"sinkhorn: reg must be > 0, got {reg!r}")
@@ -187,6 +200,7 @@ def check_sinkhorn(reg: object, reg_scale: object, max_iter: object, tol: object
         raise ValueError(f"sinkhorn: max_iter must be an integer >= 1, got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
         raise ValueError(f"sinkhorn: tol must be > 0, got {tol!r}")
+    check_weights("sinkhorn", weights)
 
 
 def pair_regularization(
@@ -216,8 +230,10 @@ def sinkhorn_distance(
     reg_scale: str = "mean",
     max_iter: int = 1000,
     tol: float = 1e-6,
+    weights: str = "uniform",
 ) -> torch.Tensor:
-    """``<P, M>`` with P the entropic plan (entropy term not added); (P,).
+    """``<P, M>`` with P the entropic plan (entropy term not added) between the classes'
+    distributions over their samples (``weights``: see ``hierot.distances.weights``); (P,).
 
     ``reg_scale="mean"`` regularizes each pair with ``reg`` times the mean of its ground costs
     (its mean cross-sample distance), so the distance, like CPCC, does not change when the
@@ -231,7 +247,13 @@ def sinkhorn_distance(
         m = cost.detach()
         counts_a, counts_b = batch.counts[batch.pair_a], batch.counts[batch.pair_b]
         pair_reg = pair_regularization(m, counts_a, counts_b, reg, reg_scale)
-        result = sinkhorn_plans(m, valid_a, valid_b, pair_reg, max_iter=max_iter, tol=tol)
+        w_a = w_b = None
+        if weights != "uniform":
+            w_a, w_b = pair_weights(batch, weights, n)
+        result = sinkhorn_plans(
+            m, valid_a, valid_b, pair_reg, max_iter=max_iter, tol=tol, weights_a=w_a,
+            weights_b=w_b,
+        )  # fmt: skip
     unconverged = int((~result.converged).sum())
     if unconverged:
         warnings.warn(

@@ -43,7 +43,8 @@ def step(
     if any(not 0 < m < 1 for m in milestones):
         raise ValueError(f"scheduler.milestones must be fractions in (0, 1), got {milestones}")
     warm = _warmup_steps(total_steps, warmup)
-    at = sorted(int(m * total_steps) for m in milestones)
+    # rounded: a milestone of 1/3 (a step every third of the run) lands on its step exactly
+    at = sorted(round(m * total_steps) for m in milestones)
 
     def factor(s: int) -> float:
         if s < warm:
