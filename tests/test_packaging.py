@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -40,3 +42,26 @@ def test_installed_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path):
         assert run.returncode == 0, run.stderr
         assert "name: vit_small_patch16_224" in run.stdout
         assert "_target_: torch.optim.AdamW" in run.stdout
+
+
+def test_pyproject_holds_ranges_that_the_pinned_versions_satisfy():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in project["dependencies"]]
+    declared += [Requirement(r) for extra in project["optional-dependencies"].values()
+                 for r in extra]  # fmt: skip
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    for req in declared:
+        # a user's own CUDA build of torch (2.x.y+cu12z) must satisfy the declared range, so
+        # no exact pins in pyproject: those belong in constraints.txt
+        assert not any(spec.operator == "==" for spec in req.specifier), req
+        if req.name.lower() in pins:
+            assert req.specifier.contains(pins[req.name.lower()]), (req, pins[req.name.lower()])
+    assert {"torch", "torchvision", "pot", "timm", "lightning"} <= set(pins)

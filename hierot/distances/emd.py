@@ -7,17 +7,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import ot
 import torch
 
 from hierot.distances.batch import ClassBatch, PairMemory
+from hierot.distances.network_simplex import exact_plan
 from hierot.distances.registry import register_distance
 from hierot.distances.weights import check_weights, pair_weights
-
-try:  # POT's C++ network simplex without ot.emd's per-call checks (~10x less overhead)
-    from ot.lp.emd_wrap import emd_c as _emd_c
-except ImportError:  # pragma: no cover - other POT layouts
-    _emd_c = None
 
 # Below this many cost entries a thread pool costs more than it saves.
 _POOL_MIN_ENTRIES = 200_000
@@ -42,10 +37,7 @@ def _solve(
             a = w_a[p, :na] / w_a[p, :na].sum()
             b = w_b[p, :nb] / w_b[p, :nb].sum()
         m = np.ascontiguousarray(cost[p, :na, :nb])
-        if _emd_c is not None:
-            plans[p, :na, :nb] = _emd_c(a, b, m, max_iter, 1)[0]
-        else:  # pragma: no cover
-            plans[p, :na, :nb] = ot.emd(a, b, m, numItermax=max_iter)
+        plans[p, :na, :nb] = exact_plan(a, b, m, max_iter)
     return plans
 
 
