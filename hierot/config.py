@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hierot.checkpoints import check_checkpoint
+from hierot.cpcc import NO_DISTANCE
 from hierot.distances import check_memory, check_options, list_distances
 from hierot.errors import ConfigError, DataError
 from hierot.hierarchy import HierarchyError
 from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import list_stems
-from hierot.models.module import NO_DISTANCE
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 CONFIG_NAME = "train"

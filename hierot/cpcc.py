@@ -14,6 +14,9 @@ from hierot.distances import (
 )
 from hierot.hierarchy import Hierarchy
 
+# dist=none: plain cross-entropy, no CPCC term (TestCPCC is then measured with l2).
+NO_DISTANCE = "none"
+
 
 def pearson(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pearson correlation of two (P,) vectors, and whether it is defined.

@@ -9,6 +9,10 @@ class DataError(ValueError):
     """Bad input data; the message names the file, folder or class."""
 
 
+class HierarchyError(ValueError):
+    """A label tree that cannot be built; the message names the file, line and node."""
+
+
 def user_message(error: BaseException) -> str:
     """The one line to show for a user error.
 

@@ -28,16 +28,16 @@ from hierot.checkpoints import (
 )
 from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
 from hierot.config import build, check_added_keys, compose_config, one_line
-from hierot.cpcc import cpcc, present_tree_distances
+from hierot.cpcc import NO_DISTANCE, cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, class_distances
 from hierot.errors import ConfigError
-from hierot.evaluation import evaluate_features
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
 from hierot.logs import progress_bar_wanted
+from hierot.metrics import evaluate_features
 from hierot.models import HierarchyModule
-from hierot.models.module import NO_DISTANCE, level_keys
+from hierot.models.module import level_keys
 from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ import torch
 
 from hierot.distances import monotone_coupling
 
-from references import greedy_plan
+from helpers.references import greedy_plan
 
 SIZES = [(1, 1), (1, 5), (5, 1), (3, 3), (4, 6), (6, 4), (7, 5), (2, 9), (12, 8), (13, 17)]
 

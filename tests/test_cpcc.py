@@ -5,7 +5,7 @@ from scipy.stats import pearsonr
 
 from hierot import CPCCLoss, Hierarchy, class_distances, cpcc
 
-from conftest import multimodal_batch
+from helpers.batches import multimodal_batch
 
 METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
 

@@ -7,11 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from datasets import write_cifar10, write_cifar100, write_folders
 
 from hierot.config import build, compose_config
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
+
+from helpers.files import write_cifar10, write_cifar100, write_folders
 
 FINE = ["apple", "pear", "rose", "tulip", "bee", "ant"]
 COARSE = ["fruit", "flowers", "insects"]

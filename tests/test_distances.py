@@ -5,8 +5,8 @@ import torch
 from hierot.distances import class_distances, list_distances, register_distance
 from hierot.distances import registry as registry_module
 
-from conftest import class_pairs, multimodal_batch
-from references import euclidean, greedy_plan, plan_for, reference_distance
+from helpers.batches import class_pairs, multimodal_batch
+from helpers.references import euclidean, greedy_plan, plan_for, reference_distance
 
 METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
 REG = 0.7

@@ -8,8 +8,8 @@ import torch
 from hierot.config import compose_config
 from hierot.errors import ConfigError
 from hierot.evaluate import precheck
-from hierot.evaluation import average_hierarchical_distance, retrieval_map
 from hierot.figures import embedding_2d
+from hierot.metrics import average_hierarchical_distance, retrieval_map
 from hierot.train import train
 
 TINY = [

@@ -9,7 +9,7 @@ from hierot.distances import class_distances
 from hierot.distances.batch import all_pairs, group_by_class
 from hierot.distances.sinkhorn import _logsumexp, sinkhorn_plans
 
-from conftest import class_pairs, multimodal_batch
+from helpers.batches import class_pairs, multimodal_batch
 
 
 def gaussian_batch(samples: int = 96, classes: int = 12, dim: int = 64, seed: int = 0):

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 import yaml
-from datasets import write_cifar100
 
 from hierot.sweep import MIN_SPAN, summary_figure, write_summary
+
+from helpers.files import write_cifar100
 
 QUICK = [
     "trainer.fast_dev_run=true",

@@ -6,7 +6,6 @@ import sys
 import pytest
 import timm
 import torch
-from datasets import write_hub_cache
 
 from hierot.config import build, compose_config
 from hierot.data.module import default_workers
@@ -14,6 +13,8 @@ from hierot.errors import ConfigError
 from hierot.logs import DropNoise
 from hierot.models import create_backbone
 from hierot.train import train
+
+from helpers.files import write_hub_cache
 
 # 24 classes x 4 training images: a batch of 32 holds most classes, so CPCC is defined.
 TINY = [

@@ -10,8 +10,8 @@ from hierot.distances import class_distances, group_by_class, monotone_coupling
 from hierot.distances.coupling import weighted_monotone_coupling
 from hierot.distances.weights import sample_weights
 
-from conftest import class_pairs, multimodal_batch
-from references import authors_fft_plan, authors_weights, euclidean, greedy_plan_weighted
+from helpers.batches import class_pairs, multimodal_batch
+from helpers.references import authors_fft_plan, authors_weights, euclidean, greedy_plan_weighted
 
 REG = 0.7
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from hierot.hierarchy.tree import Edge, Hierarchy, HierarchyError
+from hierot.errors import HierarchyError
+from hierot.hierarchy.tree import Edge, Hierarchy
 
 FORMATS = ("json", "yaml", "csv", "tsv", "edges")
 _BY_SUFFIX = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".tsv": "tsv"}

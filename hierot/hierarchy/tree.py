@@ -9,13 +9,11 @@ from os import PathLike
 
 import torch
 
+from hierot.errors import HierarchyError
+
 # Name of the root added when the input has several top-level nodes; the angle brackets keep
 # it from colliding with a real class or concept name.
 VIRTUAL_ROOT = "<root>"
-
-
-class HierarchyError(ValueError):
-    """A label tree that cannot be built; the message names the file, line and node."""
 
 
 @dataclass(frozen=True)

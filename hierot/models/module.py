@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from hierot.cpcc import CPCCLoss
+from hierot.cpcc import NO_DISTANCE, CPCCLoss
 from hierot.distances import DEFAULT_MEMORY_MB
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import (
@@ -23,7 +23,6 @@ from hierot.metrics import (
     class_subsample,
 )
 
-NO_DISTANCE = "none"
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from hierot.cpcc import cpcc
 from hierot.distances import DEFAULT_MEMORY_MB
 from hierot.hierarchy import Hierarchy
-from hierot.metrics import LevelAccuracy, MistakeSeverity
+from hierot.metrics.epoch import LevelAccuracy, MistakeSeverity
 
 
 def average_hierarchical_distance(
