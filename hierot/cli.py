@@ -8,16 +8,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hierot.errors import ConfigError, DataError, user_message
-from hierot.hierarchy import HierarchyError
+from hierot.errors import ConfigError, DataError, HierarchyError, user_message
 from hierot.logs import quiet_warnings
 
 USER_ERRORS = (ConfigError, DataError, HierarchyError)
 
-# Flags after which Hydra prints something instead of running: nothing to check first.
-HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
-                "-sc", "--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
-                "--resolve", "-p", "--package", "--experimental-rerun"}  # fmt: skip
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
@@ -37,9 +32,12 @@ def discard_run_dir(out: Path, name: str) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def hydra_prints(args: Sequence[str]) -> bool:
-    """True when Hydra will print (help, config, ...) rather than run a job."""
-    return bool(HYDRA_FLAGS.intersection(args))
+def hydra_flags(args: Sequence[str]) -> bool:
+    """True when the command line holds one of Hydra's own flags besides ``-m`` (``--help``,
+    ``--cfg job``, ``--config-dir DIR``, ...): Hydra handles those itself, and an override
+    never starts with ``-``, so no list of Hydra's flags is kept here. Such a command skips
+    the early check; a job it runs still checks its config before training."""
+    return any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args)
 
 
 def overrides_of(args: Sequence[str]) -> list[str]:
@@ -59,7 +57,7 @@ def run_checked(
         sys.argv.extend(implied(overrides_of(sys.argv[1:])))
     args = sys.argv[1:]
     quiet_warnings()
-    if not hydra_prints(args):
+    if not hydra_flags(args):
         try:
             precheck(overrides_of(args))
         except USER_ERRORS as e:

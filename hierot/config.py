@@ -24,8 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hierot.checkpoints import check_checkpoint
 from hierot.cpcc import NO_DISTANCE
 from hierot.distances import check_memory, check_options, list_distances
-from hierot.errors import ConfigError, DataError
-from hierot.hierarchy import HierarchyError
+from hierot.errors import ConfigError, DataError, HierarchyError
 from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import list_stems
 

@@ -7,6 +7,7 @@ Trains ``HierarchyModule`` on the configured data, tests the best checkpoint, wr
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -32,10 +33,18 @@ from hierot.sweep import record_failure
 log = logging.getLogger(__name__)
 
 
-def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
-    """Data module, model and trainer of a checked config."""
+def data_key(node: DictConfig) -> str:
+    """A data config as a string, to find the data module already built for it."""
+    return json.dumps(OmegaConf.to_container(node), sort_keys=True, default=str)
+
+
+def build_run(
+    cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None
+) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
+    """Data module, model and trainer of a checked config; the data module is taken from
+    ``built`` (by ``data_key``, once) when the early check already built it."""
     out = Path(cfg.output_dir)
-    datamodule = build(cfg.data, "data")
+    datamodule = (built or {}).pop(data_key(cfg.data), None) or build(cfg.data, "data")
     if not isinstance(datamodule, HierarchyDataModule):
         raise ConfigError(f"data: {type(datamodule).__name__} is not a HierarchyDataModule")
     backbone = build(cfg.backbone, "backbone")
@@ -101,13 +110,15 @@ def run_summary(cfg: DictConfig) -> str:
     )
 
 
-def train(cfg: DictConfig) -> float:
-    """Fit, test the best checkpoint, write the run's outputs; returns ``test/cpcc``."""
+def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) -> float:
+    """Fit, test the best checkpoint, write the run's outputs; returns ``test/cpcc``.
+    ``built``: data modules the early check built (``precheck``), used instead of a second
+    build of the same data config."""
     check_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model, trainer = build_run(cfg)
+    datamodule, model, trainer = build_run(cfg, built)
     for logger in trainer.loggers:  # the whole run's settings beside its curves (wandb, ...)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     if trainer.is_global_zero:
@@ -149,10 +160,11 @@ def train(cfg: DictConfig) -> float:
     return float(metrics.get("test/cpcc", float("nan")))  # type: ignore[arg-type]
 
 
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def _run(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig, built: dict[str, HierarchyDataModule]) -> float:
+    """One job under Hydra: ``train``, with a user error as one line (a single run) or as a
+    failed job of a sweep."""
     try:
-        return train(cfg)
+        return train(cfg, built)
     except USER_ERRORS as e:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             discard_run_dir(Path(cfg.output_dir), "train")
@@ -164,22 +176,29 @@ def _run(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def precheck(overrides: list[str]) -> None:
+def precheck(overrides: list[str], built: dict[str, HierarchyDataModule] | None = None) -> None:
     """Check every value the command line will run (each value of each sweep), so that a
-    bad one costs one line and leaves no run directory."""
-    checked_data: list[object] = []
+    bad one costs one line and leaves no run directory. Data modules read their files when
+    built, so each distinct data config is built here, once, and kept in ``built`` for the
+    job that trains on it."""
+    built = {} if built is None else built
     for job in sweep_variants(overrides):
         cfg = compose_config(job)
         check_added_keys(job, cfg)
         check_config(cfg)
-        data = OmegaConf.to_container(cfg.data)
-        if data not in checked_data:  # data modules read their files when built
-            build(cfg.data, "data")
-            checked_data.append(data)
+        key = data_key(cfg.data)
+        if key not in built:
+            built[key] = build(cfg.data, "data")
 
 
 def main() -> None:
-    run_checked(precheck, _run)
+    built: dict[str, HierarchyDataModule] = {}
+
+    @hydra.main(config_path="conf", config_name="train", version_base="1.3")
+    def _run(cfg: DictConfig) -> float:
+        return run_job(cfg, built)
+
+    run_checked(lambda overrides: precheck(overrides, built), _run)
 
 
 if __name__ == "__main__":

@@ -59,15 +59,13 @@ def test_every_call_gets_a_fresh_sweep_directory(tmp_path):
         compare.fresh_out(tmp_path / "used", now)
 
 
+@pytest.mark.slow
 def test_transfer_column_after_a_source_sweep(tmp_path):
     import subprocess
     import sys
 
     script = Path(__file__).parents[1] / "scripts" / "compare_methods.py"
-    tiny = [
-        "data.train_per_class=4", "data.val_per_class=2", "data.test_per_class=2",
-        "data.batch_size=32", "trainer.max_epochs=1", "trainer.enable_model_summary=false",
-    ]  # fmt: skip
+    tiny = ["debug=tiny"]
     run = subprocess.run(
         [sys.executable, str(script), "--methods", "l2", "fastft", "--seeds", "0", "--transfer",
          "--out", str(tmp_path / "sweep"), "--", *tiny],

@@ -4,10 +4,11 @@ import torch
 from scipy.stats import pearsonr
 
 from hierot import CPCCLoss, Hierarchy, class_distances, cpcc
+from hierot.distances import list_distances
 
 from helpers.batches import multimodal_batch
 
-METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
+METHODS = list_distances()
 
 # 12 classes: 3 top-level groups of 2 subgroups of 2 leaves; class i is leaf "c{i}".
 TREE = {

@@ -19,15 +19,7 @@ COARSE = ["fruit", "flowers", "insects"]
 PARENT = [0, 0, 1, 1, 2, 2]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]  # fmt: skip
-FAST = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=1",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "trainer.enable_progress_bar=false",
-    "data.num_workers=0",
-    "data.batch_size=8",
-]
+FAST = ["debug=fast"]
 
 
 def data_module(*overrides):
@@ -89,6 +81,7 @@ def test_cifar100_with_a_deeper_tree_file(tmp_path):
     assert dm.hierarchy.depth == 3 and dm.hierarchy.leaves == FINE
 
 
+@pytest.mark.slow
 def test_cifar100_trains_through_the_main_job(tmp_path):
     write_cifar100(tmp_path, FINE, COARSE, PARENT)
     metrics = run_main(tmp_path, "data=cifar100", f"data.root={tmp_path}")
@@ -96,6 +89,7 @@ def test_cifar100_trains_through_the_main_job(tmp_path):
     assert metrics["steps"] == 1
 
 
+@pytest.mark.slow
 def test_cifar10_tree_from_config_and_main_job(tmp_path):
     write_cifar10(tmp_path, CIFAR10)
     dm = data_module("data=cifar10", f"data.root={tmp_path / 'cifar-10-batches-py'}")
@@ -154,6 +148,7 @@ def folder_tree(tmp_path, **splits):
     return tmp_path / "data", tree
 
 
+@pytest.mark.slow
 def test_image_folder_resizes_and_trains(tmp_path):
     root, tree = folder_tree(tmp_path)
     dm = data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}",
@@ -252,6 +247,7 @@ def test_bad_hierarchy_file(tmp_path, name, text, message):
         data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tmp_path / name}")
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_named(tmp_path):
     root, tree = folder_tree(tmp_path)
     bad = root / "train" / "cat" / "img1.png"
@@ -261,6 +257,7 @@ def test_corrupt_image_is_named(tmp_path):
     assert line.startswith(f"hierot: error: {bad}: corrupt or unreadable image")
 
 
+@pytest.mark.slow
 def test_bad_data_from_the_command_line_is_one_line(tmp_path):
     line = fails(tmp_path, "data=cifar100", f"data.root={tmp_path / 'none'}")
     assert line == f"hierot: error: data.root: no such folder: {tmp_path / 'none'}"
@@ -282,6 +279,7 @@ INAT = [
 ]
 
 
+@pytest.mark.slow
 def test_inat_tree_from_folder_names_and_rank_choice(tmp_path):
     write_folders(tmp_path, {"train_mini": INAT, "val": INAT}, n=4)
     dm = data_module("data=inat", f"data.root={tmp_path}", "data.image_size=16")
@@ -562,6 +560,7 @@ def test_breeds_subclass_classes_take_a_split_half(tmp_path):
         breeds_module(info, root, "data.classes=subclass", "data.height=3")
 
 
+@pytest.mark.slow
 def test_breeds_main_job_and_bad_subset(tmp_path):
     info, root = write_breeds(tmp_path)
     line = fails(tmp_path, "data=breeds", f"data.root={root}", f"data.info_dir={info}",
@@ -582,6 +581,7 @@ def test_breeds_main_job_and_bad_subset(tmp_path):
     assert line == "hierot: error: BREEDS: no superclass at level 4 has 8 ImageNet classes"
 
 
+@pytest.mark.slow
 def test_bad_hierarchy_file_from_the_command_line(tmp_path):
     root, _ = folder_tree(tmp_path)
     (tmp_path / "tree.txt").write_text("animal cat\nvehicle cat\n")
@@ -659,6 +659,7 @@ def test_cifar100_paper_splits_and_heights(tmp_path, split, height):
     assert torch.equal(torch.tensor([int(y) for _, y in got]), want_y)
 
 
+@pytest.mark.slow
 def test_cifar100_target_split_run_records_its_tree_and_classes(tmp_path):
     write_cifar100(tmp_path, PAPER_FINE, PAPER_COARSE, PAPER_PARENT, n=3)
     metrics = run_main(tmp_path, "data=cifar100", f"data.root={tmp_path}", "data.split=target",
@@ -689,6 +690,7 @@ def test_cifar100_paper_options_are_checked(tmp_path):
             data_module("data=cifar100", f"data.root={tmp_path}", override)
 
 
+@pytest.mark.slow
 def test_breeds_source_run_transfers_to_the_target_subpopulations(tmp_path):
     info, root = write_breeds(tmp_path)
     common = [f"data.root={root}", f"data.info_dir={info}", "data.level=3", "data.ancestor=''",
@@ -745,3 +747,22 @@ def test_the_papers_augmentations():
     assert (x.float() - resized[:, 2:30, 6:34]).abs().max() <= 1
     with pytest.raises(DataError, match=r"data\.augment: unknown 'mixup'; available: crop_flip"):
         train_transform(24, "mixup")
+
+
+@pytest.mark.slow
+def test_the_early_check_builds_the_data_once(tmp_path, monkeypatch):
+    from hierot.data import cifar
+    from hierot.train import precheck, train
+
+    write_cifar100(tmp_path, FINE, COARSE, PARENT)
+    reads = []
+    original = cifar.read_pickle
+    monkeypatch.setattr(cifar, "read_pickle", lambda path, *a: reads.append(path.name)
+                        or original(path, *a))  # fmt: skip
+    overrides = ["data=cifar100", f"data.root={tmp_path}", *FAST]
+    built = {}
+    precheck(overrides, built)
+    assert reads.count("train") == 1 and len(built) == 1
+    train(compose_config([*overrides, f"output_dir={tmp_path / 'run'}"]), built)
+    assert reads.count("train") == 1 and built == {}  # the run took the checked module
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -31,6 +31,7 @@ def one_process_step(
     return 1 - float(reg.detach()), {k: v.detach() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist", ["fastft", "emd"])
 def test_two_ddp_processes_match_one_process_on_the_global_batch(tmp_path, dist):
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1"}

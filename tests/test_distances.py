@@ -8,7 +8,8 @@ from hierot.distances import registry as registry_module
 from helpers.batches import class_pairs, multimodal_batch
 from helpers.references import euclidean, greedy_plan, plan_for, reference_distance
 
-METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
+# Every registered distance: a new one must get a reference in helpers/references.py.
+METHODS = list_distances()
 REG = 0.7
 SINKHORN = {"reg": REG, "reg_scale": "none", "max_iter": 20_000, "tol": 1e-12}
 
@@ -22,8 +23,8 @@ def options(method, dim, dtype=torch.float64, seed=0):
     return {}
 
 
-def test_registry_lists_every_method():
-    assert list_distances() == sorted(METHODS)
+def test_registry_lists_the_shipped_methods():
+    assert {"l2", "emd", "sinkhorn", "swd", "fastft"} <= set(list_distances())
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -19,11 +21,13 @@ def hadolint() -> str:
     return found
 
 
+@pytest.mark.slow
 def test_dockerfile_passes_hadolint():
     run = subprocess.run([hadolint(), str(DOCKERFILE)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.slow
 def test_hadolint_does_catch_problems(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install torch\nCMD python -m hierot.train\n")
@@ -33,6 +37,7 @@ def test_hadolint_does_catch_problems(tmp_path):
     assert "DL3013" in run.stdout or "DL3042" in run.stdout  # unpinned / cached pip
 
 
+@pytest.mark.slow
 def test_dockerfile_installs_the_pinned_package_and_runs_training():
     text = DOCKERFILE.read_text()
     base = re.search(r"^ARG BASE=(\S+)", text, re.M).group(1)

@@ -12,16 +12,7 @@ from hierot.figures import embedding_2d
 from hierot.metrics import average_hierarchical_distance, retrieval_map
 from hierot.train import train
 
-TINY = [
-    "data.train_per_class=4",
-    "data.val_per_class=2",
-    "data.test_per_class=3",
-    "data.batch_size=32",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+TINY = ["debug=tiny", "data.test_per_class=3", "trainer.limit_train_batches=2"]
 
 
 def reference_map(z, labels):
@@ -96,6 +87,7 @@ def evaluate(tmp_path, *args):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_runs_test_metrics_and_adds_the_rest(trained_run, tmp_path):
     trained = json.loads((trained_run / "metrics.json").read_text())
     run = evaluate(tmp_path, f"ckpt={trained['best_checkpoint']}")
@@ -121,6 +113,7 @@ def test_evaluate_reproduces_the_runs_test_metrics_and_adds_the_rest(trained_run
         assert (tmp_path / "eval" / figure).stat().st_size > 10_000, figure
 
 
+@pytest.mark.slow
 def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     def refused(*args):
         run = evaluate(tmp_path, *args)
@@ -159,6 +152,7 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     assert "does not fit backbone=resnet34" in message
 
 
+@pytest.mark.slow
 def test_test_cpcc_uses_the_runs_own_distance_options(tmp_path):
     out = tmp_path / "run"
     train(compose_config([*TINY, "dist=sinkhorn", "dist.options.reg=0.3", f"output_dir={out}"]))

@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_installed_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT / "hierot", src / "hierot", ignore=shutil.ignore_patterns("__pycache__"))

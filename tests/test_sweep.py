@@ -15,7 +15,7 @@ QUICK = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
-TINY = [*QUICK, "data.train_per_class=4", "data.val_per_class=2", "data.test_per_class=2"]
+TINY = ["debug=tiny", "trainer.fast_dev_run=true"]
 
 
 def multirun(tmp_path, *overrides, base=TINY):
@@ -31,6 +31,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job(tmp_path):
     run = multirun(tmp_path, "lam=1,-1", "dist=l2")
     assert run.returncode == 2
@@ -38,6 +39,7 @@ def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_sweep_writes_summary_with_a_row_per_job_and_failed_jobs_kept(tmp_path):
     # The second root's test pickle is corrupt, which only its jobs' setup finds: they fail
     # with one line each, the others complete, and the sweep ends with its summary.
@@ -97,6 +99,7 @@ def test_summary_of_jobs_left_unfinished_or_unreadable(tmp_path):
     assert "metrics.json" in rows[2]["error"]
 
 
+@pytest.mark.slow
 def test_jobs_in_other_processes_through_a_submitit_launcher(tmp_path):
     # submitit_local runs each job in its own process, as submitit_slurm does on the nodes:
     # the summary comes from the files the jobs wrote.
@@ -108,6 +111,7 @@ def test_jobs_in_other_processes_through_a_submitit_launcher(tmp_path):
     assert (tmp_path / "sweep" / ".submitit").is_dir()
 
 
+@pytest.mark.slow
 def test_shipped_slurm_launcher_config(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "hierot.train", "hydra/launcher=slurm", "--cfg", "hydra"],

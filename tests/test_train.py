@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from hierot.config import build, compose_config
+from hierot.config import CONFIG_DIR, build, compose_config
 from hierot.data.module import default_workers
 from hierot.errors import ConfigError
 from hierot.logs import DropNoise
@@ -17,14 +17,7 @@ from hierot.train import train
 from helpers.files import write_hub_cache
 
 # 24 classes x 4 training images: a batch of 32 holds most classes, so CPCC is defined.
-TINY = [
-    "data.train_per_class=4",
-    "data.val_per_class=2",
-    "data.test_per_class=2",
-    "data.batch_size=32",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+TINY = ["debug=tiny", "trainer.max_epochs=3"]
 
 
 @pytest.fixture
@@ -39,7 +32,12 @@ def read_metrics(path):
     return json.loads((path / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "vit_s16", "vit_b16"])
+@pytest.mark.slow
+# every shipped backbone config but ViT-L, which has its own lighter test below
+@pytest.mark.parametrize(
+    "backbone",
+    sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml") if p.stem != "vit_l16"),
+)
 def test_fast_dev_run_every_backbone(make_cfg, tmp_path, backbone):
     result = train(make_cfg(f"backbone={backbone}", "trainer.fast_dev_run=true"))
     metrics = read_metrics(tmp_path / "run")
@@ -48,13 +46,15 @@ def test_fast_dev_run_every_backbone(make_cfg, tmp_path, backbone):
     assert -1 <= result <= 1
 
 
+@pytest.mark.slow
 def test_fast_dev_run_vit_large(make_cfg, tmp_path):
     # ViT-L/16 is 300M parameters: one step of two images keeps this affordable on CPU.
     train(make_cfg("backbone=vit_l16", "trainer.fast_dev_run=true", "data.batch_size=2"))
     assert read_metrics(tmp_path / "run")["backbone"] == "vit_large_patch16_224"
 
 
-@pytest.mark.parametrize("dist", ["none", "l2", "emd", "sinkhorn", "swd", "fastft"])
+@pytest.mark.slow
+@pytest.mark.parametrize("dist", sorted(p.stem for p in (CONFIG_DIR / "dist").glob("*.yaml")))
 def test_fast_dev_run_every_distance(make_cfg, tmp_path, dist):
     train(make_cfg(f"dist={dist}", "trainer.fast_dev_run=true"))
     metrics = read_metrics(tmp_path / "run")
@@ -70,12 +70,14 @@ def test_fast_dev_run_every_distance(make_cfg, tmp_path, dist):
         assert metrics["test/cpcc"] == pytest.approx(metrics["test/cpcc_l2"])
 
 
+@pytest.mark.slow
 def test_fast_dev_run_bf16_mixed_precision(make_cfg, tmp_path):
     train(make_cfg("trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "dist=sinkhorn"))
     metrics = read_metrics(tmp_path / "run")
     assert metrics["test/cpcc"] is not None and -1 <= metrics["test/cpcc"] <= 1
 
 
+@pytest.mark.slow
 def test_outputs_and_resume_from_checkpoint(make_cfg, tmp_path):
     limits = [
         "trainer.limit_train_batches=2",
@@ -104,11 +106,13 @@ def test_outputs_and_resume_from_checkpoint(make_cfg, tmp_path):
     assert ckpt["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_tensorboard_logger(make_cfg, tmp_path):
     train(make_cfg("logger=tensorboard", "trainer.max_epochs=1", "trainer.limit_train_batches=1"))
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_bad_value_inside_train_is_a_config_error(make_cfg):
     with pytest.raises(ConfigError, match="lam must be a number >= 0"):
         train(make_cfg("lam=-1"))
@@ -140,6 +144,7 @@ def test_stems_change_resolution():
         create_backbone("vit_small_patch16_224", stem="small", img_size=32)
 
 
+@pytest.mark.slow
 def test_main_job_as_a_subprocess(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "hierot.train", *[o for o in TINY if "progress_bar" not in o],
@@ -167,6 +172,7 @@ def test_main_job_as_a_subprocess(tmp_path):
         assert text in log, text
 
 
+@pytest.mark.slow
 def test_val_cpcc_every_n_epochs_over_a_class_subset(make_cfg, tmp_path):
     import csv
 
@@ -195,6 +201,7 @@ def test_noise_filter_drops_only_known_third_party_messages():
     assert noise.filter(record("epoch 1/3 (2 s): val/acc_fine 0.5"))
 
 
+@pytest.mark.slow
 def test_wandb_logger_runs_offline_without_network(tmp_path):
     pytest.importorskip("wandb")
     run = subprocess.run(
@@ -210,6 +217,7 @@ def test_wandb_logger_runs_offline_without_network(tmp_path):
     assert read_metrics(tmp_path / "run")["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_pretrained_weights_come_from_the_hub_cache_offline(tmp_path):
     # A cache as huggingface_hub leaves it, with weights we know; the hub is never reached.
     source = timm.create_model("resnet18")
@@ -246,6 +254,7 @@ def test_pretrained_weights_come_from_the_hub_cache_offline(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_checkpoints_kept_can_be_cut_to_the_best_weights(make_cfg, tmp_path):
     train(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=1"))
     full = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -276,6 +285,7 @@ def test_vit_conv_stem_keeps_the_tokens_and_convolves_first():
         create_backbone("vit_small_patch16_224", stem="conv", img_size=36, patch_size=12)
 
 
+@pytest.mark.slow
 def test_epoch_line_gives_train_means_over_the_epoch(make_cfg, tmp_path, caplog):
     import csv
     import logging
@@ -292,6 +302,7 @@ def test_epoch_line_gives_train_means_over_the_epoch(make_cfg, tmp_path, caplog)
     assert "val/acc_fine" in line and "val/cpcc" in line
 
 
+@pytest.mark.slow
 def test_run_records_its_tree_and_data(make_cfg, tmp_path):
     from hierot.hierarchy import Hierarchy
 

@@ -10,15 +10,7 @@ from hierot.errors import ConfigError
 from hierot.train import train
 from hierot.transfer import fit_head, kshot_indices, precheck
 
-TINY = [
-    "data.train_per_class=4",
-    "data.val_per_class=2",
-    "data.test_per_class=2",
-    "data.batch_size=32",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+TINY = ["debug=tiny"]
 
 
 def test_kshot_draws_shots_per_label_reproducibly():
@@ -50,6 +42,7 @@ def source_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_transfer_sweeps_seeds_and_shots_on_the_target_split(source_run, tmp_path):
     ckpt = source_run / "checkpoints" / "last.ckpt"
     run = subprocess.run(
@@ -70,6 +63,7 @@ def test_transfer_sweeps_seeds_and_shots_on_the_target_split(source_run, tmp_pat
         assert 0 <= m["transfer/acc_fine"] <= m["transfer/acc_top5"] <= 1
 
 
+@pytest.mark.slow
 def test_transfer_refuses_bad_input_in_one_line(source_run, tmp_path):
     ckpt = source_run / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="shots must be an integer >= 1, got 0"):

@@ -47,82 +47,15 @@ class Hierarchy:
         where = _at(source)
         if not edges:
             raise HierarchyError(f"{where}empty hierarchy: no edges or leaves")
-
-        parent: dict[str, str] = {}
-        weight: dict[str, float] = {}
-        seen_at: dict[str, str] = {}
-        nodes: dict[str, None] = {}  # insertion-ordered set
-        for e in edges:
-            if not e.parent or not e.child:
-                raise HierarchyError(f"{_at(e.where or source)}empty node name")
-            if e.parent == e.child:
-                raise HierarchyError(
-                    f"{_at(e.where or source)}cycle: node '{e.child}' is its own parent"
-                )
-            if not e.weight > 0:
-                raise HierarchyError(
-                    f"{_at(e.where or source)}edge '{e.parent}' -> '{e.child}' has weight "
-                    f"{e.weight}; weights must be positive"
-                )
-            old = parent.get(e.child)
-            if old is not None and old != e.parent:
-                first = f" (first at {seen_at[e.child]})" if seen_at[e.child] else ""
-                raise HierarchyError(
-                    f"{_at(e.where or source)}node '{e.child}' has two parents: "
-                    f"{_show(old)}{first} and {_show(e.parent)}"
-                )
-            parent[e.child] = e.parent
-            weight[e.child] = float(e.weight)
-            seen_at.setdefault(e.child, e.where)
-            nodes.setdefault(e.parent)
-            nodes.setdefault(e.child)
-
-        roots = [n for n in nodes if n not in parent]
-        # A node that cannot reach a root by following parents lies on a cycle.
-        depth: dict[str, int] = {r: 0 for r in roots}
-        for n in nodes:
-            chain = []
-            cur = n
-            while cur not in depth:
-                if cur in chain:
-                    loop = [*chain[chain.index(cur) :], cur]
-                    raise HierarchyError(
-                        f"{_at(seen_at.get(cur, '') or source)}cycle: "
-                        + " -> ".join(f"'{c}'" for c in reversed(loop))
-                    )
-                chain.append(cur)
-                cur = parent[cur]
-            for c in reversed(chain):
-                depth[c] = depth[parent[c]] + 1
-
-        if len(roots) > 1:
-            for r in roots:
-                parent[r] = VIRTUAL_ROOT
-                weight[r] = 1.0
-            depth = {n: d + 1 for n, d in depth.items()}
-            depth[VIRTUAL_ROOT] = 0
-            nodes = {VIRTUAL_ROOT: None, **nodes}
-            roots = [VIRTUAL_ROOT]
-        self.root = roots[0]
-        top = [n for n in nodes if parent.get(n) == self.root]
-        if (
-            self.root == VIRTUAL_ROOT
-            and len(top) == 1
-            and any(parent.get(n) == top[0] for n in nodes)
-        ):
-            # A single top-level concept is the root itself; no need for an artificial one.
-            del nodes[VIRTUAL_ROOT], parent[top[0]], weight[top[0]]
-            depth = {n: d - 1 for n, d in depth.items() if n != VIRTUAL_ROOT}
-            self.root = top[0]
-
+        parent, weight, seen_at, nodes = _parent_map(edges, source)
+        depth = _depths(nodes, parent, seen_at, source)
+        self.root = _one_root(nodes, parent, weight, depth)
         children: dict[str, list[str]] = {n: [] for n in nodes}
         for n in nodes:
             if n in parent:
                 children[parent[n]].append(n)
-        natural_leaves = [n for n in nodes if not children[n]]
-
         if classes is None:
-            leaves = natural_leaves
+            leaves = [n for n in nodes if not children[n]]
         else:
             leaves = list(classes)
             dup = _first_duplicate(leaves)
@@ -447,6 +380,97 @@ class Hierarchy:
         """The same tree restricted to ``names`` (all leaves), with class ``i`` = ``names[i]``."""
         edges = [Edge(self._parent[n], n, self._weight[n]) for n in self._parent]
         return Hierarchy(edges, classes=names, source=self.source)
+
+
+def _parent_map(
+    edges: Sequence[Edge], source: str
+) -> tuple[dict[str, str], dict[str, float], dict[str, str], dict[str, None]]:
+    """``(parent, weight, first_seen_at, nodes)`` of checked edges: named nodes, no self
+    loops, positive weights, one parent per node; ``nodes`` is an insertion-ordered set."""
+    parent: dict[str, str] = {}
+    weight: dict[str, float] = {}
+    seen_at: dict[str, str] = {}
+    nodes: dict[str, None] = {}
+    for e in edges:
+        if not e.parent or not e.child:
+            raise HierarchyError(f"{_at(e.where or source)}empty node name")
+        if e.parent == e.child:
+            raise HierarchyError(
+                f"{_at(e.where or source)}cycle: node '{e.child}' is its own parent"
+            )
+        if not e.weight > 0:
+            raise HierarchyError(
+                f"{_at(e.where or source)}edge '{e.parent}' -> '{e.child}' has weight "
+                f"{e.weight}; weights must be positive"
+            )
+        old = parent.get(e.child)
+        if old is not None and old != e.parent:
+            first = f" (first at {seen_at[e.child]})" if seen_at[e.child] else ""
+            raise HierarchyError(
+                f"{_at(e.where or source)}node '{e.child}' has two parents: "
+                f"{_show(old)}{first} and {_show(e.parent)}"
+            )
+        parent[e.child] = e.parent
+        weight[e.child] = float(e.weight)
+        seen_at.setdefault(e.child, e.where)
+        nodes.setdefault(e.parent)
+        nodes.setdefault(e.child)
+    return parent, weight, seen_at, nodes
+
+
+def _depths(
+    nodes: dict[str, None], parent: dict[str, str], seen_at: dict[str, str], source: str
+) -> dict[str, int]:
+    """Depth of every node below its root; a node that cannot reach a root by following
+    parents lies on a cycle, which is an error naming it."""
+    depth: dict[str, int] = {n: 0 for n in nodes if n not in parent}
+    for n in nodes:
+        chain = []
+        cur = n
+        while cur not in depth:
+            if cur in chain:
+                loop = [*chain[chain.index(cur) :], cur]
+                raise HierarchyError(
+                    f"{_at(seen_at.get(cur, '') or source)}cycle: "
+                    + " -> ".join(f"'{c}'" for c in reversed(loop))
+                )
+            chain.append(cur)
+            cur = parent[cur]
+        for c in reversed(chain):
+            depth[c] = depth[parent[c]] + 1
+    return depth
+
+
+def _one_root(
+    nodes: dict[str, None],
+    parent: dict[str, str],
+    weight: dict[str, float],
+    depth: dict[str, int],
+) -> str:
+    """The root: several top-level nodes get a ``VIRTUAL_ROOT`` above them, and a virtual
+    root (from the path constructors) above one top-level concept with children gives way
+    to that concept. The arguments are updated in place."""
+    roots = [n for n in nodes if n not in parent]
+    if len(roots) > 1:
+        for r in roots:
+            parent[r] = VIRTUAL_ROOT
+            weight[r] = 1.0
+        for n in depth:
+            depth[n] += 1
+        depth[VIRTUAL_ROOT] = 0
+        items = list(nodes)
+        nodes.clear()
+        nodes.update(dict.fromkeys([VIRTUAL_ROOT, *items]))
+        roots = [VIRTUAL_ROOT]
+    root = roots[0]
+    top = [n for n in nodes if parent.get(n) == root]
+    if root == VIRTUAL_ROOT and len(top) == 1 and any(parent.get(n) == top[0] for n in nodes):
+        # A single top-level concept is the root itself; no need for an artificial one.
+        del nodes[VIRTUAL_ROOT], parent[top[0]], weight[top[0]], depth[VIRTUAL_ROOT]
+        for n in depth:
+            depth[n] -= 1
+        root = top[0]
+    return root
 
 
 def _first_duplicate(names: Sequence[str]) -> str | None:

@@ -97,7 +97,8 @@ class HierarchyModule(L.LightningModule):
         keys = level_keys(hierarchy, level_names)
         tree_dist = hierarchy.tree_distances()
         k = min(top_k, hierarchy.num_classes)
-        for split in ("train", "val", "test"):
+
+        def split_metrics(split: str) -> MetricCollection:
             metrics: dict[str, nn.Module] = {
                 f"acc_{keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1])
                 for lvl in hierarchy.levels
@@ -107,14 +108,15 @@ class HierarchyModule(L.LightningModule):
                     hierarchy.num_classes, top_k=k, average="micro"
                 )
                 metrics["mistake_severity"] = MistakeSeverity(tree_dist)
-                subset = None
-                if split == "val":
-                    subset = class_subsample(hierarchy.num_classes, val_cpcc_classes)
-                split_cpcc = SplitCPCC(tree_dist, eval_methods, memory_mb, classes=subset)
-                setattr(self, f"{split}_cpcc", split_cpcc)
             # Compute groups would merge levels whose counts agree on the first batch.
-            collection = MetricCollection(metrics, prefix=f"{split}/", compute_groups=False)
-            setattr(self, f"{split}_metrics", collection)
+            return MetricCollection(metrics, prefix=f"{split}/", compute_groups=False)
+
+        self.train_metrics = split_metrics("train")
+        self.val_metrics = split_metrics("val")
+        self.test_metrics = split_metrics("test")
+        val_classes = class_subsample(hierarchy.num_classes, val_cpcc_classes)
+        self.val_cpcc = SplitCPCC(tree_dist, eval_methods, memory_mb, classes=val_classes)
+        self.test_cpcc = SplitCPCC(tree_dist, eval_methods, memory_mb)
         self.save_hyperparameters(
             {
                 "dist": dist,
@@ -174,9 +176,16 @@ class HierarchyModule(L.LightningModule):
         z, logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.log(f"{split}/loss", loss, batch_size=y.numel(), sync_dist=True)
-        getattr(self, f"{split}_metrics").update(logits, y)
+        metrics, split_cpcc = self._split_metrics(split)
+        metrics.update(logits, y)
         if self._split_cpcc_due(split):
-            getattr(self, f"{split}_cpcc").update(z, y)
+            split_cpcc.update(z, y)
+
+    def _split_metrics(self, split: str) -> tuple[MetricCollection, SplitCPCC]:
+        """The metrics of the ``val`` or ``test`` split and its TestCPCC."""
+        if split == "val":
+            return self.val_metrics, self.val_cpcc
+        return self.test_metrics, self.test_cpcc
 
     def _split_cpcc_due(self, split: str) -> bool:
         """``val/cpcc`` runs every ``val_cpcc_every`` epochs and after the last one."""
@@ -186,7 +195,7 @@ class HierarchyModule(L.LightningModule):
         return epoch % self.val_cpcc_every == 0 or epoch >= (self.trainer.max_epochs or 0)
 
     def _eval_end(self, split: str) -> None:
-        metrics, split_cpcc = getattr(self, f"{split}_metrics"), getattr(self, f"{split}_cpcc")
+        metrics, split_cpcc = self._split_metrics(split)
         values = metrics.compute()
         metrics.reset()
         if self._split_cpcc_due(split):
