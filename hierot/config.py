@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import timm
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,7 +25,7 @@ from hierot.cpcc import NO_DISTANCE
 from hierot.distances import check_memory, check_options, list_distances
 from hierot.errors import ConfigError, DataError, HierarchyError
 from hierot.metrics import check_val_cpcc
-from hierot.models.backbones import list_stems
+from hierot.models.backbones import check_backbone
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 CONFIG_NAME = "train"
@@ -160,15 +159,8 @@ def _check(cfg: DictConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"cpcc.{e}" if str(e).startswith("memory_mb") else str(e)) from None
 
-    name = cfg.backbone.get("name")
-    if not isinstance(name, str) or not timm.is_model(name):
-        raise ConfigError(f"backbone.name: {name!r} is not a timm model")
-    stem = cfg.backbone.get("stem")
-    if stem is not None and stem not in list_stems():
-        raise ConfigError(f"backbone.stem: unknown stem {stem!r}; available: {list_stems()}")
-    weights = cfg.backbone.get("weights")
-    if weights is not None and not Path(str(weights)).expanduser().is_file():
-        raise ConfigError(f"backbone.weights: no such file: {weights}")
+    backbone = cfg.backbone
+    check_backbone(backbone.get("name"), backbone.get("stem"), backbone.get("weights"))
 
     accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     unknown = sorted(set(cfg.trainer) - accepted)

@@ -156,4 +156,10 @@ class HierarchyDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
         images, labels = batch  # type: ignore[misc]
-        return self.normalize(images), labels
+        x = self.normalize(images)
+        trainer = self.trainer
+        if trainer is not None:
+            # Lightning casts the batch to a "true" precision (bf16-true, 16-true) before
+            # this hook; the float32 normalized images must follow it to match the weights.
+            x = trainer.precision_plugin.convert_input(x)
+        return x, labels

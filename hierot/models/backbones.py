@@ -152,6 +152,20 @@ def _hub_error(name: str, error: Exception) -> ConfigError:
     )
 
 
+def check_backbone(name: object, stem: object = None, weights: object = None) -> None:
+    """A ``ConfigError`` naming the first bad value: ``name`` not a timm model, an unknown
+    ``stem``, a ``weights`` file that does not exist. The config check and the builder both
+    call it."""
+    if not isinstance(name, str) or not timm.is_model(name):
+        close = timm.list_models(f"*{str(name).split('_')[0]}*")[:8] if name else []
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ConfigError(f"backbone.name: {name!r} is not a timm model{hint}")
+    if stem is not None and stem not in _STEMS:
+        raise ConfigError(f"backbone.stem: unknown stem {stem!r}; available: {list_stems()}")
+    if weights is not None and not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"backbone.weights: no such file: {Path(str(weights)).expanduser()}")
+
+
 def create_backbone(
     name: str,
     *,
@@ -172,17 +186,10 @@ def create_backbone(
             ``weights`` is given.
         kwargs: passed to ``timm.create_model`` (``img_size`` for ViTs, ``drop_rate``, ...).
     """
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ConfigError(f"backbone.name: '{name}' is not a timm model{hint}")
-    if stem is not None and stem not in _STEMS:
-        raise ConfigError(f"backbone.stem: unknown stem '{stem}'; available: {list_stems()}")
+    check_backbone(name, stem, weights)
     extra: dict[str, object] = {}
     if weights is not None:
         path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"backbone.weights: no such file: {path}")
         # timm only reads an overlaid file when pretrained=True.
         extra = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
     elif pretrained:
