@@ -17,7 +17,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, run_checked
@@ -41,40 +41,26 @@ def data_key(node: DictConfig) -> str:
 def build_run(
     cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None
 ) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
-    """Data module, model and trainer of a checked config; the data module is taken from
-    ``built`` (by ``data_key``, once) when the early check already built it."""
+    """Data module, model and trainer of a checked config, each from its config group; the
+    data module is taken from ``built`` (by ``data_key``, once) when the early check already
+    built it."""
     out = Path(cfg.output_dir)
     datamodule = (built or {}).pop(data_key(cfg.data), None) or build(cfg.data, "data")
     if not isinstance(datamodule, HierarchyDataModule):
         raise ConfigError(f"data: {type(datamodule).__name__} is not a HierarchyDataModule")
-    backbone = build(cfg.backbone, "backbone")
-    model = HierarchyModule(
-        backbone=backbone,
+    # The model's own settings are in its group; what it is built around comes from the
+    # data (the tree, the level names) and the other groups.
+    model = build(cfg.model, "model")(
+        backbone=build(cfg.backbone, "backbone"),
         hierarchy=datamodule.hierarchy,
         optimizer=build(cfg.optimizer, "optimizer"),
-        dist=cfg.dist.method,
-        dist_options=OmegaConf.to_container(cfg.dist.options, resolve=True),  # type: ignore[arg-type]
-        lam=cfg.lam,
         scheduler=build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
         level_names=datamodule.level_names,
-        top_k=cfg.top_k,
-        memory_mb=cfg.cpcc.memory_mb,
-        val_cpcc_every=cfg.cpcc.val_every,
-        val_cpcc_classes=cfg.cpcc.val_classes,
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    validates = trainer_kwargs.get("limit_val_batches", 1) != 0  # type: ignore[union-attr]
-    checkpoint = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename="best-epoch{epoch:02d}",
-        auto_insert_metric_name=False,
-        monitor=cfg.monitor if validates else None,
-        mode=cfg.monitor_mode,
-        save_last=cfg.checkpoint.save_last,
-        save_top_k=1,
-        save_weights_only=cfg.checkpoint.weights_only,
-    )
     logger = build(cfg.logger, "logger") if cfg.get("logger") else False
+    validates = trainer_kwargs.get("limit_val_batches", 1) != 0  # type: ignore[union-attr]
+    callbacks = build_callbacks(cfg, validates, logged=logger is not False)
     trainer_kwargs["enable_progress_bar"] = progress_bar_wanted(  # type: ignore[index]
         trainer_kwargs.get("enable_progress_bar")  # type: ignore[union-attr]
     )
@@ -83,11 +69,27 @@ def build_run(
             **trainer_kwargs,  # type: ignore[arg-type]
             default_root_dir=out,
             logger=logger,
-            callbacks=[checkpoint, EpochLog()],
+            callbacks=[*callbacks, EpochLog()],
         )
     except (ValueError, TypeError) as e:
         raise ConfigError(f"trainer: {e}") from None
     return datamodule, model, trainer
+
+
+def build_callbacks(cfg: DictConfig, validates: bool, logged: bool) -> list[L.Callback]:
+    """The ``callbacks`` group's callbacks. Without validation nothing is monitored (every
+    checkpoint callback keeps the latest weights); without a logger there is nothing to
+    log learning rates to."""
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        extra = {} if validates or "monitor" not in node else {"monitor": None}
+        callback = build(node, f"callbacks.{name}", **extra)
+        if isinstance(callback, LearningRateMonitor) and not logged:
+            continue
+        callbacks.append(callback)
+    return callbacks
 
 
 def write_hierarchy(out: Path, hierarchy: Hierarchy) -> None:
