@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,13 @@ from omegaconf.errors import OmegaConfBaseException
 from hierot.checkpoints import check_checkpoint
 from hierot.cpcc import NO_DISTANCE
 from hierot.distances import check_memory, check_options, list_distances
-from hierot.errors import ConfigError, DataError, HierarchyError
+from hierot.errors import (
+    ConfigError,
+    DataError,
+    HierarchyError,
+    require_integer,
+    require_number,
+)
 from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import check_backbone
 
@@ -103,18 +108,12 @@ def check_added_keys(overrides: Sequence[str], cfg: DictConfig) -> None:
 
 def check_number(cfg: DictConfig, key: str, minimum: float) -> float:
     """``cfg``'s value at dotted ``key``, a real number >= ``minimum``, else a ConfigError."""
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
-        raise ConfigError(f"{key} must be a number >= {minimum}, got {value!r}")
-    return float(value)
+    return require_number(OmegaConf.select(cfg, key), key, minimum)
 
 
 def check_integer(cfg: DictConfig, key: str, minimum: int) -> int:
     """``cfg``'s value at dotted ``key``, an integer >= ``minimum``, else a ConfigError."""
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return require_integer(OmegaConf.select(cfg, key), key, minimum)
 
 
 def check_config(cfg: DictConfig) -> None:

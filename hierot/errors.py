@@ -1,4 +1,7 @@
-"""Errors a user fixes in their configuration or data: reported as one line, never a traceback."""
+"""Errors a user fixes in their configuration or data: reported as one line, never a traceback;
+and the checks of plain values that the early config check and the constructors share."""
+
+import numbers
 
 
 class ConfigError(ValueError):
@@ -25,3 +28,18 @@ def user_message(error: BaseException) -> str:
         name = f"{type(error).__module__}.{type(error).__name__}: "
         text = last[len(name) :] if last.startswith(name) else last
     return " ".join(text.split("\n"))
+
+
+def require_number(value: object, key: str, minimum: float) -> float:
+    """``value`` as a float if it is a real number >= ``minimum``, else a ``ConfigError``
+    naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= minimum:
+        raise ConfigError(f"{key} must be a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def require_integer(value: object, key: str, minimum: int) -> int:
+    """``value`` if it is an integer >= ``minimum``, else a ``ConfigError`` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value

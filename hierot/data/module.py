@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hierot.errors import DataError
+from hierot.errors import DataError, require_integer
 from hierot.hierarchy import Hierarchy
 
 
@@ -85,8 +85,7 @@ class HierarchyDataModule(L.LightningDataModule):
         vit_stem: str | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        require_integer(batch_size, "data.batch_size", 1)  # the config check calls the same
         if num_workers is None:
             num_workers = default_workers()
         if num_workers < 0:

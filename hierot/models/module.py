@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import NO_DISTANCE, CPCCLoss
 from hierot.distances import DEFAULT_MEMORY_MB
+from hierot.errors import require_number
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import (
     LevelAccuracy,
@@ -79,8 +80,7 @@ class HierarchyModule(L.LightningModule):
         val_cpcc_classes: int | None = 1000,
     ) -> None:
         super().__init__()
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
+        lam = require_number(lam, "lam", 0)  # the config check calls the same
         check_val_cpcc(val_cpcc_every, val_cpcc_classes)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
