@@ -94,3 +94,25 @@ def test_source_is_dark_and_target_light_background_with_two_modes():
         assert dm.hierarchy.leaves == SyntheticDataModule().hierarchy.leaves  # same classes
         corners[split] = dm.test_set.tensors[0][:, :, 0, 0].float().mean(1) / 255
     assert corners["source"].max() < 0.45 and corners["target"].min() > 0.55
+
+
+def test_normalized_images_follow_a_true_precision():
+    # Lightning casts a batch to bf16-true / 16-true before on_after_batch_transfer, and the
+    # normalization makes float32 again: the hook must hand the model its weights' dtype.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import HalfPrecision, Precision
+
+    dm = SyntheticDataModule(train_per_class=2)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(4)
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    assert x.dtype == torch.float32 and torch.equal(y, labels)  # no trainer: float32
+    for plugin, dtype in (
+        (HalfPrecision("bf16-true"), torch.bfloat16),
+        (Precision(), torch.float32),
+    ):
+        dm.trainer = SimpleNamespace(precision_plugin=plugin)
+        x, _ = dm.on_after_batch_transfer((images, labels), 0)
+        assert x.dtype == dtype
+        assert torch.allclose(x.float(), dm.normalize(images), atol=0.05)
