@@ -265,6 +265,11 @@ def test_bad_data_from_the_command_line_is_one_line(tmp_path):
         fails(tmp_path, "data=cifar100")
         == "hierot: error: data: Missing mandatory value: data.root"
     )
+    root, tree = folder_tree(tmp_path)
+    line = fails(tmp_path, "data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}",
+                 "data.level_names=[a,b]")  # fmt: skip
+    assert line == ("hierot: error: data.level_names: 2 names (a, b) but the tree has 1 levels "
+                    "above the classes")  # fmt: skip
     assert not (tmp_path / "r").exists()
 
 
@@ -520,6 +525,18 @@ def source_tree(info):
     from hierot.data.breeds import BreedsTree
 
     return BreedsTree(info)
+
+
+def test_breeds_tree_with_one_coarse_ancestor(tmp_path):
+    info, root = write_breeds(tmp_path)
+    # under "living thing", cat, dog and tree share their coarse ancestor (2 edges up): at
+    # height 3 it is the root and mid the only level; at height 2 nothing tells them apart
+    common = ["data.ancestor=n00004258", "data.edges=[1,2]", "data.split=source"]
+    deep = breeds_module(info, root, *common, "data.height=3")
+    assert deep.hierarchy.depth == 2 and deep.level_names == ["mid"]
+    assert deep.hierarchy.tree_distances()[0].tolist() == [0, 2, 4]
+    with pytest.raises(DataError, match=r"share their ancestor living thing \(n00004258\)"):
+        breeds_module(info, root, *common)
 
 
 def test_breeds_levels_are_separate_namespaces(tmp_path):

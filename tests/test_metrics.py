@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from hierot import Hierarchy, cpcc
+from hierot.errors import ConfigError
 from hierot.metrics import LevelAccuracy, MistakeSeverity, SplitCPCC, class_subsample
 from hierot.models.module import level_keys
 
@@ -55,7 +56,7 @@ def test_split_cpcc_is_cpcc_of_all_features_at_once():
 def test_level_keys_name_coarse_levels_and_fine():
     assert level_keys(TREE) == {1: "level1", 2: "level2", 3: "fine"}
     assert level_keys(TREE, ["kingdom", "family"]) == {1: "kingdom", 2: "family", 3: "fine"}
-    with pytest.raises(ValueError, match="2 coarse levels"):
+    with pytest.raises(ConfigError, match=r"1 names \(only\) but the tree has 2 levels above"):
         level_keys(TREE, ["only"])
 
 

@@ -315,8 +315,17 @@ class BreedsDataModule(FolderDataModule):
         if classes == "superclass":
             paths, names = paper_tree(tree, [s for s, _ in chosen], edges, height)
             self.hierarchy = Hierarchy.from_paths(paths, source=source)
+            # A top level with one node (every superclass under the same coarse ancestor)
+            # is the tree's root, not a level.
+            kept = self.hierarchy.depth - 1
+            if kept < 1:
+                raise DataError(
+                    f"BREEDS: all {len(chosen)} superclasses of data.subset={subset} share "
+                    f"their ancestor {paths[0][0]} ({edges[1]} edges up), so the tree cannot "
+                    "tell them apart; choose other data.edges or another subset"
+                )
             self.folders = {w: i for i, (_, ws) in enumerate(chosen) for w in ws}
-            default_levels = names
+            default_levels = names[len(names) - kept :]
         else:
             paths = [[tree.label(s), w] for s, ws in chosen for w in ws]
             self.hierarchy = Hierarchy.from_paths(paths, source=source)

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import NO_DISTANCE, CPCCLoss
 from hierot.distances import DEFAULT_MEMORY_MB
-from hierot.errors import require_number
+from hierot.errors import ConfigError, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import (
     LevelAccuracy,
@@ -34,9 +34,9 @@ def level_keys(hierarchy: Hierarchy, level_names: Sequence[str] | None = None) -
     coarse = hierarchy.levels[:-1]
     names = list(level_names or [])
     if names and len(names) != len(coarse):
-        raise ValueError(
-            f"level_names has {len(names)} names but the hierarchy has {len(coarse)} coarse "
-            f"levels above the classes"
+        raise ConfigError(
+            f"data.level_names: {len(names)} names ({', '.join(names)}) but the tree has "
+            f"{len(coarse)} levels above the classes"
         )
     keys = {lvl: names[i] if names else f"level{lvl}" for i, lvl in enumerate(coarse)}
     keys[hierarchy.depth] = "fine"
