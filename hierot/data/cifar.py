@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from hierot.data.images import TensorImages, carve_validation, eval_transform, train_transform
-from hierot.data.module import HierarchyDataModule, check_split, data_root
+from hierot.data.module import HierarchyDataModule, check_split, data_root, split_by_parent
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
 
@@ -119,15 +119,7 @@ TARGET_PER_SUPERCLASS = 2
 def split_classes(parent: Sequence[int], split: str) -> list[int]:
     """Class ids of ``split``: ``target`` holds the two lowest-id classes of every superclass
     (``parent[i]`` is class i's superclass), ``source`` the others, ``all`` every class."""
-    check_split(split)
-    lowest: set[int] = set()
-    for c in sorted(set(parent)):
-        members = [i for i, p in enumerate(parent) if p == c]
-        lowest.update(members[:TARGET_PER_SUPERCLASS])
-    every = range(len(parent))
-    if split == "all":
-        return list(every)
-    return [i for i in every if (i in lowest) == (split == "target")]
+    return split_by_parent(parent, split, lambda count: TARGET_PER_SUPERCLASS)
 
 
 def check_height(height: int) -> int:

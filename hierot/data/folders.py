@@ -16,7 +16,7 @@ from hierot.data.images import (
     eval_transform,
     train_transform,
 )
-from hierot.data.module import HierarchyDataModule, check_split, data_root
+from hierot.data.module import HierarchyDataModule, check_split, data_root, split_by_parent
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
 
@@ -203,18 +203,11 @@ def inat_split(parents: Sequence[str], split: str) -> list[int]:
     """Class ids of ``split`` (``parents[i]`` is class i's parent): per parent with more than
     ``SMALL_PARENT`` classes its first ``int(TARGET_FRACTION x count)`` are ``target``, the
     others ``source``; ``all`` is every class."""
-    if split == "all":
-        return list(range(len(parents)))
-    members: dict[str, list[int]] = {}
-    for i, parent in enumerate(parents):
-        members.setdefault(parent, []).append(i)
-    kept = []
-    for ids in members.values():
-        if len(ids) <= SMALL_PARENT:
-            continue
-        n_target = int(TARGET_FRACTION * len(ids))
-        kept += ids[:n_target] if split == "target" else ids[n_target:]
-    return sorted(kept)
+    return split_by_parent(
+        parents,
+        split,
+        lambda count: None if count <= SMALL_PARENT else int(TARGET_FRACTION * count),
+    )
 
 
 class INatDataModule(FolderDataModule):

@@ -4,7 +4,7 @@ the device (a quarter of the host-to-device traffic of float32)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -34,6 +34,27 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise DataError(f"data.split: unknown '{split}'; available: {', '.join(SPLITS)}")
     return split
+
+
+def split_by_parent(
+    parents: Sequence[Hashable], split: str, n_target: Callable[[int], int | None]
+) -> list[int]:
+    """Class ids of ``split`` (``parents[i]`` is class i's parent): within each parent's
+    classes, in id order, the first ``n_target(count)`` are ``target`` and the others
+    ``source``; a parent whose ``n_target`` is None is in neither. ``all`` is every class.
+    The rule of the OT-CPCC papers' class splits (CIFAR-100, iNaturalist)."""
+    check_split(split)
+    if split == "all":
+        return list(range(len(parents)))
+    members: dict[Hashable, list[int]] = {}
+    for i, parent in enumerate(parents):
+        members.setdefault(parent, []).append(i)
+    kept = []
+    for ids in members.values():
+        n = n_target(len(ids))
+        if n is not None:
+            kept += ids[:n] if split == "target" else ids[n:]
+    return sorted(kept)
 
 
 def available_cores() -> int:
