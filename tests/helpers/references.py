@@ -9,22 +9,27 @@ import ot
 import torch
 
 
-def greedy_plan(n_a: int, n_b: int) -> np.ndarray:
-    """North-west-corner plan of uniform weights, in exact fractions."""
-    a = [Fraction(1, n_a)] * n_a
-    b = [Fraction(1, n_b)] * n_b
-    plan = np.zeros((n_a, n_b))
+def north_west_corner(a: list, b: list, spent: float = 0) -> np.ndarray:
+    """North-west-corner plan of the masses ``a`` and ``b`` (equal totals; Fractions are
+    exact), a loop; a side's sample is used up once at most ``spent`` of it is left."""
+    a, b = list(a), list(b)
+    plan = np.zeros((len(a), len(b)))
     i = j = 0
-    while i < n_a and j < n_b:
+    while i < len(a) and j < len(b):
         m = min(a[i], b[j])
-        plan[i, j] = float(m)
+        plan[i, j] += float(m)
         a[i] -= m
         b[j] -= m
-        if a[i] == 0:
+        if a[i] <= spent:
             i += 1
-        if b[j] == 0:
+        if b[j] <= spent:
             j += 1
     return plan
+
+
+def greedy_plan(n_a: int, n_b: int) -> np.ndarray:
+    """North-west-corner plan of uniform weights, in exact fractions."""
+    return north_west_corner([Fraction(1, n_a)] * n_a, [Fraction(1, n_b)] * n_b)
 
 
 def uniform(n: int) -> np.ndarray:
@@ -73,22 +78,10 @@ def authors_weights(z: torch.Tensor, far: bool) -> torch.Tensor:
 
 
 def greedy_plan_weighted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """North-west-corner plan of weights ``a`` and ``b`` (each summing to 1), a loop."""
-    a, b = a.astype(np.float64).copy(), b.astype(np.float64).copy()
-    a, b = a / a.sum(), b / b.sum()
-    plan = np.zeros((len(a), len(b)))
-    i = j = 0
-    while i < len(a) and j < len(b):
-        m = min(a[i], b[j])
-        plan[i, j] += m
-        a[i] -= m
-        b[j] -= m
-        # what rounding leaves is no sample's mass
-        if a[i] <= 1e-15:
-            i += 1
-        if b[j] <= 1e-15:
-            j += 1
-    return plan
+    """North-west-corner plan of weights ``a`` and ``b`` (each summing to 1), in float64;
+    what rounding leaves (<= 1e-15) is no sample's mass."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return north_west_corner(list(a / a.sum()), list(b / b.sum()), spent=1e-15)
 
 
 def authors_fft_plan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
