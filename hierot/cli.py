@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from hierot.config import CONFIG_DIR
 from hierot.errors import ConfigError, DataError, HierarchyError, user_message
 from hierot.logs import quiet_warnings
 
@@ -40,6 +41,17 @@ def hydra_flags(args: Sequence[str]) -> bool:
     return any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args)
 
 
+def dropped_groups(args: Sequence[str]) -> list[str]:
+    """``args`` with ``group=null`` written as ``~group``: Hydra removes a config group
+    only with ``~`` and stops on ``group=null`` with a traceback, while ``null`` is what its
+    defaults lists (and users of the template) write for "no option"."""
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} - {"hydra"}
+    return [
+        f"~{a[: -len('=null')]}" if a.endswith("=null") and a[: -len("=null")] in groups else a
+        for a in args
+    ]
+
+
 def overrides_of(args: Sequence[str]) -> list[str]:
     return [a for a in args if a not in MULTIRUN_FLAGS]
 
@@ -53,6 +65,7 @@ def run_checked(
     command line ``implied`` (read off it), check the command line with ``precheck`` (one
     line and exit 2 on a user error, before Hydra creates a run directory), then hand over
     to ``run`` (the ``hydra.main`` function)."""
+    sys.argv[1:] = dropped_groups(sys.argv[1:])
     if implied is not None:
         sys.argv.extend(implied(overrides_of(sys.argv[1:])))
     args = sys.argv[1:]

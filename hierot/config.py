@@ -125,7 +125,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check(cfg: DictConfig) -> None:
-    for key in ("data", "backbone", "dist", "optimizer", "trainer"):
+    for key in ("data", "backbone", "dist", "optimizer", "trainer", "model"):
         if not isinstance(cfg.get(key), DictConfig):
             raise ConfigError(f"{key}: missing config group (choose one with {key}=<option>)")
     check_number(cfg, "lam", 0)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hierot.cli import dropped_groups, run_checked
 from hierot.config import (
     CONFIG_DIR,
     check_added_keys,
@@ -140,6 +141,7 @@ def test_defaults_and_group_coupling():
         (["+trainer.max_epoch=3"], "lightning.Trainer takes no argument max_epoch"),
         (["ckpt_path=/no/last.ckpt"], "ckpt_path: no such checkpoint"),
         (["max_epochs=3"], "Could not override 'max_epochs'"),
+        (["~model"], "model: missing config group (choose one with model=<option>)"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):
@@ -147,6 +149,16 @@ def test_bad_values_are_one_line_errors(overrides, message):
         check_config(compose_config(overrides))
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_group_null_drops_the_group_as_tilde_does(monkeypatch):
+    args = ["logger=null", "lam=null", "+callbacks.x=null", "experiment=paper_cifar10", "-m"]
+    assert dropped_groups(args) == ["~logger", *args[1:]]
+    seen = []
+    monkeypatch.setattr(sys, "argv", ["hierot.train", "logger=null", "model=null"])
+    run_checked(seen.append, lambda: seen.append(sys.argv[1:]))
+    assert seen == [["~logger", "~model"]] * 2  # what the check and Hydra's run both read
+    assert "logger" not in compose_config(["~logger"]) and "logger" in compose_config([])
 
 
 def test_sweeps_are_checked_on_every_value_without_the_whole_grid():
