@@ -4,21 +4,22 @@ line that names the key, raised before the run directory is created."""
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hierot.arguments import check_arguments
 from hierot.checkpoints import check_checkpoint
 from hierot.cpcc import NO_DISTANCE
 from hierot.distances import check_memory, check_options, list_distances
@@ -138,9 +139,9 @@ def _check(cfg: DictConfig) -> None:
     if method not in known:
         raise ConfigError(f"dist.method: unknown distance {method!r}; available: {known}")
     node = cfg.dist.get("options")
-    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    if not isinstance(options, dict):
+    if node is not None and not isinstance(node, DictConfig):
         raise ConfigError(f"dist.options must be a mapping, got {node!r}")
+    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     if method != NO_DISTANCE:
         try:
             check_options(method, options)  # type: ignore[arg-type]
@@ -161,10 +162,9 @@ def _check(cfg: DictConfig) -> None:
     backbone = cfg.backbone
     check_backbone(backbone.get("name"), backbone.get("stem"), backbone.get("weights"))
 
-    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
-    unknown = sorted(set(cfg.trainer) - accepted)
-    if unknown:
-        raise ConfigError(f"trainer: lightning.Trainer takes no argument {', '.join(unknown)}")
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_arguments(L.Trainer, trainer, "trainer", "lightning.Trainer")  # type: ignore[arg-type]
+    check_optimization(cfg)
     if cfg.get("ckpt_path") is not None:
         check_checkpoint(cfg.ckpt_path, "ckpt_path")
     for key in ("save_last", "weights_only"):
@@ -173,6 +173,30 @@ def _check(cfg: DictConfig) -> None:
             raise ConfigError(f"checkpoint.{key} must be true or false, got {value!r}")
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode must be 'min' or 'max', got {cfg.get('monitor_mode')!r}")
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """Build the optimizer and schedule for one parameter and 100 steps: their own
+    constructors judge their values (``optimizer.lr=-1``, ``scheduler.warmup=2``) now rather
+    than when training starts."""
+    optimizer = None
+    for key in ("optimizer", "scheduler"):
+        node = cfg.get(key)
+        if node is None:
+            continue
+        target = get_method(node._target_) if key == "scheduler" else get_class(node._target_)
+        values = OmegaConf.to_container(node, resolve=True)
+        options = {k: v for k, v in values.items() if not str(k).startswith("_")}  # type: ignore[union-attr]
+        check_arguments(target, options, key, node._target_)
+        try:
+            if key == "optimizer":
+                optimizer = build(node, key)([torch.nn.Parameter(torch.zeros(1))])
+            else:
+                build(node, key)(optimizer, total_steps=100)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: {one_line(e)}") from None
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:

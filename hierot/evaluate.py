@@ -17,8 +17,10 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
+from hierot.arguments import check_arguments
 from hierot.checkpoints import (
     check_checkpoint,
     load_checkpoint,
@@ -27,11 +29,11 @@ from hierot.checkpoints import (
     run_file,
 )
 from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
-from hierot.config import build, check_added_keys, compose_config, one_line
+from hierot.config import build, check_added_keys, check_integer, compose_config, one_line
 from hierot.cpcc import NO_DISTANCE, cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, class_distances
-from hierot.errors import ConfigError
+from hierot.errors import ConfigError, require_integer
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
 from hierot.logs import progress_bar_wanted
@@ -135,6 +137,15 @@ def check_evaluate(cfg: DictConfig) -> Path:
         check_memory(cfg.memory_mb)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_integer(cfg, "top_k", 1)
+    if not OmegaConf.is_list(cfg.ahd_k):
+        raise ConfigError(f"ahd_k must be a list of integers >= 1, e.g. [1, 5], got {cfg.ahd_k!r}")
+    for i, k in enumerate(cfg.ahd_k):
+        require_integer(k, f"ahd_k[{i}]", 1)
+    if not isinstance(cfg.figures, bool):
+        raise ConfigError(f"figures must be true or false, got {cfg.figures!r}")
+    trainer = {k: cfg.get(k) for k in ("accelerator", "precision", "enable_progress_bar")}
+    check_arguments(L.Trainer, trainer, "", "lightning.Trainer")
     return ckpt
 
 
@@ -144,16 +155,19 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     datamodule = build(cfg.data, "data")
     check_run_classes(ckpt, list(datamodule.hierarchy.leaves))
     model = load_model(ckpt, cfg, datamodule)
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=1,  # features of the whole split in one process
-        precision=cfg.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress_bar_wanted(cfg.enable_progress_bar),
-        enable_model_summary=False,
-        default_root_dir=out,
-    )
+    try:
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=1,  # features of the whole split in one process
+            precision=cfg.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress_bar_wanted(cfg.enable_progress_bar),
+            enable_model_summary=False,
+            default_root_dir=out,
+        )
+    except (ValueError, MisconfigurationException, ModuleNotFoundError) as e:
+        raise ConfigError(one_line(e)) from None
     batches = trainer.predict(model, datamodule=datamodule)
     z = torch.cat([b["z"] for b in batches])  # type: ignore[index]
     logits = torch.cat([b["logits"] for b in batches])  # type: ignore[index]

@@ -17,11 +17,19 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, run_checked
-from hierot.config import build, check_added_keys, check_config, compose_config, sweep_variants
+from hierot.config import (
+    build,
+    check_added_keys,
+    check_config,
+    compose_config,
+    one_line,
+    sweep_variants,
+)
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError
 from hierot.hierarchy import Hierarchy
@@ -60,7 +68,9 @@ def build_run(
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     logger = build(cfg.logger, "logger") if cfg.get("logger") else False
     validates = trainer_kwargs.get("limit_val_batches", 1) != 0  # type: ignore[union-attr]
-    callbacks = build_callbacks(cfg, validates, logged=logger is not False)
+    callbacks = build_callbacks(
+        cfg, validates, logged=logger is not False, logs=model.monitorable()
+    )
     trainer_kwargs["enable_progress_bar"] = progress_bar_wanted(  # type: ignore[index]
         trainer_kwargs.get("enable_progress_bar")  # type: ignore[union-attr]
     )
@@ -71,19 +81,28 @@ def build_run(
             logger=logger,
             callbacks=[*callbacks, EpochLog()],
         )
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"trainer: {e}") from None
+    except (ValueError, TypeError, MisconfigurationException, ModuleNotFoundError) as e:
+        raise ConfigError(f"trainer: {one_line(e)}") from None
     return datamodule, model, trainer
 
 
-def build_callbacks(cfg: DictConfig, validates: bool, logged: bool) -> list[L.Callback]:
+def build_callbacks(
+    cfg: DictConfig, validates: bool, logged: bool, logs: set[str]
+) -> list[L.Callback]:
     """The ``callbacks`` group's callbacks. Without validation nothing is monitored (every
     checkpoint callback keeps the latest weights); without a logger there is nothing to
-    log learning rates to."""
+    log learning rates to. A callback may monitor only what the model ``logs`` every epoch:
+    Lightning would find out at the end of the first epoch, with a traceback."""
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:
             continue
+        monitor = node.get("monitor")
+        if validates and monitor is not None and monitor not in logs:
+            raise ConfigError(
+                f"callbacks.{name}: monitor {monitor!r} is not logged every epoch; this run "
+                f"logs {', '.join(sorted(logs))}"
+            )
         extra = {} if validates or "monitor" not in node else {"monitor": None}
         callback = build(node, f"callbacks.{name}", **extra)
         if isinstance(callback, LearningRateMonitor) and not logged:
@@ -129,12 +148,18 @@ def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) 
         log.info("%s (config: %s)", run_summary(cfg), out / "config.yaml")
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    fit_seconds = time.perf_counter() - start
-    fit_metrics = dict(trainer.callback_metrics)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    # fast_dev_run and runs without validation have no best checkpoint: test the weights as is.
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        fit_seconds = time.perf_counter() - start
+        fit_metrics = dict(trainer.callback_metrics)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # fast_dev_run and runs without validation have no best checkpoint: test the weights
+        # as they are.
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    except MisconfigurationException as e:
+        # Lightning's word for a setting it cannot run with (a trainer.* value that only
+        # fails once fitting starts)
+        raise ConfigError(one_line(e)) from None
 
     metrics: dict[str, object] = dict(results[0]) if results else {}
     metrics.update({k: v for k, v in fit_metrics.items() if k not in metrics})

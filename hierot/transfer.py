@@ -48,8 +48,13 @@ def check_transfer(cfg: DictConfig) -> Path:
         check_integer(cfg, key, 1)
     for key in ("head.lr", "head.momentum", "head.weight_decay", "head.gamma"):
         check_number(cfg, key, 0)
+    check_integer(cfg, "seed", 0)
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda: torch finds no CUDA device here (device=auto uses one if any)"
+        )
     return ckpt
 
 

@@ -1,10 +1,13 @@
+import datetime
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
 
+from hierot.arguments import check_arguments
 from hierot.cli import dropped_groups, run_checked
 from hierot.config import (
     CONFIG_DIR,
@@ -142,6 +145,15 @@ def test_defaults_and_group_coupling():
         (["ckpt_path=/no/last.ckpt"], "ckpt_path: no such checkpoint"),
         (["max_epochs=3"], "Could not override 'max_epochs'"),
         (["~model"], "model: missing config group (choose one with model=<option>)"),
+        (["dist.options=foo"], "dist.options must be a mapping, got 'foo'"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs must be an integer or null, got 'abc'"),
+        (["trainer.precision=bf17"], "trainer.precision must be one of 64, 32, 16, 'transf"),
+        (["optimizer.lr=-1"], "optimizer: Invalid learning rate: -1"),
+        (["optimizer.momentum=abc"], "optimizer.momentum must be a number, got 'abc'"),
+        (["optimizer.nesterov=1"], "optimizer.nesterov must be true/false, got 1"),
+        (["+optimizer.foo=1"], "optimizer: torch.optim.SGD takes no argument foo"),
+        (["scheduler.warmup=2"], "scheduler.warmup must be a fraction in [0, 1), got 2"),
+        (["scheduler=step", "scheduler.milestones=[2]"], "milestones must be fractions in (0, 1)"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):
@@ -149,6 +161,36 @@ def test_bad_values_are_one_line_errors(overrides, message):
         check_config(compose_config(overrides))
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_arguments_are_checked_against_the_callee_type_hints():
+    def callee(
+        n: int,
+        rate: float | None = None,
+        mode: Literal["a", 2] = "a",
+        sizes: list[int] | None = None,
+        table: dict[str, int] | None = None,
+        when: datetime.timedelta | str | None = None,
+        flag: bool = False,
+        other: Path = Path(),
+    ) -> None: ...
+
+    good = {"n": 3, "rate": 1, "mode": 2, "sizes": [1], "table": {}, "when": 3, "other": 5}
+    # an int is a float; a class (Path, timedelta) is left to the callee
+    check_arguments(callee, good, "x", "callee")
+    for values, message in [
+        ({"n": 3.0}, "x.n must be an integer, got 3.0"),
+        ({"n": True}, "x.n must be an integer, got True"),
+        ({"rate": "fast"}, "x.rate must be a number or null, got 'fast'"),
+        ({"mode": "2"}, "x.mode must be 'a' or 2, got '2'"),
+        ({"sizes": 4}, "x.sizes must be a list or null, got 4"),
+        ({"table": [1]}, "x.table must be a mapping or null, got [1]"),
+        ({"flag": 0}, "x.flag must be true/false, got 0"),
+        ({"mood": 1, "moon": 2}, "x: callee takes no argument mood, moon"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            check_arguments(callee, values, "x", "callee")
+        assert str(info.value) == message
 
 
 def test_group_null_drops_the_group_as_tilde_does(monkeypatch):

@@ -147,6 +147,17 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
         "keys: accelerator, ahd_k, ckpt, distances, enable_progress_bar, figures, memory_mb, "
         "output_dir, precision, top_k"
     )
+    for args, message in [
+        (["top_k=0"], "top_k must be an integer >= 1, got 0"),
+        (["ahd_k=[1,0]"], "ahd_k[1] must be an integer >= 1, got 0"),
+        (["ahd_k=5"], "ahd_k must be a list of integers >= 1, e.g. [1, 5], got 5"),
+        (["figures=maybe"], "figures must be true or false, got 'maybe'"),
+        (["enable_progress_bar=3"], "enable_progress_bar must be true/false or null, got 3"),
+        (["precision=bf17"], "precision must be one of 64, 32, 16, 'transformer-engine', "),
+    ]:
+        assert prechecked(f"ckpt={last}", *args).startswith(message), args
+    if not torch.cuda.is_available():  # Lightning's own check, once the run has started
+        assert refused(f"ckpt={last}", "accelerator=gpu") == "No supported gpu backend found!"
     # another backbone than the one trained: found after the run started, still one line
     message = refused(f"ckpt={last}", "backbone=resnet34")
     assert "does not fit backbone=resnet34" in message

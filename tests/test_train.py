@@ -12,7 +12,7 @@ from hierot.data.module import default_workers
 from hierot.errors import ConfigError
 from hierot.logs import DropNoise
 from hierot.models import create_backbone
-from hierot.train import train
+from hierot.train import build_run, train
 
 from helpers.files import write_hub_cache
 
@@ -299,6 +299,28 @@ def test_vit_conv_stem_keeps_the_tokens_and_convolves_first():
         create_backbone("resnet18", stem="conv")
     with pytest.raises(ConfigError, match="power-of-two patch"):
         create_backbone("vit_small_patch16_224", stem="conv", img_size=36, patch_size=12)
+    # 30 px: four stride-2 convolutions give 2x2 tokens, the position embeddings 1x1
+    with pytest.raises(ConfigError, match=r"divisible by the patch \(16 px\), got 30x30"):
+        create_backbone("vit_small_patch16_224", stem="conv", img_size=30)
+
+
+def test_monitor_and_trainer_settings_fail_before_training(make_cfg):
+    with pytest.raises(ConfigError) as info:
+        build_run(make_cfg("monitor=val/nothing"))
+    assert str(info.value).startswith(
+        "callbacks.model_checkpoint: monitor 'val/nothing' is not logged every epoch; this "
+        "run logs train/acc_fine, "
+    )
+    assert "val/cpcc, val/cpcc_l2" in str(info.value)
+    # val/cpcc every second epoch: a checkpoint cannot watch it
+    with pytest.raises(ConfigError, match="monitor 'val/cpcc' is not logged every epoch"):
+        build_run(make_cfg("monitor=val/cpcc", "cpcc.val_every=2"))
+    _, model, trainer = build_run(make_cfg("monitor=val/acc_shape", "cpcc.val_every=2"))
+    assert trainer.checkpoint_callback.monitor == "val/acc_shape"
+    assert "train/cpcc" in model.monitorable() and "val/cpcc" not in model.monitorable()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^trainer: No supported gpu backend found!$"):
+            build_run(make_cfg("trainer.accelerator=gpu"))
 
 
 @pytest.mark.slow

@@ -68,6 +68,11 @@ def test_transfer_refuses_bad_input_in_one_line(source_run, tmp_path):
     ckpt = source_run / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="shots must be an integer >= 1, got 0"):
         precheck([f"ckpt={ckpt}", "shots=0"])
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0, got 'x'"):
+        precheck([f"ckpt={ckpt}", "seed=x"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device=cuda: torch finds no CUDA device here"):
+            precheck([f"ckpt={ckpt}", "device=cuda"])
     flat = tmp_path / "flat"
     train(compose_config([*TINY, f"output_dir={flat}", "trainer.fast_dev_run=true"]))
     (flat / "checkpoints").mkdir(exist_ok=True)

@@ -94,6 +94,14 @@ def _conv(model: nn.Module) -> None:
     steps = patch.bit_length() - 1
     if patch != 2**steps or proj.stride[0] != proj.stride[1] or steps < 1:
         raise ConfigError(f"backbone.stem=conv needs a square power-of-two patch, got {patch}")
+    size = tuple(getattr(embed, "img_size", None) or ())
+    if any(s % patch for s in size):
+        # Its stride-2 convolutions round up where patchify rounds down: the token grids
+        # would differ from the position embeddings.
+        raise ConfigError(
+            f"backbone.stem=conv needs an image size divisible by the patch ({patch} px), got "
+            f"{'x'.join(map(str, size))}: set data.image_size, or backbone.stem=patch"
+        )
     dim = proj.out_channels
     widths = [max(dim >> (steps - i), 16) for i in range(steps)]
     layers: list[nn.Module] = []

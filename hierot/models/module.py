@@ -127,6 +127,16 @@ class HierarchyModule(L.LightningModule):
             }
         )
 
+    def monitorable(self) -> set[str]:
+        """The metrics logged at the end of every epoch, which a checkpoint or early
+        stopping may monitor (``val/cpcc`` only when it is computed every epoch)."""
+        names = {"train/loss", "train/ce", "val/loss", *self.train_metrics, *self.val_metrics}
+        if self.regularizer is not None and self.lam != 0:
+            names.add("train/cpcc")
+        if self.val_cpcc_every == 1:
+            names |= {f"val/{name}" for name in self.val_cpcc.methods}
+        return names
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) images -> ((B, d) features, (B, K) logits)."""
         z = self.backbone(x)

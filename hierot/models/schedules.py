@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from hierot.errors import ConfigError
+
 
 def _warmup_steps(total_steps: int, warmup: float) -> int:
     if not 0 <= warmup < 1:
-        raise ValueError(f"scheduler.warmup must be a fraction in [0, 1), got {warmup}")
+        raise ConfigError(f"scheduler.warmup must be a fraction in [0, 1), got {warmup}")
     return int(warmup * total_steps)
 
 
@@ -41,7 +43,7 @@ def step(
 ) -> LRScheduler:
     """Multiply the rate by ``gamma`` at each milestone (fractions of the run)."""
     if any(not 0 < m < 1 for m in milestones):
-        raise ValueError(f"scheduler.milestones must be fractions in (0, 1), got {milestones}")
+        raise ConfigError(f"scheduler.milestones must be fractions in (0, 1), got {milestones}")
     warm = _warmup_steps(total_steps, warmup)
     # rounded: a milestone of 1/3 (a step every third of the run) lands on its step exactly
     at = sorted(round(m * total_steps) for m in milestones)
