@@ -52,21 +52,37 @@ def _describe(hint: Any) -> list[str]:
     return [names.get(origin or hint, getattr(hint, "__name__", str(hint)))]
 
 
+def _parameters(function: Callable[..., Any]) -> tuple[set[str], dict[str, Any], bool]:
+    """Names, type hints and whether more names are accepted (``**kwargs``). A class's
+    ``**kwargs`` are taken as handed on to its base class, whose ``__init__`` is read in turn."""
+    functions = [function]
+    if inspect.isclass(function):
+        functions = [k.__init__ for k in function.__mro__ if "__init__" in vars(k)]
+    names: set[str] = set()
+    hints: dict[str, Any] = {}
+    for f in functions:
+        parameters = inspect.signature(f).parameters.values()
+        names |= {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        try:
+            hints = typing.get_type_hints(f) | hints
+        except (NameError, TypeError):  # hints naming what cannot be imported: no type check
+            pass
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names - {"self"}, hints, False
+    return names - {"self"}, hints, True
+
+
 def check_arguments(
     function: Callable[..., Any], values: Mapping[str, object], key: str, callee: str
 ) -> None:
     """A ``ConfigError`` naming ``key.<name>`` (``<name>`` for top-level keys, ``key=""``)
     for the first of ``values`` that ``function`` (``callee`` in the message) does not take
     or whose type its hints rule out."""
-    parameters = inspect.signature(function).parameters
-    unknown = sorted(set(values) - set(parameters) - {"self"})
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    names, hints, more = _parameters(function)
+    unknown = sorted(set(values) - names)
+    if unknown and not more:
         where = f"{key}: " if key else ""
         raise ConfigError(f"{where}{callee} takes no argument {', '.join(unknown)}")
-    try:
-        hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
-    except (NameError, TypeError):  # hints naming what cannot be imported: no type check
-        return
     for name, value in values.items():
         if name in hints and not _matches(value, hints[name]):
             kinds = list(dict.fromkeys(_describe(hints[name])))

@@ -15,8 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
-from hydra.utils import get_class, get_method, instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hierot.arguments import check_arguments
@@ -173,6 +173,38 @@ def _check(cfg: DictConfig) -> None:
             raise ConfigError(f"checkpoint.{key} must be true or false, got {value!r}")
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode must be 'min' or 'max', got {cfg.get('monitor_mode')!r}")
+    check_integer(cfg, "top_k", 1)
+    # Last: the model's settings interpolate the top-level keys checked above, which name
+    # what the user typed.
+    for key in ("data", "backbone", "model", "logger"):
+        if isinstance(cfg.get(key), DictConfig):
+            check_target_arguments(cfg[key], key)
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig):
+            check_target_arguments(node, f"callbacks.{name}")
+
+
+def check_target_arguments(node: DictConfig, key: str) -> None:
+    """The keys of a ``_target_`` node checked against what its target takes (names, and
+    types where it declares them); a target that cannot be found is left to ``build``."""
+    if "_target_" not in node:
+        return
+    try:
+        target = get_object(node._target_)
+    except (ImportError, ValueError, HydraException):
+        return
+    options = {}
+    for name in node:
+        if str(name).startswith("_"):
+            continue
+        try:
+            value = node[name]
+        except OmegaConfBaseException:
+            continue  # ${hydra:...} before Hydra has started: judged when built
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        options[str(name)] = value
+    check_arguments(target, options, key, node._target_)
 
 
 def check_optimization(cfg: DictConfig) -> None:
@@ -184,10 +216,7 @@ def check_optimization(cfg: DictConfig) -> None:
         node = cfg.get(key)
         if node is None:
             continue
-        target = get_method(node._target_) if key == "scheduler" else get_class(node._target_)
-        values = OmegaConf.to_container(node, resolve=True)
-        options = {k: v for k, v in values.items() if not str(k).startswith("_")}  # type: ignore[union-attr]
-        check_arguments(target, options, key, node._target_)
+        check_target_arguments(node, key)
         try:
             if key == "optimizer":
                 optimizer = build(node, key)([torch.nn.Parameter(torch.zeros(1))])

@@ -3,6 +3,7 @@ import torch
 
 from hierot.data import SyntheticDataModule, SyntheticSpec, synthetic_hierarchy
 from hierot.data.synthetic import class_names, make_split, mode_separation, split_modes
+from hierot.errors import ConfigError
 
 
 def test_default_tree_has_three_levels_and_24_classes():
@@ -116,3 +117,11 @@ def test_normalized_images_follow_a_true_precision():
         x, _ = dm.on_after_batch_transfer((images, labels), 0)
         assert x.dtype == dtype
         assert torch.allclose(x.float(), dm.normalize(images), atol=0.05)
+
+
+def test_every_split_needs_an_image_of_each_mode_it_draws_from():
+    with pytest.raises(ConfigError, match=r"^data.val_per_class must be an integer >= 4, got 3$"):
+        SyntheticDataModule(modes=4, val_per_class=3)
+    with pytest.raises(ConfigError, match=r"data.train_per_class must be an integer >= 2, got 1"):
+        SyntheticDataModule(train_per_class=1, split="target", modes=4)  # modes 2 and 3
+    assert SyntheticDataModule(train_per_class=1, split="target", modes=2).per_class["train"] == 1

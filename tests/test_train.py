@@ -147,6 +147,9 @@ def test_local_pretrained_weights(tmp_path):
     torch.save({"junk": torch.zeros(1)}, tmp_path / "junk.pth")
     with pytest.raises(ConfigError, match="does not fit resnet18"):
         create_backbone("resnet18", weights=str(tmp_path / "junk.pth"))
+    (tmp_path / "notes.pth").write_text("not weights")  # timm alone says "KeyError: 110"
+    with pytest.raises(ConfigError, match=r"cannot read .*notes\.pth as a PyTorch or safet"):
+        create_backbone("resnet18", weights=str(tmp_path / "notes.pth"))
 
 
 def test_stems_change_resolution():

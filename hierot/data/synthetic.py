@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hierot.data.module import HierarchyDataModule, check_split
+from hierot.errors import require_integer
 from hierot.hierarchy import Hierarchy
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
@@ -271,6 +272,9 @@ class SyntheticDataModule(HierarchyDataModule):
         self.split = split
         self.modes_used = split_modes(modes, split)
         self.per_class = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
+        for name, count in self.per_class.items():
+            # every class needs an image of each mode it is drawn from
+            require_integer(count, f"data.{name}_per_class", len(self.modes_used))
         self.seed = seed
         self.hierarchy = synthetic_hierarchy(self.spec)
         self._made: dict[str, TensorDataset] = {}

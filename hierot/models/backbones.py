@@ -13,7 +13,7 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from hierot.errors import ConfigError
+from hierot.errors import ConfigError, user_message
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,20 @@ def _conv(model: nn.Module) -> None:
     embed.proj = nn.Sequential(*layers)
 
 
-def _check_loaded(model: nn.Module, name: str, weights: str) -> None:
-    # With num_classes=0 timm loads non-strictly and only logs what it skipped.
+def _stored_tensors(weights: str) -> set[str]:
+    """The tensor names in a weights file, read as timm reads it, before timm gets it: what
+    timm raises for a file it cannot read says nothing of the file (``KeyError: 101``)."""
     try:
-        stored = set(timm.models.load_state_dict(weights))
+        return set(timm.models.load_state_dict(weights))
     except Exception as e:  # a file torch cannot read at all
-        raise ConfigError(f"backbone.weights: cannot read {weights}: {e}") from None
+        raise ConfigError(
+            f"backbone.weights: cannot read {weights} as a PyTorch or safetensors weights "
+            f"file ({type(e).__name__}: {user_message(e)})"
+        ) from None
+
+
+def _check_loaded(model: nn.Module, name: str, weights: str, stored: set[str]) -> None:
+    # With num_classes=0 timm loads non-strictly and only logs what it skipped.
     wanted = list(model.state_dict())
     missing = [k for k in wanted if k not in stored]
     if len(missing) == len(wanted):
@@ -180,6 +188,7 @@ def create_backbone(
     stem: str | None = None,
     weights: str | None = None,
     pretrained: bool = False,
+    drop_rate: float = 0.0,
     **kwargs: object,
 ) -> nn.Module:
     """A timm model returning (B, num_features) pooled features.
@@ -192,31 +201,32 @@ def create_backbone(
         pretrained: timm's pretrained weights for ``name`` from the Hugging Face hub, through
             its cache (``HF_HOME``; ``HF_HUB_OFFLINE=1`` reads only the cache). Ignored when
             ``weights`` is given.
-        kwargs: passed to ``timm.create_model`` (``img_size`` for ViTs, ``drop_rate``, ...).
+        drop_rate: dropout before the (absent) classifier, as timm applies it.
+        kwargs: passed to ``timm.create_model`` (``img_size`` for ViTs, ...).
     """
     check_backbone(name, stem, weights)
     extra: dict[str, object] = {}
+    stored = None
     if weights is not None:
-        path = Path(weights).expanduser()
+        weights = str(Path(weights).expanduser())
+        stored = _stored_tensors(weights)
         # timm only reads an overlaid file when pretrained=True.
-        extra = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+        extra = {"pretrained": True, "pretrained_cfg_overlay": {"file": weights}}
     elif pretrained:
         extra = {"pretrained": True}
     try:
-        model = timm.create_model(name, num_classes=0, **extra, **kwargs)
+        model = timm.create_model(name, num_classes=0, drop_rate=drop_rate, **extra, **kwargs)
     except TypeError as e:
         raise ConfigError(f"backbone: {name}: {e}") from None
     except Exception as e:
-        if weights is not None or not pretrained or not _from_hub(e):
+        if weights is not None:  # readable, but not as this model's weights (shapes)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"backbone.weights: {weights} does not fit {name}: {first}") from None
+        if not pretrained or not _from_hub(e):
             raise
         raise _hub_error(name, e) from None
-    except RuntimeError as e:
-        if weights is None:
-            raise
-        first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"backbone.weights: {weights} does not fit {name}: {first}") from None
-    if weights is not None:
-        _check_loaded(model, name, weights)
+    if weights is not None and stored is not None:
+        _check_loaded(model, name, weights, stored)
     if stem is not None:
         if (weights is not None or pretrained) and stem != "standard":
             log.warning(
