@@ -29,7 +29,14 @@ from hierot.checkpoints import (
     run_file,
 )
 from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
-from hierot.config import build, check_added_keys, check_integer, compose_config, one_line
+from hierot.config import (
+    build,
+    check_added_keys,
+    check_integer,
+    check_target_arguments,
+    compose_config,
+    one_line,
+)
 from hierot.cpcc import NO_DISTANCE, cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, class_distances
@@ -146,6 +153,8 @@ def check_evaluate(cfg: DictConfig) -> Path:
         raise ConfigError(f"figures must be true or false, got {cfg.figures!r}")
     trainer = {k: cfg.get(k) for k in ("accelerator", "precision", "enable_progress_bar")}
     check_arguments(L.Trainer, trainer, "", "lightning.Trainer")
+    for key in ("data", "backbone"):
+        check_target_arguments(cfg[key], key)
     return ckpt
 
 

@@ -29,6 +29,7 @@ from hierot.config import (
     check_added_keys,
     check_integer,
     check_number,
+    check_target_arguments,
     compose_config,
     sweep_variants,
 )
@@ -55,6 +56,8 @@ def check_transfer(cfg: DictConfig) -> Path:
         raise ConfigError(
             "device=cuda: torch finds no CUDA device here (device=auto uses one if any)"
         )
+    for key in ("data", "backbone"):
+        check_target_arguments(cfg[key], key)
     return ckpt
 
 
