@@ -72,6 +72,9 @@ def test_ordering_properties(seed):
     assert (got["emd"] - got["l2"]).max() > 0.1
 
 
+# At reg 0.02 one pair stops a little short of tol=1e-10 after 50 000 iterations
+# (marginal error ~1e-8); the gaps asserted are far larger than that.
+@pytest.mark.filterwarnings("ignore:sinkhorn. 1 of .* did not converge:RuntimeWarning")
 def test_sinkhorn_tends_to_emd_as_reg_shrinks():
     z, y = multimodal_batch(seed=5)
     _, emd = class_distances(z, y, "emd")
@@ -85,6 +88,8 @@ def test_sinkhorn_tends_to_emd_as_reg_shrinks():
     assert gaps[-1] < 1e-3 < gaps[0]
 
 
+# the twins at reg 0.005 stop short of tol=1e-12 (marginal error ~6e-7, distance < 1e-6)
+@pytest.mark.filterwarnings("ignore:sinkhorn. 1 of 1 class pairs did not converge:RuntimeWarning")
 @pytest.mark.parametrize("method", METHODS)
 def test_symmetric_and_zero_on_identical_sets(method):
     z, y = multimodal_batch(num_classes=3, seed=7)
