@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,6 +32,17 @@ def discard_run_dir(out: Path, name: str) -> None:
     job's log): a run that failed before writing anything leaves nothing behind."""
     if out.is_dir() and all(p.name in (".hydra", f"{name}.log") for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
+
+
+@contextmanager
+def one_line_errors(out: Path, name: str) -> Iterator[None]:
+    """Run a single job's body: a user error is one line and exit 2, and the run directory
+    it leaves holding only Hydra's bookkeeping is removed."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        discard_run_dir(out, name)
+        fail(e)
 
 
 def hydra_flags(args: Sequence[str]) -> bool:

@@ -28,7 +28,7 @@ from hierot.checkpoints import (
     run_data,
     run_file,
 )
-from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
+from hierot.cli import one_line_errors, run_checked
 from hierot.config import (
     build,
     check_added_keys,
@@ -274,13 +274,10 @@ def write_figures(
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors(Path(cfg.output_dir), "evaluate"):
         overrides = list(HydraConfig.get().overrides.task)
         resolve_groups(cfg, overrides, check_evaluate(cfg))
         evaluate(cfg)
-    except USER_ERRORS as e:
-        discard_run_dir(Path(cfg.output_dir), "evaluate")
-        fail(e)
 
 
 # Training-only keys a user may carry over from a train command, with what evaluate does.

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hierot.checkpoints import check_checkpoint, load_checkpoint, run_data, run_file
-from hierot.cli import USER_ERRORS, discard_run_dir, fail, run_checked
+from hierot.cli import one_line_errors, run_checked
 from hierot.config import (
     build,
     check_added_keys,
@@ -200,13 +200,10 @@ def target_data(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
 
 @hydra.main(config_path="conf", config_name="transfer", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors(Path(cfg.output_dir), "transfer"):
         overrides = list(HydraConfig.get().overrides.task)
         target_data(cfg, overrides, check_transfer(cfg))
         transfer(cfg)
-    except USER_ERRORS as e:
-        discard_run_dir(Path(cfg.output_dir), "transfer")
-        fail(e)
 
 
 def precheck(overrides: list[str]) -> None:
