@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
-from hierot.config import CONFIG_DIR
+from hierot.config import is_config_group
 from hierot.errors import ConfigError, DataError, HierarchyError, user_message
 from hierot.logs import quiet_warnings
 
@@ -57,10 +57,10 @@ def dropped_groups(args: Sequence[str]) -> list[str]:
     """``args`` with ``group=null`` written as ``~group``: Hydra removes a config group
     only with ``~`` and stops on ``group=null`` with a traceback, while ``null`` is what its
     defaults lists (and users of the template) write for "no option"."""
-    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} - {"hydra"}
+    named = ((a, a.removesuffix("=null")) for a in args)
     return [
-        f"~{a[: -len('=null')]}" if a.endswith("=null") and a[: -len("=null")] in groups else a
-        for a in args
+        f"~{name}" if name != a and name != "hydra" and is_config_group(name) else a
+        for a, name in named
     ]
 
 

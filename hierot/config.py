@@ -91,14 +91,20 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     return jobs
 
 
+def is_config_group(name: str) -> bool:
+    """Whether ``name`` is a top-level config group shipped in ``conf/`` (``data``, ``dist``,
+    ... and Hydra's own ``hydra``) rather than a plain key."""
+    return name.isidentifier() and (CONFIG_DIR / name).is_dir()
+
+
 def check_added_keys(overrides: Sequence[str], cfg: DictConfig) -> None:
     """``+name=value`` adds a top-level key that nothing reads (a typo such as ``+lamda=2``
     would otherwise be ignored silently); config groups (``+experiment=...``) are fine."""
     for o in _parse(overrides):
         key = o.key_or_group
-        if not o.is_add() or o.is_hydra_override() or "." in key or (CONFIG_DIR / key).is_dir():
+        if not o.is_add() or o.is_hydra_override() or "." in key or is_config_group(key):
             continue
-        known = sorted(str(k) for k in cfg if k != key and not (CONFIG_DIR / str(k)).is_dir())
+        known = sorted(str(k) for k in cfg if k != key and not is_config_group(str(k)))
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(
