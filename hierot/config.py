@@ -30,8 +30,10 @@ from hierot.errors import (
     require_integer,
     require_number,
 )
+from hierot.hierarchy import Hierarchy
 from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import check_backbone
+from hierot.objectives import check_objective, list_objectives
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 CONFIG_NAME = "train"
@@ -132,7 +134,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check(cfg: DictConfig) -> None:
-    for key in ("data", "backbone", "dist", "optimizer", "trainer", "model"):
+    for key in ("data", "backbone", "objective", "dist", "optimizer", "trainer", "model"):
         if not isinstance(cfg.get(key), DictConfig):
             raise ConfigError(f"{key}: missing config group (choose one with {key}=<option>)")
     check_number(cfg, "lam", 0)
@@ -155,6 +157,8 @@ def _check(cfg: DictConfig) -> None:
             raise ConfigError(f"dist.options: {e}") from None
     elif options:
         raise ConfigError("dist.options: dist=none takes no options")
+
+    check_objective_config(cfg)
 
     node = cfg.get("cpcc")
     if not isinstance(node, DictConfig):
@@ -188,6 +192,24 @@ def _check(cfg: DictConfig) -> None:
     for name, node in (cfg.get("callbacks") or {}).items():
         if isinstance(node, DictConfig):
             check_target_arguments(node, f"callbacks.{name}")
+
+
+def check_objective_config(cfg: DictConfig, hierarchy: Hierarchy | None = None) -> None:
+    """``objective.name`` and ``objective.options`` judged by the objective's own check;
+    with the data's ``hierarchy`` also what depends on the tree (one weight per level)."""
+    name = cfg.objective.get("name")
+    if name not in list_objectives():
+        raise ConfigError(
+            f"objective.name: unknown objective {name!r}; available: {list_objectives()}"
+        )
+    node = cfg.objective.get("options")
+    if node is not None and not isinstance(node, DictConfig):
+        raise ConfigError(f"objective.options must be a mapping, got {node!r}")
+    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    try:
+        check_objective(name, options, hierarchy)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ConfigError(f"objective.options: {e}") from None
 
 
 def check_target_arguments(node: DictConfig, key: str) -> None:

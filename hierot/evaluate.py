@@ -47,6 +47,7 @@ from hierot.logs import progress_bar_wanted
 from hierot.metrics import evaluate_features
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
+from hierot.objectives import DEFAULT_OBJECTIVE
 from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ def load_model(ckpt: Path, cfg: DictConfig, datamodule: HierarchyDataModule) -> 
         optimizer=lambda params: torch.optim.SGD(params, lr=0.0),  # never used
         dist=hparams.get("dist", "l2"),
         dist_options=hparams.get("dist_options", {}),
+        objective=hparams.get("objective", DEFAULT_OBJECTIVE),
+        objective_options=hparams.get("objective_options", {}),
         level_names=datamodule.level_names,
     )
     try:

@@ -26,6 +26,7 @@ from hierot.config import (
     build,
     check_added_keys,
     check_config,
+    check_objective_config,
     compose_config,
     one_line,
     sweep_variants,
@@ -126,7 +127,8 @@ def run_summary(cfg: DictConfig) -> str:
     trainer = cfg.trainer
     return (
         f"training {cfg.backbone.name} on {str(cfg.data._target_).rsplit('.', 1)[-1]} "
-        f"(batch {cfg.data.batch_size}) for {trainer.max_epochs} epochs: CE + {cfg.lam} x "
+        f"(batch {cfg.data.batch_size}) for {trainer.max_epochs} epochs: "
+        f"{cfg.objective.name} + {cfg.lam} x "
         f"CPCC({cfg.dist.method}), {optimizer} lr {cfg.optimizer.get('lr')}, seed {cfg.seed}"
     )
 
@@ -166,6 +168,7 @@ def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) 
     metrics.update(
         {
             "status": "completed",
+            "objective": cfg.objective.name,
             "dist": cfg.dist.method,
             "lam": float(cfg.lam),
             "data.batch_size": int(cfg.data.batch_size),
@@ -216,6 +219,7 @@ def precheck(overrides: list[str], built: dict[str, HierarchyDataModule] | None 
         key = data_key(cfg.data)
         if key not in built:
             built[key] = build(cfg.data, "data")
+        check_objective_config(cfg, built[key].hierarchy)
 
 
 def main() -> None:

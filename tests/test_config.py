@@ -123,7 +123,7 @@ def test_defaults_and_group_coupling():
     ("overrides", "message"),
     [
         (["backbone=resnet19"], "unknown backbone 'resnet19'; available: resnet18, resnet34"),
-        (["dist=wasserstein"], "unknown dist 'wasserstein'; available: emd, fastft, l2, none"),
+        (["dist=wasserstein"], "unknown dist 'wasserstein'; available: emd, fastft, l1, l2, none"),
         (["lam=-0.5"], "lam must be a number >= 0, got -0.5"),
         (["lam=much"], "lam must be a number >= 0, got 'much'"),
         (["dist.method=kl"], "dist.method: unknown distance 'kl'"),
@@ -161,6 +161,12 @@ def test_defaults_and_group_coupling():
         (["+optimizer.foo=1"], "optimizer: torch.optim.SGD takes no argument foo"),
         (["scheduler.warmup=2"], "scheduler.warmup must be a fraction in [0, 1), got 2"),
         (["scheduler=step", "scheduler.milestones=[2]"], "milestones must be fractions in (0, 1)"),
+        (["objective=focal"], "unknown objective 'focal'; available: ce, hxe, marginal, mtl"),
+        (["objective=hxe", "objective.options.alpha=-1"], "objective.options: hxe: alpha must"),
+        (["objective=hxe", "+objective.options.beta=1"], "objective 'hxe' has no option 'beta'"),
+        (["objective=quadruplet", "objective.options.m2=0.5"], "need m1 > m2 > 0"),
+        (["objective=mtl", "objective.options.weights=3"], "mtl: weights must be a list"),
+        (["objective.name=focal"], "objective.name: unknown objective 'focal'"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):
@@ -168,6 +174,19 @@ def test_bad_values_are_one_line_errors(overrides, message):
         check_config(compose_config(overrides))
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_objective_options_that_depend_on_the_tree_fail_before_the_run(tmp_path):
+    # one weight per level: the synthetic tree has 3 levels, known once the data is built
+    from hierot.train import precheck
+
+    with pytest.raises(ConfigError) as info:
+        precheck(["debug=tiny", "objective=mtl", "objective.options.weights=[1,1]"])
+    assert str(info.value) == (
+        "objective.options: mtl: weights has 2 values but the tree has 3 levels (one weight "
+        "per level, the top level first and the classes last)"
+    )
+    precheck(["debug=tiny", "objective=mtl", "objective.options.weights=[0.5,1,2]"])
 
 
 def test_arguments_are_checked_against_the_callee_type_hints():

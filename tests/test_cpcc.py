@@ -52,8 +52,9 @@ def test_features_that_embed_the_tree_score_near_one(hierarchy):
     z, y = tree_features(hierarchy)
     t = hierarchy.tree_distances()
     for method in METHODS:
-        # 50 random 1-D projections of 32-D features blur the structure somewhat
-        floor = 0.7 if method == "swd" else 0.8
+        # 50 random 1-D projections of 32-D features blur the structure somewhat, and the
+        # features are laid out for Euclidean distances, which l1 measures less faithfully
+        floor = 0.7 if method in ("swd", "l1") else 0.8
         # swd draws its directions from the global RNG unless seeded; pytest plugins reseed it
         options = {"seed": 0} if method == "swd" else {}
         assert float(cpcc(z, y, t, method, **options)) > floor, method

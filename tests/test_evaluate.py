@@ -164,6 +164,28 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_evaluate_and_transfer_read_a_checkpoint_with_level_heads(tmp_path):
+    # objective=mtl saves one head per coarse level beside the fine head
+    out = tmp_path / "run"
+    train(compose_config([*TINY, "objective=mtl", "data.split=source", f"output_dir={out}"]))
+    trained = json.loads((out / "metrics.json").read_text())
+    run = evaluate(tmp_path, f"ckpt={trained['best_checkpoint']}", "figures=false")
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("test/acc_fine", "test/acc_palette", "test/acc_shape", "test/cpcc"):
+        assert got[key] == pytest.approx(trained[key], abs=1e-4), key
+    assert -1 <= got["test/cpcc_l1"] <= 1
+    transfer = subprocess.run(
+        [sys.executable, "-m", "hierot.transfer", f"ckpt={trained['best_checkpoint']}",
+         "shots=1", f"hydra.run.dir={tmp_path / 'transfer'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert transfer.returncode == 0, transfer.stderr[-3000:]
+    moved = json.loads((tmp_path / "transfer" / "metrics.json").read_text())
+    assert moved["data.split"] == "target" and 0 <= moved["transfer/acc_fine"] <= 1
+
+
+@pytest.mark.slow
 def test_test_cpcc_uses_the_runs_own_distance_options(tmp_path):
     out = tmp_path / "run"
     train(compose_config([*TINY, "dist=sinkhorn", "dist.options.reg=0.3", f"output_dir={out}"]))

@@ -87,6 +87,21 @@ def test_fast_dev_run_every_distance(make_cfg, tmp_path, dist):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "objective", sorted(p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml"))
+)
+def test_fast_dev_run_every_objective(make_cfg, tmp_path, objective):
+    # with CPCC on top (the default dist=fastft, lam=1)
+    train(make_cfg(f"objective={objective}", "trainer.fast_dev_run=true"))
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["objective"] == objective and metrics["dist"] == "fastft"
+    assert (
+        metrics[f"train/{objective}"] > 0 and metrics["train/loss"] > metrics[f"train/{objective}"]
+    )
+    assert -1 <= metrics["test/cpcc"] <= 1 and 0 <= metrics["test/acc_fine"] <= 1
+
+
+@pytest.mark.slow
 def test_fast_dev_run_bf16_mixed_precision(make_cfg, tmp_path):
     train(make_cfg("trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "dist=sinkhorn"))
     metrics = read_metrics(tmp_path / "run")

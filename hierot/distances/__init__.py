@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 # Importing the method modules registers them.
-from hierot.distances import emd, fastft, l2, sinkhorn, swd  # noqa: F401
+from hierot.distances import emd, fastft, means, sinkhorn, swd  # noqa: F401
 from hierot.distances.batch import (
     DEFAULT_MEMORY_MB,
     ClassBatch,
@@ -69,7 +69,7 @@ def class_distances(
     Args:
         z: (B, d) features (half/bfloat16 are computed in float32, float64 stays float64).
         y: (B,) integer labels.
-        method: a registered name: ``l2``, ``emd``, ``sinkhorn``, ``swd``, ``fastft``.
+        method: a registered name: ``l2``, ``l1``, ``emd``, ``sinkhorn``, ``swd``, ``fastft``.
         memory_mb: budget for the work in flight: class pairs are processed in chunks that
             fit it (the result is the same for any budget, up to rounding), and no (B, B)
             matrix is built beyond it. The (P,) result itself is not counted.

@@ -302,6 +302,29 @@ class Hierarchy:
         """Weight of the edge from ``node`` up to its parent."""
         return self._weight[node]
 
+    def _ancestor_ids(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """``(anc, w, node_names)``: ``anc[l, i]`` the id (into ``node_names``) of class
+        ``i``'s ancestor at level ``l``, or -1 below a shallow leaf; ``w[l, i]`` the weight of
+        the edge above that ancestor (float64, 0 at the root and below the leaf)."""
+        paths = [self.path(leaf) for leaf in self.leaves]
+        depth = max(len(p) for p in paths)
+        names = list(self._children)
+        node_ids = {n: i for i, n in enumerate(names)}
+        anc = torch.full((depth, len(paths)), -1, dtype=torch.long)
+        w = torch.zeros(depth, len(paths), dtype=torch.float64)
+        for i, p in enumerate(paths):
+            anc[: len(p), i] = torch.tensor([node_ids[n] for n in p])
+            w[1 : len(p), i] = torch.tensor([self._weight[n] for n in p[1:]], dtype=torch.float64)
+        return anc, w, names
+
+    def _row_blocks(self) -> Iterable[tuple[int, int]]:
+        # Rows in blocks, so the work beside a (K, K) result stays ~100 MB: at 10 000
+        # classes the whole matrix at once peaked at 3.2 GB for a 400 MB result.
+        k = self.num_classes
+        rows = max(1, 2**22 // max(k, 1))
+        for start in range(0, k, rows):
+            yield start, min(start + rows, k)
+
     def tree_distances(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(K, K)`` matrix of path lengths between classes (sum of edge weights).
 
@@ -309,31 +332,54 @@ class Hierarchy:
         depth of the LCA is the total weight of the edges the two root paths share, summed
         level by level, so the cost is O(depth * K^2) with no loop over pairs.
         """
-        paths = [self.path(leaf) for leaf in self.leaves]
-        depth = max(len(p) for p in paths)
-        k = len(paths)
-        node_ids = {n: i for i, n in enumerate(self._children)}
-        # anc[l, i] = id of class i's ancestor at level l, or -1 below a shallow leaf.
-        anc = torch.full((depth, k), -1, dtype=torch.long)
-        w = torch.zeros(depth, k, dtype=torch.float64)
-        for i, p in enumerate(paths):
-            anc[: len(p), i] = torch.tensor([node_ids[n] for n in p])
-            w[1 : len(p), i] = torch.tensor([self._weight[n] for n in p[1:]], dtype=torch.float64)
+        anc, w, _ = self._ancestor_ids()
         wdepth = w.sum(0)
+        k = self.num_classes
         out = torch.empty(k, k, dtype=dtype)
-        # Rows in blocks, so the float64 work beside the result stays ~100 MB: at 10 000
-        # classes the whole matrix at once peaked at 3.2 GB for a 400 MB result.
-        rows = max(1, 2**22 // max(k, 1))
-        for start in range(0, k, rows):
-            stop = min(start + rows, k)
+        for start, stop in self._row_blocks():
             shared = torch.zeros(stop - start, k, dtype=torch.float64)
-            for lvl in range(1, depth):
+            for lvl in range(1, anc.shape[0]):
                 a = anc[lvl]
                 same = (a[start:stop, None] == a[None, :]) & (a[start:stop, None] >= 0)
                 shared += same * w[lvl][start:stop, None]
             block = wdepth[start:stop, None] + wdepth[None, :] - 2 * shared
             out[start:stop] = block.to(dtype)
         return out
+
+    def node_heights(self) -> dict[str, int]:
+        """``{node: height}``: the number of edges on the longest way down to a leaf (0 at
+        the leaves). Edge weights are not counted."""
+        heights: dict[str, int] = {}
+        for node in sorted(self._children, key=self._node_depth.__getitem__, reverse=True):
+            kids = self._children[node]
+            heights[node] = 1 + max(heights[c] for c in kids) if kids else 0
+        return heights
+
+    def lca_heights(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(K, K)`` heights of the lowest common ancestors (``node_heights``; 0 on the
+        diagonal): the mistake measure of Bertinetto et al. (making-better-mistakes), where
+        siblings are 1 apart. On a tree whose leaves all sit at one depth with unit weights,
+        ``tree_distances() == 2 * lca_heights()``."""
+        anc, _, names = self._ancestor_ids()
+        heights = self.node_heights()
+        height = torch.tensor([heights[n] for n in names], dtype=torch.long)
+        k = self.num_classes
+        out = torch.empty(k, k, dtype=dtype)
+        for start, stop in self._row_blocks():
+            lca = anc[0][start:stop, None].expand(stop - start, k).clone()
+            for lvl in range(1, anc.shape[0]):
+                a = anc[lvl]
+                same = (a[start:stop, None] == a[None, :]) & (a[start:stop, None] >= 0)
+                lca = torch.where(same, a[start:stop, None], lca)
+            out[start:stop] = height[lca].to(dtype)
+        return out
+
+    def parent_map(self) -> torch.Tensor:
+        """``(K,)`` long tensor: the parent of every class, as an index into the distinct
+        parents in order of first use (classes with one parent share an index)."""
+        parents = [self._parent.get(leaf, leaf) for leaf in self.leaves]
+        pos = {n: i for i, n in enumerate(dict.fromkeys(parents))}
+        return torch.tensor([pos[p] for p in parents], dtype=torch.long)
 
     def to_nested(self) -> dict[str, object]:
         """The tree as nested dicts that ``from_nested`` (and ``from_file`` on a ``.json``

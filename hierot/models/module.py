@@ -1,5 +1,6 @@
-"""``HierarchyModule``: a backbone, a linear head, cross-entropy + ``lam * (1 - CPCC)``, and
-hierarchy-aware metrics (accuracy at every level, top-k, mistake severity, split CPCC)."""
+"""``HierarchyModule``: a backbone, a linear head, a base objective (cross-entropy, HXE, ...)
++ ``lam * (1 - CPCC)``, and hierarchy-aware metrics (accuracy at every level, top-k, mistake
+severity, split CPCC)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from hierot.metrics import (
     check_val_cpcc,
     class_subsample,
 )
+from hierot.objectives import DEFAULT_OBJECTIVE, build_objective
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -44,7 +46,8 @@ def level_keys(hierarchy: Hierarchy, level_names: Sequence[str] | None = None) -
 
 
 class HierarchyModule(L.LightningModule):
-    """Classifier trained with ``CE(head(z), y) + lam * (1 - CPCC(z, y))`` on pooled features z.
+    """Classifier trained with ``objective(z, head(z), y) + lam * (1 - CPCC(z, y))`` on pooled
+    features z.
 
     Args:
         backbone: maps images to (B, d) features; must expose ``num_features`` = d.
@@ -53,6 +56,8 @@ class HierarchyModule(L.LightningModule):
             cross-entropy. Evaluation CPCC uses it too (``l2`` when ``"none"``).
         dist_options: the distance's options (e.g. ``{"reg": 1.0}``).
         lam: weight of the regularizer (>= 0).
+        objective: the base loss, a registered objective (``ce``, ``hxe``, ``mtl``, ...;
+            ``hierot.objectives``); objective_options: its options.
         optimizer: ``fn(params) -> Optimizer`` (a Hydra ``_partial_``).
         scheduler: ``fn(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
         level_names: names of the coarse levels, top first, for metric keys.
@@ -78,6 +83,8 @@ class HierarchyModule(L.LightningModule):
         memory_mb: float = DEFAULT_MEMORY_MB,
         val_cpcc_every: int = 1,
         val_cpcc_classes: int | None = 1000,
+        objective: str = DEFAULT_OBJECTIVE,
+        objective_options: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__()
         lam = require_number(lam, "lam", 0)  # the config check calls the same
@@ -85,6 +92,11 @@ class HierarchyModule(L.LightningModule):
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
         self.lam = float(lam)
+        self.objective_name = objective
+        objective_options = dict(objective_options or {})
+        self.objective = build_objective(
+            objective, hierarchy, backbone.num_features, objective_options
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         options = dict(dist_options or {})
@@ -124,13 +136,16 @@ class HierarchyModule(L.LightningModule):
                 "lam": self.lam,
                 "top_k": k,
                 "memory_mb": memory_mb,
+                "objective": objective,
+                "objective_options": objective_options,
             }
         )
 
     def monitorable(self) -> set[str]:
         """The metrics logged at the end of every epoch, which a checkpoint or early
         stopping may monitor (``val/cpcc`` only when it is computed every epoch)."""
-        names = {"train/loss", "train/ce", "val/loss", *self.train_metrics, *self.val_metrics}
+        names = {"train/loss", f"train/{self.objective_name}", "val/loss"}
+        names |= {*self.train_metrics, *self.val_metrics}
         if self.regularizer is not None and self.lam != 0:
             names.add("train/cpcc")
         if self.val_cpcc_every == 1:
@@ -162,19 +177,19 @@ class HierarchyModule(L.LightningModule):
         return zs[real], ys[real]
 
     def _losses(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
-        ce = F.cross_entropy(logits, y)
+        base = self.objective(z, logits, y)
         if self.regularizer is None or self.lam == 0:
-            return ce, ce, None
+            return base, base, None
         reg = self.regularizer(*self._global_batch(z, y))
-        return ce + self.lam * reg, ce, reg
+        return base + self.lam * reg, base, reg
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
         z, logits = self(x)
-        loss, ce, reg = self._losses(z, logits, y)
+        loss, base, reg = self._losses(z, logits, y)
         n = y.numel()
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/ce", ce, batch_size=n)
+        self.log(f"train/{self.objective_name}", base, batch_size=n)
         if reg is not None:
             self.log("train/cpcc", 1 - reg.detach(), prog_bar=True, batch_size=n)
         self.train_metrics(logits.detach(), y)

@@ -61,6 +61,8 @@ def reference_distance(
     a, b = za.double().numpy(), zb.double().numpy()
     if method == "l2":
         return float(np.linalg.norm(a.mean(0) - b.mean(0)))
+    if method == "l1":  # HierarchyCPCC: F.pdist(class means, p=1.0)
+        return float(np.abs(a.mean(0) - b.mean(0)).sum())
     if method == "emd":
         return float(ot.emd2(uniform(len(a)), uniform(len(b)), ot.dist(a, b, metric="euclidean")))
     if method == "swd":

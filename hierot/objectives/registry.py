@@ -1,0 +1,98 @@
+"""Name -> training objective registry, so a new objective is one decorated class.
+
+An objective is the base loss of a run (``objective=<name>``), computed from the backbone's
+features, the linear head's logits and the labels; CPCC (``dist=...``, ``lam``) is added on
+top of any of them by ``HierarchyModule``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from hierot.hierarchy import Hierarchy
+
+
+class Objective(nn.Module):
+    """Base class: ``__init__(hierarchy, num_features, **options)`` and
+    ``forward(z, logits, y)`` with z (B, d) features, logits (B, K) of the fine head and y
+    (B,) class ids, returning a 0-dim loss. Parameters an objective adds (``mtl``'s level
+    heads) are trained with the model and saved in its checkpoints."""
+
+    def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+ObjectiveCheck = Callable[..., None]
+_OBJECTIVES: dict[str, type[Objective]] = {}
+_CHECKS: dict[str, ObjectiveCheck] = {}
+
+
+def register_objective(
+    name: str, check: ObjectiveCheck | None = None
+) -> Callable[[type[Objective]], type[Objective]]:
+    """Class decorator: ``@register_objective("name", check=fn)`` on an ``Objective``.
+
+    The options are the keyword arguments of its ``__init__`` after ``hierarchy`` and
+    ``num_features``. ``check(hierarchy, **options)``, if given, receives every option
+    (defaults filled in) and raises ``ValueError`` with a one-line message on a bad value;
+    ``check_objective`` runs it before a run starts, and the class calls it too.
+    """
+
+    def add(cls: type[Objective]) -> type[Objective]:
+        if name in _OBJECTIVES and _OBJECTIVES[name] is not cls:
+            raise ValueError(f"objective '{name}' is already registered")
+        _OBJECTIVES[name] = cls
+        if check is not None:
+            _CHECKS[name] = check
+        return cls
+
+    return add
+
+
+def list_objectives() -> list[str]:
+    return sorted(_OBJECTIVES)
+
+
+def get_objective(name: str) -> type[Objective]:
+    try:
+        return _OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown objective '{name}'; available: {', '.join(list_objectives())}"
+        ) from None
+
+
+def objective_options(name: str) -> dict[str, object]:
+    """``{option: default}`` of a registered objective (what configs may set)."""
+    params = list(inspect.signature(get_objective(name).__init__).parameters.values())[3:]
+    return {p.name: p.default for p in params}
+
+
+def check_objective(
+    name: str, options: Mapping[str, object], hierarchy: Hierarchy | None = None
+) -> None:
+    """Refuse an unknown objective, options it does not take (naming those it does) and
+    values its registered check rejects. Without ``hierarchy`` only the options that do not
+    depend on the tree are judged (the config check runs before the data is read)."""
+    known = objective_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"objective '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
+            f"its options: {', '.join(known) or 'none'}"
+        )
+    if name in _CHECKS:
+        _CHECKS[name](hierarchy, **{**known, **options})
+
+
+def build_objective(
+    name: str, hierarchy: Hierarchy, num_features: int, options: Mapping[str, object] | None = None
+) -> Objective:
+    """The objective ``name`` for ``hierarchy`` on features of ``num_features``."""
+    options = dict(options or {})
+    check_objective(name, options, hierarchy)
+    return get_objective(name)(hierarchy, num_features, **options)

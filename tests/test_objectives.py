@@ -1,0 +1,259 @@
+"""Every objective against its transcribed reference (tests/helpers/loss_references.py), in
+float64, loss and gradient, on 2-, 3- and 4-level trees and on trees whose leaves sit at
+different depths; the option checks; the references' quirks, with the numbers that differ."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hierot.hierarchy import Hierarchy
+from hierot.objectives import build_objective, check_objective, list_objectives
+from hierot.objectives.hxe import hxe_level_weights
+
+from helpers.loss_references import (
+    group_lasso_reference,
+    hxe_reference,
+    lca_height_reference,
+    quadruplet_reference,
+    soft_labels_reference,
+    sumloss_reference,
+)
+
+
+def balanced(branching: list[int]) -> Hierarchy:
+    """A tree with ``branching[l]`` children under every node of level l."""
+    paths = [[]]
+    for level, n in enumerate(branching):
+        paths = [[*p, f"{'/'.join(p)}>{level}.{i}"] for p in paths for i in range(n)]
+    return Hierarchy.from_paths(paths)
+
+
+TREES = {
+    "2 levels": balanced([3, 3]),
+    "3 levels": balanced([2, 2, 3]),
+    "4 levels": balanced([2, 2, 2, 2]),
+    # leaves at depths 2, 3 and 4, and a one-child chain
+    "unbalanced": Hierarchy.from_paths(
+        [
+            ["a", "a1"],
+            ["a", "a2"],
+            ["b", "b1", "b11"],
+            ["b", "b1", "b12"],
+            ["b", "b2", "b21"],
+            ["b", "b2", "b22", "b221"],
+            ["b", "b2", "b22", "b222"],
+            ["c", "c1", "c11"],
+        ]
+    ),
+}
+
+
+@pytest.fixture(params=list(TREES))
+def tree(request) -> Hierarchy:
+    return TREES[request.param]
+
+
+def batch(tree: Hierarchy, size: int = 40, dim: int = 6, seed: int = 0, scale: float = 2.0):
+    g = torch.Generator().manual_seed(seed)
+    k = tree.num_classes
+    y = torch.cat([torch.arange(k), torch.randint(0, k, (size - k,), generator=g)])
+    z = torch.randn(size, dim, generator=g, dtype=torch.float64).requires_grad_()
+    logits = (scale * torch.randn(size, k, generator=g, dtype=torch.float64)).requires_grad_()
+    return z, logits, y
+
+
+def assert_same_loss_and_gradient(ours, reference, inputs):
+    g_ours = torch.autograd.grad(ours, inputs, allow_unused=True, materialize_grads=True)
+    g_ref = torch.autograd.grad(reference, inputs, allow_unused=True, materialize_grads=True)
+    assert float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-6, abs=1e-9)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_lca_heights_walk_the_paths(tree):
+    k = tree.num_classes
+    expected = torch.tensor(
+        [[lca_height_reference(tree, i, j) for j in range(k)] for i in range(k)],
+        dtype=torch.float32,
+    )
+    assert torch.equal(tree.lca_heights(), expected)
+    if len(set(tree.leaf_depths)) == 1:
+        # balanced, unit weights: path length = 2 x LCA height
+        assert torch.equal(tree.tree_distances(), 2 * expected)
+
+
+@pytest.mark.parametrize("alpha, normalize", [(0.4, False), (0.1, True), (0.9, True)])
+def test_hxe_equals_making_better_mistakes(tree, alpha, normalize):
+    z, logits, y = batch(tree)
+    ours = build_objective("hxe", tree, 6, {"alpha": alpha, "normalize": normalize}).double()
+    if min(tree.leaf_depths) == 1:
+        pytest.skip("the reference cannot take a leaf under the root (see the quirk test)")
+    assert_same_loss_and_gradient(
+        ours(z, logits, y), hxe_reference(tree, logits, y, alpha, normalize), [logits]
+    )
+
+
+def test_hxe_with_alpha_zero_is_cross_entropy(tree):
+    z, logits, y = batch(tree)
+    ours = build_objective("hxe", tree, 6, {"alpha": 0.0}).double()
+    loss, ce = ours(z, logits, y).detach(), F.cross_entropy(logits, y).detach()
+    assert float(loss) == pytest.approx(float(ce), rel=1e-12)
+
+
+def test_hxe_normalisation_counts_every_node():
+    tree = TREES["2 levels"]  # 1 root, 3 concepts, 9 classes
+    w = hxe_level_weights(tree, 0.5, normalize=True)
+    total = 1 + 3 * math.exp(-0.5) + 9 * math.exp(-1.0)
+    assert w.tolist() == pytest.approx([math.exp(-0.5) / total, math.exp(-1.0) / total])
+
+
+def test_hxe_reference_quirks_where_a_probability_underflows_or_a_leaf_is_shallow():
+    # 1. A class whose probability underflows to 0: the reference skips its term (num != 0),
+    # which makes a confidently wrong prediction look almost free.
+    tree = TREES["2 levels"]
+    logits = torch.zeros(1, 9, dtype=torch.float64)
+    logits[0, 8] = 800.0  # class 0 has probability exp(-800) = 0 in float64
+    y = torch.tensor([0])
+    ours = build_objective("hxe", tree, 6, {"alpha": 0.4}).double()
+    ref = hxe_reference(tree, logits, y, 0.4, False)
+    # the concept of class 0 also underflows: the reference's loss is 0, ours 536
+    assert float(ref) == 0.0
+    # -log P(concept) = 800 - log 3 at level 1, -log P(class | concept) = log 3 at level 2
+    expected = (800 - math.log(3)) * math.exp(-0.4) + math.log(3) * math.exp(-0.8)
+    assert float(ours(None, logits, y)) == pytest.approx(expected, rel=1e-9)
+    # 2. A leaf directly under the root: the reference's last denominator lands one column
+    # off (its j + 1 after a loop that did not run), dividing by 0.
+    tree = Hierarchy.from_paths([["a", "a1"], ["a", "a2"], ["b"]])
+    logits = torch.tensor([[0.5, -0.3, 0.2]], dtype=torch.float64)
+    y = torch.tensor([2])
+    assert not math.isfinite(float(hxe_reference(tree, logits, y, 0.4, False)))
+    ours = build_objective("hxe", tree, 6, {"alpha": 0.4}).double()
+    p_b = torch.softmax(logits, 1)[0, 2]
+    assert float(ours(None, logits, y)) == pytest.approx(-math.exp(-0.4) * math.log(p_b))
+
+
+@pytest.mark.parametrize("weights", [None, "ramp"])
+def test_marginal_equals_hierarchy_cpcc_sumloss(tree, weights):
+    z, logits, y = batch(tree)
+    w = [1.0] * tree.depth if weights is None else [0.5 * (i + 1) for i in range(tree.depth)]
+    ours = build_objective("marginal", tree, 6, {"weights": None if weights is None else w})
+    assert_same_loss_and_gradient(
+        ours.double()(z, logits, y), sumloss_reference(tree, logits, y, w), [logits]
+    )
+
+
+def test_marginal_stays_finite_where_sumloss_takes_the_log_of_zero():
+    tree = TREES["2 levels"]
+    logits = torch.zeros(2, 9, dtype=torch.float64)
+    logits[:, 8] = 800.0  # the first concept's three classes underflow to probability 0
+    y = torch.tensor([0, 1])
+    assert math.isinf(float(sumloss_reference(tree, logits, y, [1.0, 1.0])))
+    ours = build_objective("marginal", tree, 6, {}).double()
+    # CE = 800 and -log P(concept) = 800 - log 3, per sample
+    assert float(ours(None, logits, y)) == pytest.approx(1600 - math.log(3), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", [4.0, 10.0, 30.0])
+def test_soft_labels_equal_making_better_mistakes(tree, beta):
+    z, logits, y = batch(tree)
+    ours = build_objective("soft_labels", tree, 6, {"beta": beta}).double()
+    ours.targets = ours.targets.double()
+    assert_same_loss_and_gradient(
+        ours(z, logits, y), soft_labels_reference(tree, logits, y, beta), [logits]
+    )
+
+
+def test_soft_label_rows_are_distributions_peaked_at_the_label():
+    tree = TREES["3 levels"]
+    q = build_objective("soft_labels", tree, 6, {"beta": 10.0}).targets
+    assert torch.allclose(q.sum(1), torch.ones(tree.num_classes))
+    assert torch.equal(q.argmax(1), torch.arange(tree.num_classes))
+    # siblings (LCA height 1 of max 3) get exp(-10/3) of the label's mass
+    assert float(q[0, 1] / q[0, 0]) == pytest.approx(math.exp(-10 / 3), rel=1e-5)
+
+
+def test_mtl_sums_one_cross_entropy_per_level(tree):
+    z, logits, y = batch(tree)
+    w = [0.5 * (i + 1) for i in range(tree.depth)]
+    ours = build_objective("mtl", tree, 6, {"weights": w}).double()
+    assert len(ours.heads) == tree.depth - 1
+    reference = w[-1] * F.cross_entropy(logits, y)
+    for lvl, head, weight in zip(tree.levels[:-1], ours.heads, w, strict=False):
+        names, fine_to_level = tree.level_map(lvl)
+        assert head.out_features == len(names)
+        reference = reference + weight * F.cross_entropy(
+            z @ head.weight.T + head.bias, fine_to_level[y]
+        )
+    params = [z, logits, *ours.parameters()]
+    assert_same_loss_and_gradient(ours(z, logits, y), reference, params)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quadruplet_equals_hierarchy_cpcc(tree, seed):
+    z, logits, y = batch(tree, size=48, seed=seed)
+    ours = build_objective("quadruplet", tree, 6, {}).double()
+    parent = tree.parent_map().numpy()
+    quad = quadruplet_reference(F.normalize(z, dim=-1), y, parent, 0.25, 0.15)
+    assert torch.is_tensor(quad), "the batch must form at least one hard quadruplet"
+    reference = 0.2 * quad + 0.8 * F.cross_entropy(logits, y)
+    assert_same_loss_and_gradient(ours(z, logits, y), reference, [z, logits])
+
+
+def test_quadruplet_without_a_hard_quadruplet_is_cross_entropy_alone():
+    tree = TREES["2 levels"]
+    y = torch.tensor([0, 0, 1, 3])  # class 0: a positive, a sibling (1), another parent (3)
+    # far apart by parent, close within the class: no margin is violated
+    z = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0.9, 0.1, 0], [-1.0, 0, 0]], dtype=torch.float64)
+    z.requires_grad_()
+    logits = torch.zeros(4, 9, dtype=torch.float64, requires_grad=True)
+    assert quadruplet_reference(F.normalize(z, dim=-1), y, tree.parent_map().numpy()) == 0
+    ours = build_objective("quadruplet", tree, 3, {}).double()
+    loss = ours(z, logits, y)
+    assert float(loss.detach()) == pytest.approx(0.8 * math.log(9))
+    (grad,) = torch.autograd.grad(loss, z)
+    assert torch.equal(grad, torch.zeros_like(z))
+
+
+def test_group_lasso_is_weight_decay_on_the_head():
+    # HierarchyCPCC's GroupLasso sums squared norms over partitions of the head's rows at
+    # three depths (2, 4 and 6 x lamb), so it is 12 x lamb x (|W|^2 + |b|^2).
+    tree = TREES["2 levels"]
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(9, generator=g, dtype=torch.float64)
+    coarse = tree.level_map(1)[1].numpy()
+    for lamb in (0.01, 0.3):
+        expected = 12 * lamb * (w.square().sum() + b.square().sum())
+        assert float(group_lasso_reference(coarse, w, b, lamb)) == pytest.approx(float(expected))
+
+
+def test_every_objective_runs_in_float32_with_finite_gradients(tree):
+    z, logits, y = batch(tree)
+    z, logits = z.detach().float().requires_grad_(), logits.detach().float().requires_grad_()
+    for name in list_objectives():
+        loss = build_objective(name, tree, 6, {})(z, logits, y)
+        grads = torch.autograd.grad(loss, [logits], allow_unused=True, materialize_grads=True)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss), name
+        assert all(torch.isfinite(g).all() for g in grads), name
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("hxe", {"alpha": -0.1}, "hxe: alpha must be a number >= 0, got -0.1"),
+        ("hxe", {"normalize": "yes"}, "hxe: normalize must be true or false, got 'yes'"),
+        ("soft_labels", {"beta": "x"}, "soft_labels: beta must be a number >= 0, got 'x'"),
+        ("mtl", {"weights": [1, 1]}, "mtl: weights has 2 values but the tree has 3 levels"),
+        ("marginal", {"weights": [1, -1, 1]}, "marginal: weights must be finite numbers >= 0"),
+        ("quadruplet", {"m1": 0.1, "m2": 0.2}, "need m1 > m2 > 0, got m1=0.1, m2=0.2"),
+        ("quadruplet", {"lambda_s": 1.5}, "lambda_s must lie in [0, 1], got 1.5"),
+        ("ce", {"beta": 1}, "objective 'ce' has no option 'beta'; its options: none"),
+        ("hinge", {}, "unknown objective 'hinge'; available: ce, hxe, marginal, mtl"),
+    ],
+)
+def test_bad_options_are_one_line(name, options, message):
+    with pytest.raises(ValueError, match=None) as info:
+        check_objective(name, options, TREES["3 levels"])
+    assert message in str(info.value) and "\n" not in str(info.value)
