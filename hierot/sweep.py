@@ -35,9 +35,9 @@ from hierot.report import write_metrics
 log = logging.getLogger(__name__)
 
 # Columns every row has, after ``job``, ``status`` and the job's command-line overrides.
-SETTINGS = ["dist", "lam", "data.batch_size", "seed", "backbone"]
+SETTINGS = ["objective", "dist", "lam", "data.batch_size", "seed", "backbone"]
 METRICS = ["test/cpcc", "test/cpcc_l2"]
-TAIL = ["test/mistake_severity", "fit_seconds", "error"]
+TAIL = ["test/mistake_severity", "fit_seconds", "steps", "error"]
 OVERRIDE = "override:"  # row keys of command-line overrides; the CSV header drops it
 
 
@@ -53,9 +53,11 @@ def _settings(config: Mapping[str, Any] | None) -> dict[str, object]:
     if not isinstance(config, Mapping):
         return {}
     dist = config.get("dist") or {}
+    objective = config.get("objective") or {}
     data = config.get("data") or {}
     backbone = config.get("backbone") or {}
     return {
+        "objective": objective.get("name") if isinstance(objective, Mapping) else None,
         "dist": dist.get("method") if isinstance(dist, Mapping) else None,
         "lam": config.get("lam"),
         "data.batch_size": data.get("batch_size") if isinstance(data, Mapping) else None,
