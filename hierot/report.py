@@ -42,3 +42,36 @@ def format_table(metrics: Mapping[str, object], prefix: str = "test/") -> str:
         shown = f"{v:.4f}" if isinstance(v, float) else str(v)
         lines.append(f"{k:<{width}}  {shown}")
     return "\n".join(lines)
+
+
+def provenance(repo: Path | None = None) -> str:
+    """One line naming where and when a measurement was made: the CPU (and GPU, if any),
+    the core count, torch's version, the git commit of ``repo`` (``+dirty`` with uncommitted
+    changes) and the UTC date. Generated results start with it."""
+    import datetime
+    import platform
+    import subprocess
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    commit = "unknown commit"
+    where = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        commit = f"commit {sha}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{cpu} ({os.cpu_count()} cores{gpu}), torch {torch.__version__}, {commit}, {date}"

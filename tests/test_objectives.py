@@ -3,6 +3,7 @@ float64, loss and gradient, on 2-, 3- and 4-level trees and on trees whose leave
 different depths; the option checks; the references' quirks, with the numbers that differ."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -257,3 +258,36 @@ def test_bad_options_are_one_line(name, options, message):
     with pytest.raises(ValueError, match=None) as info:
         check_objective(name, options, TREES["3 levels"])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_group_lasso_steps_like_head_weight_decay():
+    # one SGD step (momentum, Nesterov, weight decay) with CE + GroupLasso on the head equals
+    # one step with CE and model.head_weight_decay = wd + 24 x lamb
+    from hierot.models import HierarchyModule
+
+    tree, lamb, wd = TREES["2 levels"], 0.01, 5e-4
+    coarse = tree.level_map(1)[1].numpy()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 5, generator=g), torch.randint(0, 9, (16,), generator=g)
+
+    def model(head_wd):
+        torch.manual_seed(1)
+        backbone = torch.nn.Linear(5, 4)
+        backbone.num_features = 4
+        sgd = partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=wd)
+        return HierarchyModule(backbone, tree, sgd, dist="none", head_weight_decay=head_wd)
+
+    reference, ours = model(None), model(wd + 24 * lamb)
+    for m, extra in ((reference, True), (ours, False)):
+        optimizer = m.configure_optimizers()
+        for _ in range(2):  # the second step runs through the momentum buffers
+            optimizer.zero_grad()
+            _, logits = m(x)
+            loss = F.cross_entropy(logits, y)
+            if extra:
+                loss = loss + group_lasso_reference(coarse, m.head.weight, m.head.bias, lamb)
+            loss.backward()
+            optimizer.step()
+    for a, b in zip(reference.parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(reference.head.weight, model(None).head.weight)

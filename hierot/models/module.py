@@ -58,6 +58,9 @@ class HierarchyModule(L.LightningModule):
         lam: weight of the regularizer (>= 0).
         objective: the base loss, a registered objective (``ce``, ``hxe``, ``mtl``, ...;
             ``hierot.objectives``); objective_options: its options.
+        head_weight_decay: the optimizer's weight decay on the linear head (its own
+            parameter group); None for the optimizer's own. With SGD, ``wd + 24 * lamb``
+            is HierarchyCPCC's ``GroupLasso(lamb)`` on top of weight decay ``wd``.
         optimizer: ``fn(params) -> Optimizer`` (a Hydra ``_partial_``).
         scheduler: ``fn(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
         level_names: names of the coarse levels, top first, for metric keys.
@@ -85,9 +88,13 @@ class HierarchyModule(L.LightningModule):
         val_cpcc_classes: int | None = 1000,
         objective: str = DEFAULT_OBJECTIVE,
         objective_options: Mapping[str, object] | None = None,
+        head_weight_decay: float | None = None,
     ) -> None:
         super().__init__()
         lam = require_number(lam, "lam", 0)  # the config check calls the same
+        if head_weight_decay is not None:
+            require_number(head_weight_decay, "model.head_weight_decay", 0)
+        self.head_weight_decay = head_weight_decay
         check_val_cpcc(val_cpcc_every, val_cpcc_classes)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
@@ -254,7 +261,14 @@ class HierarchyModule(L.LightningModule):
         return {"z": z.float(), "logits": logits.float(), "y": y}
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        params: object = self.parameters()
+        if self.head_weight_decay is not None:
+            head = {id(p) for p in self.head.parameters()}
+            params = [
+                {"params": [p for p in self.parameters() if id(p) not in head]},
+                {"params": list(self.head.parameters()), "weight_decay": self.head_weight_decay},
+            ]
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

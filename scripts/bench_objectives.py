@@ -1,0 +1,137 @@
+"""Benchmark the training objectives: forward + backward of each, batched, against the
+reference repositories' loops (tests/helpers/loss_references.py) and against the cost of the
+cross-entropy step and of a whole ResNet-18 training step.
+
+Labels on a 3-level tree (``--classes`` leaves in groups of 10, then groups of those),
+B = ``--batch`` samples, d = 512 features (ResNet-18's). Every objective gets the same z and
+logits; the times are medians over ``--repeats`` calls after a warm-up. Writes a markdown
+table that starts with the machine, torch version, commit and date.
+
+    python scripts/bench_objectives.py                        # B = 512, K = 100, CPU
+    python scripts/bench_objectives.py --write docs/results/objectives_benchmark.md
+    python scripts/bench_objectives.py --device cuda --batch 2048 --classes 1000 --no-reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hierot.hierarchy import Hierarchy
+from hierot.objectives import build_objective, list_objectives
+from hierot.report import provenance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_cpcc import timed
+
+from helpers.loss_references import (
+    hxe_reference,
+    quadruplet_reference,
+    soft_labels_reference,
+    sumloss_reference,
+)
+
+
+def tree(num_classes: int) -> Hierarchy:
+    return Hierarchy.from_paths(
+        [[f"top{c // 100}", f"mid{c // 10}", f"c{c}"] for c in range(num_classes)]
+    )
+
+
+def references(hierarchy: Hierarchy) -> dict:
+    """The reference loops, each as ``fn(z, logits, y)``, with what they precompute done
+    once outside the timing (soft labels' K x K targets are rebuilt per call in the
+    reference's loss, so that part is timed)."""
+    parent = hierarchy.parent_map().numpy()
+    weights = [1.0] * hierarchy.depth
+    return {
+        "hxe": lambda z, logits, y: hxe_reference(hierarchy, logits, y, 0.4, False),
+        "marginal": lambda z, logits, y: sumloss_reference(hierarchy, logits, y, weights),
+        "soft_labels": lambda z, logits, y: soft_labels_reference(hierarchy, logits, y, 10.0),
+        "quadruplet": lambda z, logits, y: (
+            0.2 * quadruplet_reference(F.normalize(z, dim=-1), y, parent)
+            + 0.8 * F.cross_entropy(logits, y)
+        ),
+    }
+
+
+def step(fn, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    z.grad = logits.grad = None
+    fn(z, logits, y).backward()
+
+
+def resnet18_step_ms(batch: int, device: torch.device, repeats: int) -> float:
+    """One SGD training step of the default run's ResNet-18 on 32 x 32 images."""
+    from hierot.models import create_backbone
+
+    backbone = create_backbone("resnet18", stem="standard").to(device)
+    head = torch.nn.Linear(backbone.num_features, 100).to(device)
+    params = [*backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 100, (batch,), device=device)
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        F.cross_entropy(head(backbone(x)), y).backward()
+        optimizer.step()
+
+    return timed(train_step, device, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-reference", action="store_true", help="skip the loops")
+    parser.add_argument("--write", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    hierarchy = tree(args.classes)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
+    z = torch.randn(args.batch, args.dim, generator=g).to(device).requires_grad_()
+    logits = torch.randn(args.batch, args.classes, generator=g).to(device).requires_grad_()
+    loops = {} if args.no_reference else references(hierarchy)
+    ce_ms = timed(step, device, args.repeats, lambda z, lg, y: F.cross_entropy(lg, y), z, logits, y)
+    resnet_ms = resnet18_step_ms(args.batch, device, max(2, args.repeats // 5))
+
+    lines = [
+        f"Measured on {provenance()}: `python scripts/bench_objectives.py "
+        f"--batch {args.batch} --classes {args.classes} --device {args.device}`. "
+        f"B = {args.batch}, K = {args.classes} on a 3-level tree, d = {args.dim}; forward + "
+        f"backward, median of {args.repeats}. Cross-entropy alone: {ce_ms:.2f} ms; a ResNet-18 "
+        f"training step (32 x 32 images, SGD): {resnet_ms:.0f} ms.",
+        "",
+        "| objective | hierot (ms) | minus CE (ms) | share of a ResNet-18 step "
+        "| reference (ms) | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in list_objectives():
+        objective = build_objective(name, hierarchy, args.dim, {}).to(device)
+        ours = timed(step, device, args.repeats, objective, z, logits, y)
+        extra = max(ours - ce_ms, 0.0)
+        if name in loops:
+            ref = timed(step, device, max(2, args.repeats // 5), loops[name], z, logits, y)
+            ref_cells = f"{ref:.1f} | {ref / ours:.0f}x"
+        else:
+            ref_cells = "— | —"
+        lines.append(
+            f"| {name} | {ours:.2f} | {extra:.2f} | {100 * extra / resnet_ms:.2f} % | {ref_cells} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.write is not None:
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
