@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hierot.arguments import check_arguments
 from hierot.checkpoints import check_checkpoint
-from hierot.cpcc import NO_DISTANCE
+from hierot.cpcc import NO_DISTANCE, check_nodes
 from hierot.distances import check_memory, check_options, list_distances
 from hierot.errors import (
     ConfigError,
@@ -166,8 +166,11 @@ def _check(cfg: DictConfig) -> None:
     try:
         check_memory(node.get("memory_mb"))
         check_val_cpcc(node.get("val_every"), node.get("val_classes"))
+        check_nodes(node.get("nodes", "leaves"))
+        check_number(cfg, "cpcc.center", 0)
     except ValueError as e:
-        raise ConfigError(f"cpcc.{e}" if str(e).startswith("memory_mb") else str(e)) from None
+        prefixed = str(e).startswith(("memory_mb", "nodes"))
+        raise ConfigError(f"cpcc.{e}" if prefixed else str(e)) from None
 
     backbone = cfg.backbone
     check_backbone(backbone.get("name"), backbone.get("stem"), backbone.get("weights"))

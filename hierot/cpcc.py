@@ -156,6 +156,15 @@ def cpcc(
     return cpcc_with_validity(z, y, tree_dist, method, memory_mb, **options)[0]
 
 
+# cpcc.nodes: which points the regularizer correlates.
+NODES = ("leaves", "all")
+
+
+def check_nodes(nodes: object) -> None:
+    if nodes not in NODES:
+        raise ValueError(f"nodes must be one of {', '.join(NODES)}, got {nodes!r}")
+
+
 class CPCCLoss(nn.Module):
     """``1 - CPCC`` of a batch; exactly 0 (with zero gradient) on degenerate batches, so such
     a batch adds nothing to training.
@@ -164,6 +173,10 @@ class CPCCLoss(nn.Module):
         hierarchy: the label tree (its leaves are the class ids).
         method: class distance name; options: its keyword options (e.g. ``reg=0.5``).
         memory_mb: the class distances' memory budget (``class_distances``).
+        nodes: ``leaves`` correlates the classes present; ``all`` also every internal node
+            with a descendant in the batch, the root included, each the set of its
+            descendants' samples (HypStructure's CPCC over all nodes: with ``l2`` a node is
+            the mean of those samples), against path lengths between nodes.
     """
 
     def __init__(
@@ -171,23 +184,41 @@ class CPCCLoss(nn.Module):
         hierarchy: Hierarchy,
         method: str = "l2",
         memory_mb: float = DEFAULT_MEMORY_MB,
+        nodes: str = "leaves",
         **options: object,
     ) -> None:
         super().__init__()
         check_options(method, options)
         check_memory(memory_mb)
+        check_nodes(nodes)
         self.method = method
         self.memory_mb = memory_mb
+        self.nodes = nodes
         self.options = dict(options)
-        # Derived from the hierarchy, so it is not saved in checkpoints.
-        self.register_buffer("tree_dist", hierarchy.tree_distances(), persistent=False)
+        # Derived from the hierarchy, so none of these is saved in checkpoints.
+        if nodes == "all":
+            self.register_buffer("tree_dist", hierarchy.node_distances(), persistent=False)
+            self.register_buffer("class_nodes", hierarchy.class_nodes(), persistent=False)
+        else:
+            self.register_buffer("tree_dist", hierarchy.tree_distances(), persistent=False)
+
+    def points(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples and point labels CPCC correlates: ``(z, y)`` itself, or with
+        ``nodes=all`` every sample once more under each of its ancestors (labels are then
+        node ids, ``Hierarchy.nodes`` order)."""
+        if self.nodes == "leaves":
+            return z, y
+        ids = self.class_nodes[:, y]  # (depth + 1, B)
+        keep = ids >= 0
+        return z.expand(ids.shape[0], *z.shape)[keep], ids[keep]
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r, valid = cpcc_with_validity(
-            z, y, self.tree_dist, self.method, self.memory_mb, **self.options
+            *self.points(z, y), self.tree_dist, self.method, self.memory_mb, **self.options
         )
         return torch.where(valid, 1 - r, r * 0)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
-        return f"method={self.method!r}{opts}"
+        nodes = "" if self.nodes == "leaves" else f", nodes={self.nodes!r}"
+        return f"method={self.method!r}{nodes}{opts}"

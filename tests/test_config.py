@@ -123,7 +123,10 @@ def test_defaults_and_group_coupling():
     ("overrides", "message"),
     [
         (["backbone=resnet19"], "unknown backbone 'resnet19'; available: resnet18, resnet34"),
-        (["dist=wasserstein"], "unknown dist 'wasserstein'; available: emd, fastft, l1, l2, none"),
+        (
+            ["dist=wasserstein"],
+            "unknown dist 'wasserstein'; available: emd, fastft, hyperbolic, l1, l2",
+        ),
         (["lam=-0.5"], "lam must be a number >= 0, got -0.5"),
         (["lam=much"], "lam must be a number >= 0, got 'much'"),
         (["dist.method=kl"], "dist.method: unknown distance 'kl'"),
@@ -167,6 +170,9 @@ def test_defaults_and_group_coupling():
         (["objective=quadruplet", "objective.options.m2=0.5"], "need m1 > m2 > 0"),
         (["objective=mtl", "objective.options.weights=3"], "mtl: weights must be a list"),
         (["objective.name=focal"], "objective.name: unknown objective 'focal'"),
+        (["cpcc.nodes=inner"], "cpcc.nodes must be one of leaves, all, got 'inner'"),
+        (["cpcc.center=-1"], "cpcc.center must be a number >= 0, got -1"),
+        (["dist=hyperbolic", "dist.options.mean=frechet"], "hyperbolic: mean must be one of"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):

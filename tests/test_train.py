@@ -102,6 +102,16 @@ def test_fast_dev_run_every_objective(make_cfg, tmp_path, objective):
 
 
 @pytest.mark.slow
+def test_hypstructure_settings_train(make_cfg, tmp_path):
+    # HypStructure's recipe on top of cross-entropy: hyperbolic CPCC over every node, centred
+    train(make_cfg("dist=hyperbolic", "cpcc.nodes=all", "cpcc.center=0.01",
+                   "trainer.fast_dev_run=true"))  # fmt: skip
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["dist"] == "hyperbolic" and -1 <= metrics["test/cpcc"] <= 1
+    assert metrics["train/loss"] > metrics["train/ce"] > 0
+
+
+@pytest.mark.slow
 def test_fast_dev_run_bf16_mixed_precision(make_cfg, tmp_path):
     train(make_cfg("trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "dist=sinkhorn"))
     metrics = read_metrics(tmp_path / "run")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 # Importing the method modules registers them.
-from hierot.distances import emd, fastft, means, sinkhorn, swd  # noqa: F401
+from hierot.distances import emd, fastft, hyperbolic, means, sinkhorn, swd  # noqa: F401
 from hierot.distances.batch import (
     DEFAULT_MEMORY_MB,
     ClassBatch,
@@ -21,6 +21,7 @@ from hierot.distances.batch import (
 )
 from hierot.distances.coupling import monotone_coupling
 from hierot.distances.registry import (
+    batch_centre,
     check_options,
     distance_options,
     get_distance,
@@ -69,7 +70,8 @@ def class_distances(
     Args:
         z: (B, d) features (half/bfloat16 are computed in float32, float64 stays float64).
         y: (B,) integer labels.
-        method: a registered name: ``l2``, ``l1``, ``emd``, ``sinkhorn``, ``swd``, ``fastft``.
+        method: a registered name: ``l2``, ``l1``, ``emd``, ``sinkhorn``, ``swd``, ``fastft``,
+            ``hyperbolic``.
         memory_mb: budget for the work in flight: class pairs are processed in chunks that
             fit it (the result is the same for any budget, up to rounding), and no (B, B)
             matrix is built beyond it. The (P,) result itself is not counted.
@@ -98,6 +100,7 @@ __all__ = [
     "DEFAULT_MEMORY_MB",
     "ClassBatch",
     "PairMemory",
+    "batch_centre",
     "check_memory",
     "check_options",
     "class_distance_chunks",

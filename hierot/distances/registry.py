@@ -20,12 +20,15 @@ _DISTANCES: dict[str, DistanceFn] = {}
 _CHECKS: dict[str, Callable[..., None]] = {}
 MemoryModel = Callable[[int, int, Mapping[str, object]], PairMemory]
 _MEMORY: dict[str, MemoryModel] = {}
+CentreFn = Callable[..., torch.Tensor]
+_CENTRES: dict[str, CentreFn] = {}
 
 
 def register_distance(
     name: str,
     check: Callable[..., None] | None = None,
     memory: MemoryModel | None = None,
+    centre: CentreFn | None = None,
 ) -> Callable[[DistanceFn], DistanceFn]:
     """Decorator: ``@register_distance("name")`` on ``fn(batch: ClassBatch, **options)``
     returning the ``(P,)`` distances of ``batch``'s class pairs.
@@ -37,6 +40,9 @@ def register_distance(
     ``memory(dim, itemsize, options)`` gives the ``PairMemory`` model the pairs are chunked by, so
     that a batch of any number of classes stays within its memory budget; without it the
     function gets all pairs at once.
+
+    ``centre(z, **options)``, if given, is the centre of a batch's features in the geometry
+    the distance measures in (``batch_centre``: the Euclidean mean without it).
     """
 
     def add(fn: DistanceFn) -> DistanceFn:
@@ -47,6 +53,8 @@ def register_distance(
             _CHECKS[name] = check
         if memory is not None:
             _MEMORY[name] = memory
+        if centre is not None:
+            _CENTRES[name] = centre
         return fn
 
     return add
@@ -68,6 +76,16 @@ def memory_model(
     under ``options`` (defaults filled in)."""
     model = _MEMORY.get(name)
     return None if model is None else model(dim, itemsize, {**distance_options(name), **options})
+
+
+def batch_centre(name: str, z: torch.Tensor, options: Mapping[str, object]) -> torch.Tensor:
+    """(d,) the centre of features ``z`` (B, d) where distance ``name`` measures them: its
+    registered ``centre`` (the Einstein midpoint in the Poincare ball for ``hyperbolic``),
+    else their mean."""
+    fn = _CENTRES.get(name)
+    if fn is None:
+        return z.mean(0)
+    return fn(z, **{**distance_options(name), **options})
 
 
 def list_distances() -> list[str]:

@@ -302,11 +302,14 @@ class Hierarchy:
         """Weight of the edge from ``node`` up to its parent."""
         return self._weight[node]
 
-    def _ancestor_ids(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """``(anc, w, node_names)``: ``anc[l, i]`` the id (into ``node_names``) of class
-        ``i``'s ancestor at level ``l``, or -1 below a shallow leaf; ``w[l, i]`` the weight of
-        the edge above that ancestor (float64, 0 at the root and below the leaf)."""
-        paths = [self.path(leaf) for leaf in self.leaves]
+    def _ancestor_ids(
+        self, targets: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """``(anc, w, node_names)`` for ``targets`` (default: the classes): ``anc[l, i]`` the
+        id (into ``node_names``, every node) of target ``i``'s ancestor at level ``l``, or -1
+        below a shallower target; ``w[l, i]`` the weight of the edge above that ancestor
+        (float64, 0 at the root and below the target)."""
+        paths = [self.path(t) for t in (self.leaves if targets is None else targets)]
         depth = max(len(p) for p in paths)
         names = list(self._children)
         node_ids = {n: i for i, n in enumerate(names)}
@@ -317,26 +320,20 @@ class Hierarchy:
             w[1 : len(p), i] = torch.tensor([self._weight[n] for n in p[1:]], dtype=torch.float64)
         return anc, w, names
 
-    def _row_blocks(self) -> Iterable[tuple[int, int]]:
+    @staticmethod
+    def _row_blocks(k: int) -> Iterable[tuple[int, int]]:
         # Rows in blocks, so the work beside a (K, K) result stays ~100 MB: at 10 000
         # classes the whole matrix at once peaked at 3.2 GB for a 400 MB result.
-        k = self.num_classes
         rows = max(1, 2**22 // max(k, 1))
         for start in range(0, k, rows):
             yield start, min(start + rows, k)
 
-    def tree_distances(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``(K, K)`` matrix of path lengths between classes (sum of edge weights).
-
-        ``t(i, j) = w(i) + w(j) - 2 w(lca(i, j))`` with ``w`` the weighted depth. The weighted
-        depth of the LCA is the total weight of the edges the two root paths share, summed
-        level by level, so the cost is O(depth * K^2) with no loop over pairs.
-        """
-        anc, w, _ = self._ancestor_ids()
+    def _path_lengths(self, targets: Sequence[str] | None, dtype: torch.dtype) -> torch.Tensor:
+        anc, w, _ = self._ancestor_ids(targets)
         wdepth = w.sum(0)
-        k = self.num_classes
+        k = anc.shape[1]
         out = torch.empty(k, k, dtype=dtype)
-        for start, stop in self._row_blocks():
+        for start, stop in self._row_blocks(k):
             shared = torch.zeros(stop - start, k, dtype=torch.float64)
             for lvl in range(1, anc.shape[0]):
                 a = anc[lvl]
@@ -345,6 +342,26 @@ class Hierarchy:
             block = wdepth[start:stop, None] + wdepth[None, :] - 2 * shared
             out[start:stop] = block.to(dtype)
         return out
+
+    def tree_distances(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(K, K)`` matrix of path lengths between classes (sum of edge weights).
+
+        ``t(i, j) = w(i) + w(j) - 2 w(lca(i, j))`` with ``w`` the weighted depth. The weighted
+        depth of the LCA is the total weight of the edges the two root paths share, summed
+        level by level, so the cost is O(depth * K^2) with no loop over pairs.
+        """
+        return self._path_lengths(None, dtype)
+
+    def node_distances(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(N, N)`` path lengths between every pair of nodes, in ``nodes`` order (root and
+        internal nodes included), as ``tree_distances`` for the classes."""
+        return self._path_lengths(self.nodes, dtype)
+
+    def class_nodes(self) -> torch.Tensor:
+        """``(depth + 1, K)`` long tensor: row ``l`` holds the id (into ``nodes``) of every
+        class's ancestor at level ``l`` (row 0 the root, the last row the deepest classes),
+        -1 below a class shallower than ``l``."""
+        return self._ancestor_ids()[0]
 
     def node_heights(self) -> dict[str, int]:
         """``{node: height}``: the number of edges on the longest way down to a leaf (0 at
@@ -365,7 +382,7 @@ class Hierarchy:
         height = torch.tensor([heights[n] for n in names], dtype=torch.long)
         k = self.num_classes
         out = torch.empty(k, k, dtype=dtype)
-        for start, stop in self._row_blocks():
+        for start, stop in self._row_blocks(k):
             lca = anc[0][start:stop, None].expand(stop - start, k).clone()
             for lvl in range(1, anc.shape[0]):
                 a = anc[lvl]

@@ -14,7 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import NO_DISTANCE, CPCCLoss
-from hierot.distances import DEFAULT_MEMORY_MB
+from hierot.distances import DEFAULT_MEMORY_MB, batch_centre
 from hierot.errors import ConfigError, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import (
@@ -61,6 +61,12 @@ class HierarchyModule(L.LightningModule):
         head_weight_decay: the optimizer's weight decay on the linear head (its own
             parameter group); None for the optimizer's own. With SGD, ``wd + 24 * lamb``
             is HierarchyCPCC's ``GroupLasso(lamb)`` on top of weight decay ``wd``.
+        cpcc_nodes: the points of the regularizer: ``leaves`` (the classes) or ``all``
+            (every node of the tree with a sample below it; ``CPCCLoss``). The split
+            CPCCs (``val/cpcc``, ``test/cpcc``) are over the classes either way.
+        center: weight of HypStructure's centring loss, ``|centre of the batch's features|``
+            in the distance's geometry (``hierot.distances.batch_centre``: the Einstein
+            midpoint in the ball for ``hyperbolic``); 0 for none (its recipes use 0.01).
         optimizer: ``fn(params) -> Optimizer`` (a Hydra ``_partial_``).
         scheduler: ``fn(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
         level_names: names of the coarse levels, top first, for metric keys.
@@ -89,12 +95,15 @@ class HierarchyModule(L.LightningModule):
         objective: str = DEFAULT_OBJECTIVE,
         objective_options: Mapping[str, object] | None = None,
         head_weight_decay: float | None = None,
+        cpcc_nodes: str = "leaves",
+        center: float = 0.0,
     ) -> None:
         super().__init__()
         lam = require_number(lam, "lam", 0)  # the config check calls the same
         if head_weight_decay is not None:
             require_number(head_weight_decay, "model.head_weight_decay", 0)
         self.head_weight_decay = head_weight_decay
+        self.center = require_number(center, "cpcc.center", 0)
         check_val_cpcc(val_cpcc_every, val_cpcc_classes)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
@@ -108,8 +117,12 @@ class HierarchyModule(L.LightningModule):
         self.scheduler_factory = scheduler
         options = dict(dist_options or {})
         self.regularizer = (
-            None if dist == NO_DISTANCE else CPCCLoss(hierarchy, dist, memory_mb, **options)
+            None
+            if dist == NO_DISTANCE
+            else CPCCLoss(hierarchy, dist, memory_mb, nodes=cpcc_nodes, **options)
         )
+        self.dist = dist
+        self.dist_options = options
         self.val_cpcc_every = val_cpcc_every
         eval_methods = {"cpcc": ("l2", {}) if dist == NO_DISTANCE else (dist, options)}
         eval_methods["cpcc_l2"] = ("l2", {})
@@ -145,6 +158,8 @@ class HierarchyModule(L.LightningModule):
                 "memory_mb": memory_mb,
                 "objective": objective,
                 "objective_options": objective_options,
+                "cpcc_nodes": cpcc_nodes,
+                "center": self.center,
             }
         )
 
@@ -185,6 +200,9 @@ class HierarchyModule(L.LightningModule):
 
     def _losses(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
         base = self.objective(z, logits, y)
+        if self.center:
+            method = "l2" if self.dist == NO_DISTANCE else self.dist
+            base = base + self.center * batch_centre(method, z, self.dist_options).norm()
         if self.regularizer is None or self.lam == 0:
             return base, base, None
         reg = self.regularizer(*self._global_batch(z, y))

@@ -63,6 +63,18 @@ def reference_distance(
         return float(np.linalg.norm(a.mean(0) - b.mean(0)))
     if method == "l1":  # HierarchyCPCC: F.pdist(class means, p=1.0)
         return float(np.abs(a.mean(0) - b.mean(0)).sum())
+    if method == "hyperbolic":  # HypStructure's poincare_mean of the two classes
+        from helpers.hyp_references import (
+            BALL_EPS,
+            poincare_expmap0,
+            poincare_mean,
+            poincare_pairwise_distance,
+        )
+
+        # at float32's radius, which hierot keeps in every dtype
+        eps = BALL_EPS[torch.float32]
+        centres = [poincare_mean(poincare_expmap0(x.double(), eps), dim=0) for x in (za, zb)]
+        return float(poincare_pairwise_distance(torch.stack(centres))[0, 1])
     if method == "emd":
         return float(ot.emd2(uniform(len(a)), uniform(len(b)), ot.dist(a, b, metric="euclidean")))
     if method == "swd":
