@@ -37,6 +37,8 @@ from pathlib import Path
 
 from scipy import stats
 
+from hierot.report import provenance
+
 CONF = Path(__file__).resolve().parents[1] / "hierot" / "conf"
 DISTANCES = sorted(p.stem for p in (CONF / "dist").glob("*.yaml") if p.stem != "none")
 OBJECTIVES = sorted(p.stem for p in (CONF / "objective").glob("*.yaml"))
@@ -244,9 +246,10 @@ def paired_table(rows: list[dict[str, str]], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[dict[str, str]], baseline: str) -> str:
+def report(rows: list[dict[str, str]], baseline: str, measured: str = "") -> str:
     return (
-        "Mean ± std over seeds:\n\n"
+        (f"Measured on {measured}.\n\n" if measured else "")
+        + "Mean ± std over seeds:\n\n"
         + table(rows)
         + f"\n\nPaired differences against {SHOWN.get(baseline, baseline)} (method minus "
         "baseline, same seeds; 95 % t interval, paired t-test p; * where the interval "
@@ -311,6 +314,8 @@ def main() -> None:
 
     if args.summary is None:
         out = fresh_out(args.out, datetime.now())
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "provenance.txt").write_text(provenance() + "\n")
         if args.transfer and not any(o.startswith("data.split=") for o in args.overrides):
             args.overrides.append("data.split=source")
         for label in dict.fromkeys([baseline, *labels]):
@@ -325,7 +330,9 @@ def main() -> None:
     files = [f for f in files if f.is_file()]
     if not files:
         sys.exit(f"compare_methods: error: no summary.csv under {out}")
-    text = report([row for f in files for row in read_rows(f)], baseline)
+    record = out / "provenance.txt"
+    measured = record.read_text().strip() if record.is_file() else ""
+    text = report([row for f in files for row in read_rows(f)], baseline, measured)
     (out / "comparison.md").write_text(text + "\n")
     print(text)
 

@@ -264,3 +264,65 @@ def test_group_lasso_steps_like_head_weight_decay():
     for a, b in zip(reference.parameters(), ours.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert not torch.allclose(reference.head.weight, model(None).head.weight)
+
+
+def test_curriculum_stages_follow_hierarchy_cpcc():
+    tree = TREES["3 levels"]
+    objective = build_objective("curriculum", tree, 6, {}).double()
+    # HierarchyCPCC: E' = int(1.25 E) epochs, the first int(0.2 E') on the coarse labels
+    for recipe in (200, 100, 10):
+        total = int(1.25 * recipe)
+        assert objective.stage_epochs(total) == [int(0.2 * total), total - int(0.2 * total)]
+    z, logits, y = batch(tree)
+    parent_level = tree.level_map(tree.depth - 1)[1]
+    objective.enter_stage(0, None)
+    assert objective.coarse and not objective.regularized
+    coarse = F.cross_entropy(objective.coarse_head(z), parent_level[y])
+    assert float(objective(z, logits, y).detach()) == pytest.approx(float(coarse.detach()))
+    head = torch.nn.Linear(6, tree.num_classes).double()
+    module = torch.nn.Module()
+    module.head = head
+    before = head.weight.detach().clone()
+    objective.enter_stage(1, module)
+    assert not objective.coarse and objective.regularized
+    assert not torch.equal(before, head.weight)  # a new fine head
+    fine = F.cross_entropy(logits, y)
+    assert float(objective(z, logits, y).detach()) == pytest.approx(float(fine.detach()))
+
+
+@pytest.mark.slow
+def test_curriculum_restarts_the_optimizer_and_schedule_between_stages():
+    import lightning as L
+
+    from hierot.models import HierarchyModule
+    from hierot.models.schedules import cosine
+
+    tree = TREES["3 levels"]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 5, generator=g), torch.arange(12).repeat(8)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=24)
+    backbone = torch.nn.Linear(5, 4)
+    backbone.num_features = 4
+    sgd = partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    model = HierarchyModule(backbone, tree, sgd, scheduler=partial(cosine, warmup=0.0),
+                            dist="l2", objective="curriculum")  # fmt: skip
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == 0:
+                optimizer = trainer.optimizers[0]
+                seen.append((trainer.current_epoch, id(optimizer), len(optimizer.state),
+                             optimizer.param_groups[0]["lr"], module.objective.coarse))  # fmt: skip
+
+    trainer = L.Trainer(max_epochs=5, limit_val_batches=0, logger=False, callbacks=[Watch()],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, loader)
+    # epoch 0 is the coarse stage (int(0.2 x 5) = 1 epoch); epoch 1 starts a new optimizer
+    # with no momentum yet and the schedule from its top; epochs 2-4 continue it
+    assert [s[4] for s in seen] == [True, False, False, False, False]
+    assert seen[1][1] != seen[0][1] and seen[2][1] == seen[1][1]
+    assert seen[1][2] == 0 and seen[2][2] > 0
+    assert seen[0][3] == seen[1][3] == pytest.approx(0.1)
+    assert seen[2][3] < 0.1

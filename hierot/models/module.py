@@ -103,6 +103,7 @@ class HierarchyModule(L.LightningModule):
         if head_weight_decay is not None:
             require_number(head_weight_decay, "model.head_weight_decay", 0)
         self.head_weight_decay = head_weight_decay
+        self._stage: int | None = None
         self.center = require_number(center, "cpcc.center", 0)
         check_val_cpcc(val_cpcc_every, val_cpcc_classes)
         self.backbone = backbone
@@ -203,7 +204,7 @@ class HierarchyModule(L.LightningModule):
         if self.center:
             method = "l2" if self.dist == NO_DISTANCE else self.dist
             base = base + self.center * batch_centre(method, z, self.dist_options).norm()
-        if self.regularizer is None or self.lam == 0:
+        if self.regularizer is None or self.lam == 0 or not self.objective.regularized:
             return base, base, None
         reg = self.regularizer(*self._global_batch(z, y))
         return base + self.lam * reg, base, reg
@@ -278,7 +279,46 @@ class HierarchyModule(L.LightningModule):
         z, logits = self(x)
         return {"z": z.float(), "logits": logits.float(), "y": y}
 
+    def _stages(self) -> list[int]:
+        """The objective's stages in epochs (one stage of every epoch for most)."""
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        if max_epochs is None or max_epochs < 0:
+            return [max_epochs or 0]
+        return self.objective.stage_epochs(max_epochs)
+
+    def _stage_at(self, epoch: int) -> tuple[int, int]:
+        """``(stage, its first epoch)`` of ``epoch``."""
+        start = 0
+        stages = self._stages()
+        for i, length in enumerate(stages):
+            if epoch < start + length or i == len(stages) - 1:
+                return i, start
+            start += length
+        return 0, 0
+
+    def on_train_epoch_start(self) -> None:
+        stage, first = self._stage_at(self.current_epoch)
+        if stage == self._stage:
+            return
+        self._stage = stage
+        self.objective.enter_stage(stage, self)
+        if stage == getattr(self, "_optimizer_stage", stage):
+            return
+        # A new stage gets a fresh optimizer and schedule; a run resumed inside a stage
+        # keeps the state its checkpoint restored into the optimizer built at the start.
+        resumed = self.current_epoch != first
+        old = [opt.state_dict() for opt in self.trainer.optimizers]
+        old_schedules = [c.scheduler.state_dict() for c in self.trainer.lr_scheduler_configs]
+        self.trainer.strategy.setup_optimizers(self.trainer)
+        if resumed:
+            for opt, state in zip(self.trainer.optimizers, old, strict=True):
+                opt.load_state_dict(state)
+            for config, state in zip(self.trainer.lr_scheduler_configs, old_schedules, strict=True):
+                config.scheduler.load_state_dict(state)
+
     def configure_optimizers(self):
+        stage = self._stage_at(self.current_epoch)[0] if self._trainer is not None else 0
+        self._optimizer_stage = stage
         params: object = self.parameters()
         if self.head_weight_decay is not None:
             head = {id(p) for p in self.head.parameters()}
@@ -290,6 +330,9 @@ class HierarchyModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
+        stages = self._stages()
+        if len(stages) > 1:  # the schedule spans this stage's share of the steps
+            total = total * stages[stage] // max(sum(stages), 1)
         scheduler = self.scheduler_factory(optimizer, total_steps=max(total, 1))
         return {
             "optimizer": optimizer,

@@ -2,7 +2,15 @@
 of any of them. Add one with ``@register_objective("name")`` on an ``Objective``."""
 
 # Importing the objective modules registers them.
-from hierot.objectives import ce, hxe, marginal, mtl, quadruplet, soft_labels  # noqa: F401
+from hierot.objectives import (  # noqa: F401
+    ce,
+    curriculum,
+    hxe,
+    marginal,
+    mtl,
+    quadruplet,
+    soft_labels,
+)
 from hierot.objectives.registry import (
     Objective,
     build_objective,

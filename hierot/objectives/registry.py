@@ -25,6 +25,17 @@ class Objective(nn.Module):
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # Whether CPCC is added to this objective's loss in the current stage.
+    regularized: bool = True
+
+    def stage_epochs(self, max_epochs: int) -> list[int]:
+        """The training's stages as epoch counts summing to ``max_epochs``; each stage
+        starts with a fresh optimizer and schedule. One stage unless overridden."""
+        return [max_epochs]
+
+    def enter_stage(self, stage: int, module: nn.Module) -> None:
+        """Called at the first epoch of every stage (``module``: the model being trained)."""
+
 
 ObjectiveCheck = Callable[..., None]
 _OBJECTIVES: dict[str, type[Objective]] = {}
