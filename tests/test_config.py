@@ -164,7 +164,10 @@ def test_defaults_and_group_coupling():
         (["+optimizer.foo=1"], "optimizer: torch.optim.SGD takes no argument foo"),
         (["scheduler.warmup=2"], "scheduler.warmup must be a fraction in [0, 1), got 2"),
         (["scheduler=step", "scheduler.milestones=[2]"], "milestones must be fractions in (0, 1)"),
-        (["objective=focal"], "unknown objective 'focal'; available: ce, hxe, marginal, mtl"),
+        (
+            ["objective=focal"],
+            "unknown objective 'focal'; available: ce, curriculum, hxe, marginal",
+        ),
         (["objective=hxe", "objective.options.alpha=-1"], "objective.options: hxe: alpha must"),
         (["objective=hxe", "+objective.options.beta=1"], "objective 'hxe' has no option 'beta'"),
         (["objective=quadruplet", "objective.options.m2=0.5"], "need m1 > m2 > 0"),
