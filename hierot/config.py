@@ -33,7 +33,7 @@ from hierot.errors import (
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import check_backbone
-from hierot.objectives import check_objective, list_objectives
+from hierot.objectives import check_objective, get_objective, list_objectives
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 CONFIG_NAME = "train"
@@ -197,9 +197,12 @@ def _check(cfg: DictConfig) -> None:
             check_target_arguments(node, f"callbacks.{name}")
 
 
-def check_objective_config(cfg: DictConfig, hierarchy: Hierarchy | None = None) -> None:
+def check_objective_config(
+    cfg: DictConfig, hierarchy: Hierarchy | None = None, views: int | None = None
+) -> None:
     """``objective.name`` and ``objective.options`` judged by the objective's own check;
-    with the data's ``hierarchy`` also what depends on the tree (one weight per level)."""
+    with the data's ``hierarchy`` also what depends on the tree (one weight per level), and
+    with its ``views`` whether the data gives the objective the views it needs."""
     name = cfg.objective.get("name")
     if name not in list_objectives():
         raise ConfigError(
@@ -213,6 +216,12 @@ def check_objective_config(cfg: DictConfig, hierarchy: Hierarchy | None = None) 
         check_objective(name, options, hierarchy)  # type: ignore[arg-type]
     except ValueError as e:
         raise ConfigError(f"objective.options: {e}") from None
+    needed = get_objective(name).views
+    if views is not None and views < needed:
+        raise ConfigError(
+            f"data.views: objective {name} needs {needed} augmented views of every training "
+            f"image, got data.views={views}"
+        )
 
 
 def check_target_arguments(node: DictConfig, key: str) -> None:

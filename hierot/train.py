@@ -219,7 +219,7 @@ def precheck(overrides: list[str], built: dict[str, HierarchyDataModule] | None 
         key = data_key(cfg.data)
         if key not in built:
             built[key] = build(cfg.data, "data")
-        check_objective_config(cfg, built[key].hierarchy)
+        check_objective_config(cfg, built[key].hierarchy, built[key].views)
 
 
 def main() -> None:

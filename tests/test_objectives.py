@@ -326,3 +326,60 @@ def test_curriculum_restarts_the_optimizer_and_schedule_between_stages():
     assert seen[1][2] == 0 and seen[2][2] > 0
     assert seen[0][3] == seen[1][3] == pytest.approx(0.1)
     assert seen[2][3] < 0.1
+
+
+@pytest.mark.parametrize("views", [2, 3])
+def test_supcon_equals_supcontrast(views):
+    from hierot.objectives.supcon import supcon_loss
+
+    from helpers.hyp_references import supcon_reference
+
+    g = torch.Generator().manual_seed(views)
+    labels = torch.randint(0, 5, (16,), generator=g)
+    f = F.normalize(torch.randn(16, views, 8, generator=g, dtype=torch.float64), dim=-1)
+    f.requires_grad_()
+    reference = supcon_reference(f, labels)
+    # hierot's rows: every view of an image in turn (b * views + v), labels repeated
+    ours = supcon_loss(f.flatten(0, 1), labels.repeat_interleave(views), 0.1, 0.07)
+    assert_same_loss_and_gradient(ours, reference, [f])
+
+
+def test_supcon_probe_stage_freezes_the_backbone():
+    from hierot.models import HierarchyModule
+
+    tree = TREES["2 levels"]
+    backbone = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4))
+    backbone.num_features = 4
+    model = HierarchyModule(backbone, tree, partial(torch.optim.SGD, lr=0.1), dist="l2",
+                            objective="supcon")  # fmt: skip
+    objective = model.objective
+    assert objective.views == 2 and objective.stage_epochs(10) == [8, 2]
+    x = torch.randn(8, 2, 5)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    z, logits = model._train_forward(x.flatten(0, 1))
+    assert z.requires_grad and objective.regularized
+    objective.enter_stage(1, model)
+    running = backbone[1].running_mean.clone()
+    z, logits = model._train_forward(x.flatten(0, 1))
+    assert not z.requires_grad and logits.requires_grad and not objective.regularized
+    assert torch.equal(backbone[1].running_mean, running)  # eval mode: statistics kept
+    loss = model._losses(z, logits, y.repeat_interleave(2), views=2)[0]
+    assert float(loss.detach()) == pytest.approx(
+        float(F.cross_entropy(logits, y.repeat_interleave(2)).detach())
+    )
+    with pytest.raises(ValueError, match=r"objective supcon needs data\.views >= 2"):
+        model.training_step((x[:, 0], y), 0)
+
+
+def test_views_draw_the_augmentation_anew():
+    from hierot.data.images import Views
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.rand(3, 2, 2), i
+
+    x, label = Views(Noisy(), 2)[1]
+    assert x.shape == (2, 3, 2, 2) and label == 1 and not torch.equal(x[0], x[1])

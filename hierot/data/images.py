@@ -135,6 +135,21 @@ class FileImages(Dataset):
         return (self.transform(x) if self.transform else x), int(self.labels[i])
 
 
+class Views(Dataset):
+    """Each item of ``dataset`` drawn ``views`` times, stacked: ``((V, C, H, W), label)``;
+    each draw runs the dataset's random augmentation anew (identical views without one)."""
+
+    def __init__(self, dataset: Dataset, views: int) -> None:
+        self.dataset, self.views = dataset, views
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        draws = [self.dataset[i] for _ in range(self.views)]
+        return torch.stack([x for x, _ in draws]), int(draws[0][1])
+
+
 def carve_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train_idx, val_idx)``: a seeded random ``fraction`` of ``range(n)`` held out."""
     if not 0 < fraction < 1:

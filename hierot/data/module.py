@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hierot.data.images import Views
 from hierot.errors import DataError, require_integer
 from hierot.hierarchy import Hierarchy
 
@@ -87,6 +88,8 @@ class HierarchyDataModule(L.LightningDataModule):
             ``data.resnet_stem`` (``standard``, ``small`` or ``cifar``).
         vit_stem: the ViT stem that suits these images (``patch`` or ``conv``), read as
             ``data.vit_stem``.
+        views: augmented views of every training image per batch (``(B, V, C, H, W)``
+            batches when above 1), for contrastive objectives (``objective=supcon``).
     """
 
     hierarchy: Hierarchy
@@ -104,9 +107,11 @@ class HierarchyDataModule(L.LightningDataModule):
         level_names: Sequence[str] | None = None,
         resnet_stem: str | None = None,
         vit_stem: str | None = None,
+        views: int = 1,
     ) -> None:
         super().__init__()
         require_integer(batch_size, "data.batch_size", 1)  # the config check calls the same
+        self.views = require_integer(views, "data.views", 1)
         if num_workers is None:
             num_workers = default_workers()
         if num_workers < 0:
@@ -133,7 +138,8 @@ class HierarchyDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        train = self.train_set if self.views == 1 else Views(self.train_set, self.views)
+        return self._loader(train, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, train=False)

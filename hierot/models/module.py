@@ -199,8 +199,13 @@ class HierarchyModule(L.LightningModule):
         real = torch.arange(zs.shape[1], device=y.device) < sizes[:, None]
         return zs[real], ys[real]
 
-    def _losses(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+    def _losses(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, views: int = 1):
+        """``(loss, objective's part, regularizer or None)``. With several views of each
+        image (rows ``b * views + v``) the objective sees them all; CPCC and the centring
+        loss see the first view of each image, as HypStructure's."""
         base = self.objective(z, logits, y)
+        if views > 1:
+            z, y = z[::views], y[::views]
         if self.center:
             method = "l2" if self.dist == NO_DISTANCE else self.dist
             base = base + self.center * batch_centre(method, z, self.dist_options).norm()
@@ -209,10 +214,28 @@ class HierarchyModule(L.LightningModule):
         reg = self.regularizer(*self._global_batch(z, y))
         return base + self.lam * reg, base, reg
 
+    def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``, or with a frozen backbone (a linear probe's stage) its features
+        computed in eval mode without a graph, and the head on them."""
+        if self.objective.trains_backbone:
+            return self(x)
+        self.backbone.eval()  # batch-norm statistics stay as trained
+        with torch.no_grad():
+            z = self.backbone(x)
+        return z, self.head(z)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
-        z, logits = self(x)
-        loss, base, reg = self._losses(z, logits, y)
+        views = x.shape[1] if x.dim() == 5 else 1
+        if views < self.objective.views:
+            raise ValueError(
+                f"objective {self.objective_name} needs data.views >= {self.objective.views}, "
+                f"got batches of {views}"
+            )
+        if views > 1:  # (B, V, C, H, W): every view a row, b * views + v
+            x, y = x.flatten(0, 1), y.repeat_interleave(views)
+        z, logits = self._train_forward(x)
+        loss, base, reg = self._losses(z, logits, y, views)
         n = y.numel()
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log(f"train/{self.objective_name}", base, batch_size=n)

@@ -10,6 +10,7 @@ from hierot.objectives import (  # noqa: F401
     mtl,
     quadruplet,
     soft_labels,
+    supcon,
 )
 from hierot.objectives.registry import (
     Objective,

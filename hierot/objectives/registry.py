@@ -27,6 +27,11 @@ class Objective(nn.Module):
 
     # Whether CPCC is added to this objective's loss in the current stage.
     regularized: bool = True
+    # Whether the backbone trains in the current stage (False: a linear probe on frozen
+    # features).
+    trains_backbone: bool = True
+    # Augmented views of each training image the objective needs (data.views).
+    views: int = 1
 
     def stage_epochs(self, max_epochs: int) -> list[int]:
         """The training's stages as epoch counts summing to ``max_epochs``; each stage

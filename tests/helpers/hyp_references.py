@@ -234,3 +234,27 @@ def hierarchy_cpcc_poincare(means: torch.Tensor) -> torch.Tensor:
     ).reshape(1, -1)
     denominator = denominator_square[idx[0], idx[1]]
     return torch.acosh(1 + 2 * (numerator / denominator))
+
+
+def supcon_reference(features, labels, temperature=0.1, base_temperature=0.07):
+    """SupContrast's ``SupConLoss(temperature).forward(features, labels)`` as HypStructure
+    ships it (loss.py), contrast_mode 'all'; ``features`` (bsz, n_views, p)."""
+    batch_size = features.shape[0]
+    labels = labels.contiguous().view(-1, 1)
+    mask = torch.eq(labels, labels.T).to(features.dtype)
+    contrast_count = features.shape[1]
+    contrast_feature = torch.cat(torch.unbind(features, dim=1), dim=0)
+    anchor_feature, anchor_count = contrast_feature, contrast_count
+    anchor_dot_contrast = torch.div(torch.matmul(anchor_feature, contrast_feature.T), temperature)
+    logits_max, _ = torch.max(anchor_dot_contrast, dim=1, keepdim=True)
+    logits = anchor_dot_contrast - logits_max.detach()
+    mask = mask.repeat(anchor_count, contrast_count)
+    logits_mask = torch.scatter(
+        torch.ones_like(mask), 1, torch.arange(batch_size * anchor_count).view(-1, 1), 0
+    )
+    mask = mask * logits_mask
+    exp_logits = torch.exp(logits) * logits_mask
+    log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True))
+    mean_log_prob_pos = (mask * log_prob).sum(1) / mask.sum(1)
+    loss = -(temperature / base_temperature) * mean_log_prob_pos
+    return loss.view(anchor_count, batch_size).mean()
