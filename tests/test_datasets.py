@@ -783,3 +783,43 @@ def test_the_early_check_builds_the_data_once(tmp_path, monkeypatch):
     train(compose_config([*overrides, f"output_dir={tmp_path / 'run'}"]), built)
     assert reads.count("train") == 1 and built == {}  # the run took the checked module
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------- every objective
+
+
+@pytest.mark.slow
+def test_every_objective_runs_on_every_dataset(tmp_path, monkeypatch):
+    # debug=fast (one batch of each split) in this process, each objective with CPCC on top
+    from hierot.config import CONFIG_DIR
+    from hierot.data import breeds
+    from hierot.train import train
+
+    write_cifar100(tmp_path / "c100", FINE, COARSE, PARENT)
+    write_cifar10(tmp_path / "c10", CIFAR10)
+    root, tree = folder_tree(tmp_path / "folders")
+    write_folders(tmp_path / "inat", {"train_mini": INAT, "val": INAT}, n=4)
+    (tmp_path / "breeds").mkdir()
+    info, imagenet = write_breeds(tmp_path / "breeds")
+    monkeypatch.setitem(breeds.SUBSETS, "living17", (3, "n00004258", 2))
+    datasets = {
+        "synthetic": [],
+        "cifar100": ["data=cifar100", f"data.root={tmp_path / 'c100'}"],
+        "cifar10": ["data=cifar10", f"data.root={tmp_path / 'c10'}"],
+        "imagefolder": ["data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}",
+                        "data.image_size=16"],
+        "inat": ["data=inat", f"data.root={tmp_path / 'inat'}", "data.image_size=16"],
+        "breeds": ["data=breeds", f"data.root={imagenet}", f"data.info_dir={info}",
+                   "data.classes=subclass", "data.image_size=16"],
+    }  # fmt: skip
+    objectives = sorted(p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml"))
+    assert {"ce", "mtl", "marginal", "soft_labels", "hxe", "quadruplet", "curriculum",
+            "supcon"} <= set(objectives)  # fmt: skip
+    for data, overrides in datasets.items():
+        for objective in objectives:
+            out = tmp_path / "runs" / f"{data}-{objective}"
+            train(compose_config([*FAST, *overrides, f"objective={objective}",
+                                  "trainer.max_epochs=2", f"output_dir={out}"]))  # fmt: skip
+            metrics = json.loads((out / "metrics.json").read_text())
+            assert metrics["objective"] == objective, (data, objective)
+            assert 0 <= metrics["test/acc_fine"] <= 1, (data, objective)
