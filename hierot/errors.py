@@ -2,6 +2,7 @@
 and the checks of plain values that the early config check and the constructors share."""
 
 import numbers
+from collections.abc import Iterable
 
 
 class ConfigError(ValueError):
@@ -43,3 +44,15 @@ def require_integer(value: object, key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def reject_unknown_options(what: str, known: Iterable[str], given: Iterable[str]) -> None:
+    """A ``ValueError`` naming the options in ``given`` that ``what`` (a component, e.g.
+    ``class distance 'l2'``) does not take, and the ones it does."""
+    known = list(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{what} has no option {', '.join(repr(u) for u in unknown)}; "
+            f"its options: {', '.join(known) or 'none'}"
+        )

@@ -10,6 +10,7 @@ from typing import Protocol
 import torch
 
 from hierot.distances.batch import ClassBatch, PairMemory
+from hierot.errors import reject_unknown_options
 
 
 class DistanceFn(Protocol):
@@ -109,11 +110,6 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
     """Refuse options the distance does not take (naming the ones it does) and values its
     registered check rejects."""
     known = distance_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"class distance '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
-            f"its options: {', '.join(known) or 'none'}"
-        )
+    reject_unknown_options(f"class distance '{name}'", known, options)
     if name in _CHECKS:
         _CHECKS[name](**{**known, **options})

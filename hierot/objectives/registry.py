@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from hierot.errors import reject_unknown_options
 from hierot.hierarchy import Hierarchy
 
 
@@ -95,12 +96,7 @@ def check_objective(
     values its registered check rejects. Without ``hierarchy`` only the options that do not
     depend on the tree are judged (the config check runs before the data is read)."""
     known = objective_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"objective '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
-            f"its options: {', '.join(known) or 'none'}"
-        )
+    reject_unknown_options(f"objective '{name}'", known, options)
     if name in _CHECKS:
         _CHECKS[name](hierarchy, **{**known, **options})
 
