@@ -9,7 +9,8 @@ table that starts with the machine, torch version, commit and date.
 
     python scripts/bench_objectives.py                        # B = 512, K = 100, CPU
     python scripts/bench_objectives.py --write docs/results/objectives_benchmark.md
-    python scripts/bench_objectives.py --device cuda --batch 2048 --classes 1000 --no-reference
+    python scripts/bench_objectives.py --classes 1000 --reference marginal quadruplet
+    python scripts/bench_objectives.py --device cuda --batch 2048 --classes 1000 --reference
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--no-reference", action="store_true", help="skip the loops")
+    parser.add_argument(
+        "--reference", nargs="*", default=None,
+        help="the objectives timed against their reference (default: all that have one; "
+        "none: --reference with no name)",
+    )  # fmt: skip
     parser.add_argument("--write", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -99,13 +104,15 @@ def main() -> None:
     y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
     z = torch.randn(args.batch, args.dim, generator=g).to(device).requires_grad_()
     logits = torch.randn(args.batch, args.classes, generator=g).to(device).requires_grad_()
-    loops = {} if args.no_reference else references(hierarchy)
+    loops = references(hierarchy)
+    if args.reference is not None:
+        loops = {k: v for k, v in loops.items() if k in args.reference}
     ce_ms = timed(step, device, args.repeats, lambda z, lg, y: F.cross_entropy(lg, y), z, logits, y)
     resnet_ms = resnet18_step_ms(args.batch, device, max(2, args.repeats // 5))
 
     lines = [
         f"Measured on {provenance()}: `python scripts/bench_objectives.py "
-        f"--batch {args.batch} --classes {args.classes} --device {args.device}`. "
+        f"{' '.join(sys.argv[1:])}`. "
         f"B = {args.batch}, K = {args.classes} on a 3-level tree, d = {args.dim}; forward + "
         f"backward, median of {args.repeats}. Cross-entropy alone: {ce_ms:.2f} ms; a ResNet-18 "
         f"training step (32 x 32 images, SGD): {resnet_ms:.0f} ms.",
