@@ -44,14 +44,19 @@ def _leaves_under(hierarchy: Hierarchy, node: str) -> list[int]:
 
 
 def hxe_reference(
-    hierarchy: Hierarchy, logits: torch.Tensor, target: torch.Tensor, alpha: float, normalize: bool
-) -> torch.Tensor:
+    hierarchy: Hierarchy, logits: torch.Tensor | None, target: torch.Tensor | None,
+    alpha: float, normalize: bool, prepare_only: bool = False, dtype: torch.dtype = torch.float32,
+):  # fmt: skip
     """``HierarchicalCrossEntropyLoss(hierarchy, classes, get_exponential_weighting(...))``.
 
     Edges are named by their lower node (its tree position); a node's weight is
     exp(-alpha * len(position)); the last denominator of every path is the sum of all leaves;
-    ``num != 0`` skips terms whose probability sum underflowed.
+    ``num != 0`` skips terms whose probability sum underflowed. ``prepare_only``: the
+    constructor's work only, returning the loss as ``fn(logits, target)`` (the reference
+    builds its one-hot tensors once).
     """
+    if logits is not None:
+        dtype = logits.dtype
     nodes = hierarchy.nodes
     weight = {n: exp(-alpha * hierarchy.node_depth(n)) for n in nodes}
     if normalize:
@@ -65,9 +70,9 @@ def hxe_reference(
     num_edges = max(len(p) for p in edges_from_leaf)
     leaf_indices = [_leaves_under(hierarchy, n) for n in positions_edges]
     k = hierarchy.num_classes
-    onehot_den = torch.zeros(k, k, num_edges, dtype=logits.dtype)
-    onehot_num = torch.zeros(k, k, num_edges, dtype=logits.dtype)
-    weights = torch.zeros(k, num_edges, dtype=logits.dtype)
+    onehot_den = torch.zeros(k, k, num_edges, dtype=dtype)
+    onehot_num = torch.zeros(k, k, num_edges, dtype=dtype)
+    weights = torch.zeros(k, num_edges, dtype=dtype)
     for i in range(k):
         for j, e in enumerate(edges_from_leaf[i]):
             onehot_num[i, leaf_indices[e], j] = 1.0
@@ -75,14 +80,18 @@ def hxe_reference(
         for j, e in enumerate(edges_from_leaf[i][1:]):
             onehot_den[i, leaf_indices[e], j] = 1.0
         onehot_den[i, :, j + 1] = 1.0
-    inputs = torch.softmax(logits, 1).unsqueeze(1)
-    num = torch.squeeze(torch.bmm(inputs, onehot_num[target]), 1)
-    den = torch.squeeze(torch.bmm(inputs, onehot_den[target]), 1)
-    idx = num != 0
-    num = num.clone()
-    num[idx] = -torch.log(num[idx] / den[idx])
-    num = torch.sum(torch.flip(weights[target] * num, dims=[1]), dim=1)
-    return torch.mean(num)
+
+    def forward(logits, target):
+        inputs = torch.softmax(logits, 1).unsqueeze(1)
+        num = torch.squeeze(torch.bmm(inputs, onehot_num[target]), 1)
+        den = torch.squeeze(torch.bmm(inputs, onehot_den[target]), 1)
+        idx = num != 0
+        num = num.clone()
+        num[idx] = -torch.log(num[idx] / den[idx])
+        num = torch.sum(torch.flip(weights[target] * num, dims=[1]), dim=1)
+        return torch.mean(num)
+
+    return forward if prepare_only else forward(logits, target)
 
 
 def get_layer_prob_from_fine(prob_fine: torch.Tensor, layer_fine_map: np.ndarray) -> torch.Tensor:
