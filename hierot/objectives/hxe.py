@@ -9,7 +9,7 @@ import torch
 
 from hierot.errors import require_number
 from hierot.hierarchy import Hierarchy
-from hierot.objectives.levels import level_maps, log_ancestor_probs
+from hierot.objectives.levels import AncestorLogProbs
 from hierot.objectives.registry import Objective, register_objective
 
 
@@ -57,9 +57,9 @@ class HierarchicalCrossEntropy(Objective):
         self.register_buffer(
             "weights", hxe_level_weights(hierarchy, alpha, normalize), persistent=False
         )
-        self.register_buffer("maps", level_maps(hierarchy), persistent=False)
+        self.log_probs = AncestorLogProbs(hierarchy)
 
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        log_p = log_ancestor_probs(logits, self.maps, y)  # (B, L), level 1 first
+        log_p = self.log_probs(logits, y)  # (B, L), level 1 first
         ratios = log_p - torch.cat([log_p[:, :1] * 0, log_p[:, :-1]], dim=1)
         return -(ratios * self.weights.to(log_p.dtype)).sum(1).mean()

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from hierot.hierarchy import Hierarchy
 
@@ -37,17 +38,40 @@ def level_maps(hierarchy: Hierarchy) -> torch.Tensor:
     return torch.stack([hierarchy.level_map(lvl)[1] for lvl in hierarchy.levels])
 
 
-def log_ancestor_probs(logits: torch.Tensor, maps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``(B, L)``: ``log P(ancestor of y at level l)`` for each row of ``maps`` (L, K), where
-    P of a concept is the summed softmax probability of the classes under it.
+class AncestorLogProbs(nn.Module):
+    """``forward(logits, y) -> (B, D)``: ``log P(ancestor of y at level l)`` for the levels
+    ``1 .. depth``, where P of a concept is the summed softmax probability of the classes
+    under it (the last level: the class itself).
 
-    A logsumexp over each ancestor's classes (a masked row of the logits) minus the
-    logsumexp of all: never the log of a sum that underflowed. O(L B K).
+    Each term is a logsumexp over the ancestor's classes minus the logsumexp of all: never
+    the log of a sum that underflowed. The classes of every concept are a padded row of a
+    table built once, so a sample gathers only its own ancestor's logits: O(B (K + sum_l
+    S_l)) work for S_l the largest concept of level l, not O(D B K).
     """
-    total = torch.logsumexp(logits, dim=1)  # (B,)
-    out = []
-    for fine_to_level in maps:  # one pass per level, so the work is (B, K) at a time
-        inside = fine_to_level[None, :] == fine_to_level[y][:, None]  # (B, K)
-        masked = logits.masked_fill(~inside, float("-inf"))
-        out.append(torch.logsumexp(masked, dim=1) - total)
-    return torch.stack(out, dim=1)
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        super().__init__()
+        self.levels = len(hierarchy.levels)
+        for i, fine_to_level in enumerate(level_maps(hierarchy)):
+            groups = int(fine_to_level.max()) + 1
+            counts = torch.bincount(fine_to_level, minlength=groups)
+            order = torch.argsort(fine_to_level, stable=True)  # classes grouped by concept
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(len(order)) - starts[fine_to_level[order]]
+            members = torch.zeros(groups, int(counts.max()), dtype=torch.long)
+            members[fine_to_level[order], slot] = order
+            mask = torch.arange(members.shape[1])[None, :] < counts[:, None]
+            self.register_buffer(f"map{i}", fine_to_level, persistent=False)
+            self.register_buffer(f"members{i}", members, persistent=False)
+            self.register_buffer(f"mask{i}", mask, persistent=False)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        total = torch.logsumexp(logits, dim=1)  # (B,)
+        out = []
+        for i in range(self.levels):
+            mine = getattr(self, f"map{i}")[y]  # (B,) each sample's concept at this level
+            columns = getattr(self, f"members{i}")[mine]  # (B, S) its classes, padded
+            inside = getattr(self, f"mask{i}")[mine]
+            picked = logits.gather(1, columns).masked_fill(~inside, float("-inf"))
+            out.append(torch.logsumexp(picked, dim=1) - total)
+        return torch.stack(out, dim=1)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from hierot.hierarchy import Hierarchy
-from hierot.objectives.levels import level_maps, level_weights, log_ancestor_probs
+from hierot.objectives.levels import AncestorLogProbs, level_weights
 from hierot.objectives.registry import Objective, register_objective
 
 
@@ -39,8 +39,8 @@ class MarginalLevels(Objective):
             torch.tensor(level_weights(hierarchy, weights, "marginal"), dtype=torch.float64),
             persistent=False,
         )
-        self.register_buffer("maps", level_maps(hierarchy), persistent=False)
+        self.log_probs = AncestorLogProbs(hierarchy)
 
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        log_p = log_ancestor_probs(logits, self.maps, y)  # (B, L)
+        log_p = self.log_probs(logits, y)  # (B, L)
         return -(log_p * self.weights.to(log_p.dtype)).sum(1).mean()
