@@ -103,7 +103,9 @@ class HierarchyModule(L.LightningModule):
         if head_weight_decay is not None:
             require_number(head_weight_decay, "model.head_weight_decay", 0)
         self.head_weight_decay = head_weight_decay
+        # the objective's stage this epoch, and the stage the optimizer was built for
         self._stage: int | None = None
+        self._optimizer_stage: int | None = None
         self.center = require_number(center, "cpcc.center", 0)
         check_val_cpcc(val_cpcc_every, val_cpcc_classes)
         self.backbone = backbone
@@ -325,7 +327,7 @@ class HierarchyModule(L.LightningModule):
             return
         self._stage = stage
         self.objective.enter_stage(stage, self)
-        if stage == getattr(self, "_optimizer_stage", stage):
+        if self._optimizer_stage in (None, stage):
             return
         # A new stage gets a fresh optimizer and schedule; a run resumed inside a stage
         # keeps the state its checkpoint restored into the optimizer built at the start.

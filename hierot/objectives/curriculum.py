@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hierot.errors import require_number
+from hierot.errors import require_integer, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.objectives.registry import Objective, register_objective
 
@@ -18,8 +18,7 @@ def check_curriculum(
     if require_number(coarse_fraction, "curriculum: coarse_fraction", 0) >= 1:
         raise ValueError(f"curriculum: coarse_fraction must be below 1, got {coarse_fraction}")
     if level is not None:
-        if isinstance(level, bool) or not isinstance(level, int) or level < 1:
-            raise ValueError(f"curriculum: level must be an integer >= 1 or null, got {level!r}")
+        require_integer(level, "curriculum: level", 1)
         if hierarchy is not None and level >= hierarchy.depth:
             raise ValueError(
                 f"curriculum: level {level} is not above the classes (the tree's levels are "

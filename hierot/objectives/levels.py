@@ -1,5 +1,5 @@
-"""What the objectives share about the tree's levels: per-level label maps, per-level
-weights, and log-probabilities of a class's ancestors from the fine logits."""
+"""What the objectives share about the tree's levels: per-level weights, and
+log-probabilities of a class's ancestors from the fine logits."""
 
 from __future__ import annotations
 
@@ -32,12 +32,6 @@ def level_weights(
     return [float(w) for w in weights]
 
 
-def level_maps(hierarchy: Hierarchy) -> torch.Tensor:
-    """``(depth, K)`` long tensor: row ``l - 1`` maps every class to its concept at level
-    ``l`` (``Hierarchy.level_map``; a leaf shallower than ``l`` is its own concept)."""
-    return torch.stack([hierarchy.level_map(lvl)[1] for lvl in hierarchy.levels])
-
-
 class AncestorLogProbs(nn.Module):
     """``forward(logits, y) -> (B, D)``: ``log P(ancestor of y at level l)`` for the levels
     ``1 .. depth``, where P of a concept is the summed softmax probability of the classes
@@ -52,7 +46,7 @@ class AncestorLogProbs(nn.Module):
     def __init__(self, hierarchy: Hierarchy) -> None:
         super().__init__()
         self.levels = len(hierarchy.levels)
-        for i, fine_to_level in enumerate(level_maps(hierarchy)):
+        for i, fine_to_level in enumerate(hierarchy.label_maps().values()):
             groups = int(fine_to_level.max()) + 1
             counts = torch.bincount(fine_to_level, minlength=groups)
             order = torch.argsort(fine_to_level, stable=True)  # classes grouped by concept

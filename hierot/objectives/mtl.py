@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hierot.hierarchy import Hierarchy
-from hierot.objectives.levels import level_maps, level_weights
+from hierot.objectives.levels import level_weights
 from hierot.objectives.registry import Objective, register_objective
 
 
@@ -35,14 +35,11 @@ class MultiTaskLevels(Objective):
     ) -> None:
         super().__init__()
         self.weights = level_weights(hierarchy, weights, "mtl")
-        maps = level_maps(hierarchy)
-        self.register_buffer("maps", maps[:-1], persistent=False)
-        sizes = [len(hierarchy.level_map(lvl)[0]) for lvl in hierarchy.levels[:-1]]
-        self.heads = nn.ModuleList(nn.Linear(num_features, n) for n in sizes)
-
-    def level_logits(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """The logits of the levels above the classes, top level first."""
-        return [head(z) for head in self.heads]
+        # (depth - 1, K): the levels above the classes; level_map numbers each level's
+        # concepts 0 .. n - 1
+        maps = torch.stack(list(hierarchy.label_maps().values()))[:-1]
+        self.register_buffer("maps", maps, persistent=False)
+        self.heads = nn.ModuleList(nn.Linear(num_features, int(m.max()) + 1) for m in maps)
 
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = self.weights[-1] * F.cross_entropy(logits, y)
