@@ -45,6 +45,8 @@ from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
 from hierot.logs import progress_bar_wanted
 from hierot.metrics import evaluate_features
+from hierot.metrics.decoding import check_decode
+from hierot.metrics.mistakes import CONVENTIONS
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
 from hierot.objectives import DEFAULT_OBJECTIVE
@@ -147,11 +149,26 @@ def check_evaluate(cfg: DictConfig) -> Path:
         check_memory(cfg.memory_mb)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    check_integer(cfg, "top_k", 1)
-    if not OmegaConf.is_list(cfg.ahd_k):
-        raise ConfigError(f"ahd_k must be a list of integers >= 1, e.g. [1, 5], got {cfg.ahd_k!r}")
+    if OmegaConf.is_list(cfg.top_k):
+        for i, k in enumerate(cfg.top_k):
+            require_integer(k, f"top_k[{i}]", 1)
+    else:
+        check_integer(cfg, "top_k", 1)
+    for key in ("ahd_k", "decode"):
+        if not OmegaConf.is_list(cfg[key]) or not cfg[key]:
+            example = "[1, 5]" if key == "ahd_k" else "[argmax, crm]"
+            raise ConfigError(f"{key} must be a non-empty list, e.g. {example}, got {cfg[key]!r}")
     for i, k in enumerate(cfg.ahd_k):
         require_integer(k, f"ahd_k[{i}]", 1)
+    for i, way in enumerate(cfg.decode):
+        try:
+            check_decode(way, f"decode[{i}]")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.crm_cost not in CONVENTIONS:
+        raise ConfigError(
+            f"crm_cost: unknown cost {cfg.crm_cost!r}; available: {', '.join(CONVENTIONS)}"
+        )
     if not isinstance(cfg.figures, bool):
         raise ConfigError(f"figures must be true or false, got {cfg.figures!r}")
     trainer = {k: cfg.get(k) for k in ("accelerator", "precision", "enable_progress_bar")}
@@ -195,9 +212,11 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         hierarchy,
         names,
         distances,
-        cfg.top_k,
+        OmegaConf.to_container(cfg.top_k) if OmegaConf.is_list(cfg.top_k) else cfg.top_k,  # type: ignore[arg-type]
         list(cfg.ahd_k),  # type: ignore[arg-type]
         memory_mb=cfg.memory_mb,
+        decode=list(cfg.decode),
+        crm_cost=cfg.crm_cost,
     )
     # test/cpcc as training defines it: the run's distance with the run's options (which
     # may differ from the shared options of the cpcc_<method> columns).

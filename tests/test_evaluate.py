@@ -144,13 +144,17 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     assert prechecked(f"ckpt={last}", "dist=l2").startswith("dist: evaluate takes no dist=;")
     assert prechecked(f"ckpt={last}", "+figure=false") == (
         "unknown key 'figure' (did you mean 'figures'?): nothing reads +figure=...; top-level "
-        "keys: accelerator, ahd_k, ckpt, distances, enable_progress_bar, figures, memory_mb, "
-        "output_dir, precision, top_k"
+        "keys: accelerator, ahd_k, ckpt, crm_cost, decode, distances, enable_progress_bar, "
+        "figures, memory_mb, output_dir, precision, top_k"
     )
     for args, message in [
         (["top_k=0"], "top_k must be an integer >= 1, got 0"),
         (["ahd_k=[1,0]"], "ahd_k[1] must be an integer >= 1, got 0"),
-        (["ahd_k=5"], "ahd_k must be a list of integers >= 1, e.g. [1, 5], got 5"),
+        (["top_k=[1,0]"], "top_k[1] must be an integer >= 1, got 0"),
+        (["ahd_k=5"], "ahd_k must be a non-empty list, e.g. [1, 5], got 5"),
+        (["decode=[argmax,xyz]"], "decode[1]: unknown decoding 'xyz'; available: argmax, crm"),
+        (["decode=crm"], "decode must be a non-empty list, e.g. [argmax, crm], got 'crm'"),
+        (["crm_cost=height"], "crm_cost: unknown cost 'height'; available: lca, path"),
         (["figures=maybe"], "figures must be true or false, got 'maybe'"),
         (["enable_progress_bar=3"], "enable_progress_bar must be true/false or null, got 3"),
         (["precision=bf17"], "precision must be one of 64, 32, 16, 'transformer-engine', "),

@@ -1,17 +1,20 @@
 """Metrics of a trained model's test features: TestCPCC under every distance, accuracy at
-every level, top-k, mistake severity, average hierarchical distance@k, retrieval mAP."""
+every level (mapped fine argmax and summed probabilities), top-k, the making-better-mistakes
+table under both costs and both decodings, calibration, retrieval mAP."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import torch
-from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import cpcc
 from hierot.distances import DEFAULT_MEMORY_MB
 from hierot.hierarchy import Hierarchy
+from hierot.metrics.calibration import calibration_errors
+from hierot.metrics.decoding import marginal_predictions, ranked_classes
 from hierot.metrics.epoch import LevelAccuracy, MistakeSeverity
+from hierot.metrics.mistakes import mistake_metrics, top_k_accuracy
 
 
 def average_hierarchical_distance(
@@ -62,10 +65,13 @@ def evaluate_features(
     hierarchy: Hierarchy,
     level_names: Mapping[int, str],
     distances: Mapping[str, Mapping[str, object]],
-    top_k: int = 5,
+    top_k: int | Sequence[int] = (1, 5),
     ahd_k: Sequence[int] = (1, 5),
     prefix: str = "test/",
     memory_mb: float = DEFAULT_MEMORY_MB,
+    decode: Sequence[str] = ("argmax", "crm"),
+    crm_cost: str = "lca",
+    lca: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Every metric of one split, as ``{prefix + name: value}``.
 
@@ -73,9 +79,23 @@ def evaluate_features(
         z: (N, d) features; logits: (N, K); target: (N,) fine classes.
         level_names: ``{level: name}`` (``hierot.models.level_keys``), ``fine`` the deepest.
         distances: ``{method: options}``; each gives ``cpcc_<method>``.
-        memory_mb: the class distances' memory budget (``class_distances``).
+        top_k: the k of ``acc_top<k>`` (one or several).
+        ahd_k: the k of every other ``@k`` metric (``hdist``, ``best``, ``hprec``, ``hmap``).
+        memory_mb: the memory budget of the class distances (``class_distances``) and of
+            each block of rows of the (N, K) probabilities.
+        decode: the decodings whose making-better-mistakes table is reported; ``crm`` keys
+            start with ``crm/``.
+        crm_cost: the cost CRM minimises, ``lca`` (as its paper) or ``path``.
+        lca: (K, K) lowest-common-ancestor heights (default ``hierarchy.lca_heights()``; a
+            dataset's own file through ``data.distances``).
     """
     tree_dist = hierarchy.tree_distances().to(z.device)
+    costs = {
+        "lca": (hierarchy.lca_heights() if lca is None else lca).to(z.device),
+        "path": tree_dist,
+    }
+    ks = [top_k] if isinstance(top_k, int) else list(top_k)
+    ks = sorted({min(k, hierarchy.num_classes) for k in ks})
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for method, options in distances.items():
@@ -85,11 +105,20 @@ def evaluate_features(
             name = level_names[level]
             accuracy = LevelAccuracy(fine_to_level).to(z.device)
             out[f"acc_{name}"] = accuracy(logits, target)
+            if level != max(hierarchy.levels):
+                summed = marginal_predictions(logits, fine_to_level, memory_mb)
+                out[f"acc_{name}_marginal"] = (summed == fine_to_level[target]).double().mean()
             out[f"map_{name}"] = retrieval_map(z, fine_to_level[target])
-        k = min(top_k, hierarchy.num_classes)
-        top = MulticlassAccuracy(hierarchy.num_classes, top_k=k, average="micro").to(z.device)
-        out[f"acc_top{k}"] = top(logits, target)
         out["mistake_severity"] = MistakeSeverity(tree_dist).to(z.device)(logits, target)
         for k in ahd_k:
             out[f"ahd@{k}"] = average_hierarchical_distance(logits, target, tree_dist, k)
+        depth = max([*ks, *ahd_k])
+        for way in decode:
+            top = ranked_classes(logits, depth, way, costs[crm_cost], memory_mb)
+            head = "" if way == "argmax" else f"{way}/"
+            out.update({head + key: v for key, v in top_k_accuracy(top, target, ks).items()})
+            for convention, cost in costs.items():
+                table = mistake_metrics(top, target, cost, convention, ahd_k, memory_mb)
+                out.update({head + key: value for key, value in table.items()})
+        out.update(calibration_errors(logits, target, memory_mb=memory_mb))
     return {prefix + name: float(value) for name, value in out.items()}

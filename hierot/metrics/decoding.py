@@ -1,0 +1,95 @@
+"""How predictions are read from a classifier's scores.
+
+- ``argmax``: classes ranked by score.
+- ``crm``: conditional risk minimisation (Karthik et al., ICLR 2021): classes ranked by their
+  expected tree cost ``sum_j p_j C[j, k]`` under the softmax probabilities, lowest first.
+- ``marginal_predictions``: a coarse level's prediction as the argmax of the summed fine
+  probabilities under each of its concepts (HierarchyCPCC, OTCPCC).
+
+Every function works on row blocks so that its extra memory stays within ``memory_mb``
+whatever the number of samples: at 10 000 classes a block is a few dozen rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+DECODINGS = ("argmax", "crm")
+DEFAULT_MEMORY_MB = 256
+
+
+def check_decode(decode: object, key: str = "decode") -> str:
+    """``decode`` if it names a decoding, else a one-line ``ValueError``."""
+    if decode not in DECODINGS:
+        raise ValueError(f"{key}: unknown decoding {decode!r}; available: {', '.join(DECODINGS)}")
+    return str(decode)
+
+
+def row_blocks(n: int, row_bytes: int, memory_mb: float) -> Iterator[slice]:
+    """Slices of ``range(n)`` whose blocks take at most ``memory_mb`` at ``row_bytes`` each
+    (at least one row per block)."""
+    rows = max(1, int(memory_mb * 2**20) // max(row_bytes, 1))
+    for start in range(0, n, rows):
+        yield slice(start, min(start + rows, n))
+
+
+def crm_scores(probs: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+    """Minus the expected cost of predicting each class: ``-(probs @ cost)``, so that the
+    highest score is the CRM prediction.
+
+    Args:
+        probs: (N, K) class probabilities; cost: (K, K) costs ``C[true, predicted]``.
+    """
+    return -(probs @ cost.to(probs))
+
+
+def ranked_classes(
+    logits: torch.Tensor,
+    k: int,
+    decode: str = "argmax",
+    cost: torch.Tensor | None = None,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+) -> torch.Tensor:
+    """(N, k) long tensor: the k best classes of every sample, best first.
+
+    Args:
+        logits: (N, K) scores (``crm`` takes their softmax).
+        decode: ``argmax`` or ``crm``; ``crm`` needs ``cost`` (K, K).
+    """
+    check_decode(decode)
+    if decode == "crm" and cost is None:
+        raise ValueError("crm decoding needs a (K, K) cost matrix")
+    n, classes = logits.shape
+    k = min(k, classes)
+    out = torch.empty(n, k, dtype=torch.long, device=logits.device)
+    if decode == "crm":
+        cost = cost.to(device=logits.device, dtype=logits.dtype)  # type: ignore[union-attr]
+    # A block holds its probabilities and its scores: two (rows, K) tensors.
+    for rows in row_blocks(n, 2 * classes * logits.element_size(), memory_mb):
+        scores = logits[rows]
+        if decode == "crm":
+            scores = crm_scores(scores.softmax(dim=1), cost)  # type: ignore[arg-type]
+        out[rows] = scores.topk(k, dim=1).indices
+    return out
+
+
+def marginal_predictions(
+    logits: torch.Tensor, fine_to_level: torch.Tensor, memory_mb: float = DEFAULT_MEMORY_MB
+) -> torch.Tensor:
+    """(N,) the concept of one level whose classes' summed softmax probability is highest.
+
+    Args:
+        logits: (N, K) fine scores; fine_to_level: (K,) concept index of every class
+            (``Hierarchy.level_map(level)[1]``).
+    """
+    n, classes = logits.shape
+    fine_to_level = fine_to_level.to(logits.device)
+    concepts = int(fine_to_level.max()) + 1
+    out = torch.empty(n, dtype=torch.long, device=logits.device)
+    for rows in row_blocks(n, (classes + concepts) * logits.element_size(), memory_mb):
+        probs = logits[rows].softmax(dim=1)
+        summed = probs.new_zeros(probs.shape[0], concepts).index_add_(1, fine_to_level, probs)
+        out[rows] = summed.argmax(dim=1)
+    return out

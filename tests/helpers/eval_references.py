@@ -1,0 +1,168 @@
+"""The reference repositories' evaluation code, transcribed: their loops and their quirks
+kept, so that ``hierot.evaluate`` is checked against the numbers the papers printed.
+
+- ``mbm_table``: making-better-mistakes ``run`` (better_mistakes/model/run_xent.py, with
+  ``accuracy`` of model/performance.py and ``_make_best_hier_similarities``): per-batch
+  accumulators over batches of ``batch_size`` (the last partial batch dropped, as its
+  ``drop_last=True`` loader does), a distance lookup per (sample, rank).
+- ``crm_table``: CRM-Better-Mistakes ``get_all_cost_sensitive``, ``get_topk`` and
+  ``get_metrics`` (src/compute_results.py): numpy float64 softmax, one Python loop per sample.
+- ``guo_ece``, ``mce``: CRM-Better-Mistakes src/helper.py (``ECE`` with ``ece_full=False``,
+  ``ECE_helper``, ``compute_acc_bin``, ``MCE_helper``): bins ``(lo, hi]`` from
+  ``np.arange(bin_size, 1 + bin_size, bin_size)``, the first one holding 0.
+- ``marginal_reference``: HierarchyCPCC ``get_layer_prob_from_fine`` (utils.py) and the
+  argmax its main.py takes.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import torch
+
+
+def mbm_table(
+    output: np.ndarray,
+    target: np.ndarray,
+    dist: np.ndarray,
+    batch_size: int,
+    topk: tuple[int, ...] = (1, 5),
+) -> dict[str, float]:
+    """making-better-mistakes' summary keys, ``dist`` (K, K) standing for its
+    ``DistanceDict`` (``distances[(classes[pred], classes[true])]``)."""
+    classes = dist.shape[0]
+    max_dist = dist.max()
+    best_hier_similarities = np.zeros([classes, classes])
+    for i in range(classes):
+        best_hier_similarities[i, :] = 1 - np.sort(dist[i, :]) / max_dist
+    num_logged = 0
+    norm_mistakes_accum = 0.0
+    flat = np.zeros(len(topk))
+    hdist = np.zeros(len(topk))
+    hdist_top = np.zeros(len(topk))
+    hdist_mistakes = np.zeros(len(topk))
+    hprecision = np.zeros(len(topk))
+    hmap = np.zeros(len(topk))
+    for start in range(0, len(target) - batch_size + 1, batch_size):
+        out = torch.as_tensor(output[start : start + batch_size])
+        tgt = torch.as_tensor(target[start : start + batch_size])
+        num_logged += 1
+        _, pred_ = out.topk(max(topk), 1, True, True)
+        pred = pred_.t()
+        correct = pred.eq(tgt.view(1, -1).expand_as(pred))
+        accuracies = [correct[:k].reshape(-1).float().sum(0) / batch_size for k in topk]
+        topk_hdist = np.empty([batch_size, topk[-1]])
+        for i in range(batch_size):
+            for j in range(max(topk)):
+                topk_hdist[i, j] = dist[int(pred_[i][j]), int(tgt[i])]
+        mistakes_ids = np.where(topk_hdist[:, 0] != 0)[0]
+        norm_mistakes_accum += len(mistakes_ids)
+        topk_hdist_mistakes = topk_hdist[mistakes_ids, :]
+        topk_hsimilarity = 1 - topk_hdist / max_dist
+        # The denominator sums the best similarities of every class, not of the batch's.
+        topk_ap = [
+            np.sum(topk_hsimilarity[:, :k]) / np.sum(best_hier_similarities[:, :k])
+            for k in range(1, max(topk) + 1)
+        ]
+        for i, k in enumerate(topk):
+            flat[i] += accuracies[i].item()
+            hdist[i] += np.mean(topk_hdist[:, :k])
+            hdist_top[i] += np.mean([np.min(topk_hdist[b, :k]) for b in range(batch_size)])
+            hdist_mistakes[i] += np.sum(topk_hdist_mistakes[:, :k])
+            hprecision[i] += topk_ap[k - 1]
+            hmap[i] += np.mean(topk_ap[:k])
+    summary = {}
+    for i, k in enumerate(topk):
+        summary[f"accuracy_top/{k:02d}"] = flat[i] / num_logged
+        summary[f"_avg/{k:02d}"] = hdist[i] / num_logged
+        summary[f"_top/{k:02d}"] = hdist_top[i] / num_logged
+        summary[f"_mistakes/avg{k:02d}"] = hdist_mistakes[i] / (norm_mistakes_accum * k)
+        summary[f"_precision/{k:02d}"] = hprecision[i] / num_logged
+        summary[f"_mAP/{k:02d}"] = hmap[i] / num_logged
+    return summary
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    return np.exp(x) / np.sum(np.exp(x))
+
+
+def crm_table(
+    logits: np.ndarray, target: np.ndarray, dist: np.ndarray, rerank: bool = True
+) -> dict[str, float]:
+    """CRM's ``get_metrics`` on its ``row_softmax`` of the logits (``rerank``: CRM on)."""
+    output = np.array([_softmax(row) for row in logits])
+    classes = dist.shape[0]
+    if rerank:
+        cost = [[0 for _ in range(classes)] for _ in range(classes)]
+        for i in range(classes):
+            for j in range(classes):
+                cost[i][j] = dist[i, j]
+        output = -1 * np.dot(output, cost)
+
+    def get_topk(prediction: np.ndarray, truth: int, k: int) -> list[float]:
+        ind = heapq.nlargest(k, range(len(prediction)), prediction.take)
+        return [dist[i, truth] for i in ind]
+
+    top1, mistake, avg_1, avg_5, avg_20 = [], [], [], [], []
+    for i in range(len(output)):
+        if output[i].argmax() == target[i]:
+            top1.append(1)
+        else:
+            top1.append(0)
+            mistake.append(dist[target[i], output[i].argmax()])
+        avg_1.extend(get_topk(output[i], target[i], 1))
+        avg_5.append(get_topk(output[i], target[i], 5))
+        avg_20.append(get_topk(output[i], target[i], 20))
+    return {
+        "top1": float(np.mean(top1)),
+        "mistake_severity": float(np.mean(mistake)),
+        "hdist@1": float(np.mean(avg_1)),
+        "hdist@5": float(np.mean(avg_5)),
+        "hdist@20": float(np.mean(avg_20)),
+    }
+
+
+def _acc_bin(lower: float, upper: float, conf, pred, true) -> tuple[float, float, int]:
+    filtered = [x for x in zip(pred, true, conf) if (x[2] > lower or lower == 0) and x[2] <= upper]
+    if len(filtered) < 1:
+        return 0.0, 0.0, 0
+    correct = len([x for x in filtered if x[0] == x[1]])
+    len_bin = len(filtered)
+    avg_conf = sum([x[2] for x in filtered]) / len_bin
+    return float(correct) / len_bin, avg_conf, len_bin
+
+
+def guo_ece(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """CRM's ``guo_ECE``: top-1 confidence, equal-width bins ``(lo, hi]``."""
+    preds = np.argmax(probs, axis=1)
+    confs = np.max(probs, axis=1)
+    bin_size = 1 / bins
+    ece, n = 0.0, len(confs)
+    for upper in np.arange(bin_size, 1 + bin_size, bin_size):
+        acc, avg_conf, len_bin = _acc_bin(upper - bin_size, upper, confs, preds, y_true)
+        ece += np.abs(acc - avg_conf) * len_bin / n
+    return float(ece)
+
+
+def mce(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """CRM's ``MCE`` (``mce_full=False``): the largest bin gap, empty bins counting 0."""
+    preds = np.argmax(probs, axis=1)
+    confs = np.max(probs, axis=1)
+    bin_size = 1 / bins
+    errors = []
+    for upper in np.arange(bin_size, 1 + bin_size, bin_size):
+        acc, avg_conf, _ = _acc_bin(upper - bin_size, upper, confs, preds, y_true)
+        errors.append(np.abs(acc - avg_conf))
+    return float(np.max(np.asarray(errors)))
+
+
+def marginal_reference(logits: torch.Tensor, layer_fine_map: np.ndarray) -> torch.Tensor:
+    """HierarchyCPCC's coarse prediction: a loop over the concepts summing their classes'
+    probabilities, then the argmax."""
+    prob_fine = logits.softmax(dim=1)
+    prob_layer = []
+    for cls in range(len(np.unique(layer_fine_map))):
+        index = torch.tensor((layer_fine_map == cls).nonzero()[0])
+        prob_layer.append(torch.sum(torch.index_select(prob_fine, 1, index), 1, keepdim=True))
+    return torch.cat(prob_layer, dim=1).argmax(dim=1)
