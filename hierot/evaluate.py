@@ -183,6 +183,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     out = Path(cfg.output_dir)
     datamodule = build(cfg.data, "data")
     check_run_classes(ckpt, list(datamodule.hierarchy.leaves))
+    lca = datamodule.lca_heights()  # a shipped file is read (and its errors raised) first
     model = load_model(ckpt, cfg, datamodule)
     try:
         trainer = L.Trainer(
@@ -217,6 +218,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         memory_mb=cfg.memory_mb,
         decode=list(cfg.decode),
         crm_cost=cfg.crm_cost,
+        lca=lca,
     )
     # test/cpcc as training defines it: the run's distance with the run's options (which
     # may differ from the shared options of the cpcc_<method> columns).

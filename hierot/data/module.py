@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from hierot.data.images import Views
 from hierot.errors import DataError, require_integer
 from hierot.hierarchy import Hierarchy
+from hierot.hierarchy.distance_files import read_class_distances
 
 
 def data_root(root: str | None, holds: str) -> Path:
@@ -90,6 +91,9 @@ class HierarchyDataModule(L.LightningDataModule):
             ``data.vit_stem``.
         views: augmented views of every training image per batch (``(B, V, C, H, W)``
             batches when above 1), for contrastive objectives (``objective=supcon``).
+        distances: a file of LCA heights between the classes that the dataset ships
+            (``hierot.hierarchy.distance_files``), read by ``lca_heights`` instead of the
+            heights recomputed from the tree; None: recomputed.
     """
 
     hierarchy: Hierarchy
@@ -108,6 +112,7 @@ class HierarchyDataModule(L.LightningDataModule):
         resnet_stem: str | None = None,
         vit_stem: str | None = None,
         views: int = 1,
+        distances: str | None = None,
     ) -> None:
         super().__init__()
         require_integer(batch_size, "data.batch_size", 1)  # the config check calls the same
@@ -122,6 +127,7 @@ class HierarchyDataModule(L.LightningDataModule):
         self.level_names = list(level_names) if level_names else None
         self.resnet_stem = resnet_stem
         self.vit_stem = vit_stem
+        self.distances = distances
         self._mean = torch.tensor(mean).view(1, -1, 1, 1)
         self._std = torch.tensor(std).view(1, -1, 1, 1)
 
@@ -163,6 +169,13 @@ class HierarchyDataModule(L.LightningDataModule):
         """The training images as the test sees them, without augmentation (the features a
         linear probe is fitted on); data modules that augment override it."""
         return self.train_set
+
+    def lca_heights(self) -> torch.Tensor:
+        """(K, K) heights of the classes' lowest common ancestors: ``data.distances``'s file
+        when given, else ``hierarchy.lca_heights()``."""
+        if self.distances is None:
+            return self.hierarchy.lca_heights()
+        return read_class_distances(self.distances, self.hierarchy.leaves)
 
     def description(self) -> dict[str, object]:
         """What a run trained on, for its ``data.json``: the data module, its split, the
