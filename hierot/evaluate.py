@@ -46,6 +46,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.logs import progress_bar_wanted
 from hierot.metrics import evaluate_features
 from hierot.metrics.decoding import check_decode
+from hierot.metrics.features import EXTRA_FAMILIES, NEEDS_TRAIN_FEATURES, feature_space_metrics
 from hierot.metrics.mistakes import CONVENTIONS
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
@@ -165,6 +166,16 @@ def check_evaluate(cfg: DictConfig) -> Path:
             check_decode(way, f"decode[{i}]")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    families = [cfg.metrics] if isinstance(cfg.metrics, str) else cfg.metrics
+    if not OmegaConf.is_list(families) and not isinstance(families, list):
+        raise ConfigError(f"metrics must be a list of metric families, got {cfg.metrics!r}")
+    for i, family in enumerate(families):
+        if family not in (*EXTRA_FAMILIES, "all"):
+            raise ConfigError(
+                f"metrics[{i}]: unknown metric family {family!r}; available: "
+                f"{', '.join(EXTRA_FAMILIES)}, all"
+            )
+    check_integer(cfg, "knn_k", 1)
     if cfg.crm_cost not in CONVENTIONS:
         raise ConfigError(
             f"crm_cost: unknown cost {cfg.crm_cost!r}; available: {', '.join(CONVENTIONS)}"
@@ -176,6 +187,12 @@ def check_evaluate(cfg: DictConfig) -> Path:
     for key in ("data", "backbone"):
         check_target_arguments(cfg[key], key)
     return ckpt
+
+
+def chosen_families(metrics: object) -> list[str]:
+    """The extra metric families of ``metrics=`` (a name or a list; ``all`` is every one)."""
+    names = [metrics] if isinstance(metrics, str) else list(metrics)  # type: ignore[call-overload]
+    return list(EXTRA_FAMILIES) if "all" in names else names
 
 
 def evaluate(cfg: DictConfig) -> dict[str, object]:
@@ -220,6 +237,24 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         crm_cost=cfg.crm_cost,
         lca=lca,
     )
+    families = chosen_families(cfg.metrics)
+    if families:
+        train = None
+        if any(f in families for f in NEEDS_TRAIN_FEATURES):
+            datamodule.predict_split = "train"
+            train_batches = trainer.predict(model, datamodule=datamodule)
+            datamodule.predict_split = "test"
+            train = tuple(torch.cat([b[k] for b in train_batches]) for k in ("z", "y"))  # type: ignore[index]
+            if "knn" in families and cfg.knn_k > len(train[1]):
+                raise ConfigError(
+                    f"knn_k: {cfg.knn_k} neighbours, but the training split has "
+                    f"{len(train[1])} images"
+                )
+        metrics.update(
+            feature_space_metrics(
+                z, y, hierarchy, names, families, train, cfg.knn_k, memory_mb=cfg.memory_mb
+            )
+        )
     # test/cpcc as training defines it: the run's distance with the run's options (which
     # may differ from the shared options of the cpcc_<method> columns).
     run_dist = model.hparams.get("dist", "l2")

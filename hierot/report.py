@@ -32,15 +32,29 @@ def write_metrics(path: Path, metrics: Mapping[str, object]) -> None:
     write_json(path, {k: as_number(v) for k, v in metrics.items()})
 
 
-def format_table(metrics: Mapping[str, object], prefix: str = "test/") -> str:
-    rows = sorted((k, as_number(v)) for k, v in metrics.items() if k.startswith(prefix))
-    if not rows:
+def format_table(
+    metrics: Mapping[str, object], prefix: str = "test/", columns: tuple[str, ...] = ("crm",)
+) -> str:
+    """The metrics under ``prefix`` as a text table, one row per name; a metric also given
+    under ``prefix + column + "/"`` (another decoding) shows in that column of its row."""
+    values = {k[len(prefix) :]: as_number(v) for k, v in metrics.items() if k.startswith(prefix)}
+    if not values:
         return ""
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
-    for k, v in rows:
-        shown = f"{v:.4f}" if isinstance(v, float) else str(v)
-        lines.append(f"{k:<{width}}  {shown}")
+    extra = [c for c in columns if any(k.startswith(f"{c}/") for k in values)]
+    names = sorted(k for k in values if not any(k.startswith(f"{c}/") for c in extra))
+    width = max(len(prefix + k) for k in names)
+
+    def shown(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = [
+        "  ".join([f"{'metric':<{width}}", "value ", *(f"{c:<6}" for c in extra)]).rstrip(),
+        "  ".join([f"{'-' * width}", "------", *("------" for _ in extra)]),
+    ]
+    for k in names:
+        cells = [f"{prefix + k:<{width}}", f"{shown(values[k]):<6}"]
+        cells += [f"{shown(values.get(f'{c}/{k}')):<6}" for c in extra]
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 

@@ -8,13 +8,23 @@ import torch
 
 from hierot.metrics.calibration import calibration_errors
 from hierot.metrics.decoding import marginal_predictions, ranked_classes
+from hierot.metrics.feature_space import (
+    average_precisions,
+    knn_accuracy,
+    prototype_retrieval,
+    silhouette,
+)
 from hierot.metrics.mistakes import mistake_metrics, top_k_accuracy
 from tests.helpers.eval_references import (
+    average_precision_reference,
     crm_table,
     guo_ece,
+    knn_reference,
     marginal_reference,
     mbm_table,
     mce,
+    otcpcc_retrieval,
+    silhouette_reference,
 )
 from tests.helpers.loss_references import lca_height_reference
 from tests.helpers.trees import TREES, balanced
@@ -205,3 +215,60 @@ def test_marginal_and_mapped_coarse_predictions_differ_where_the_mass_is_spread(
     probs = torch.tensor([[0.3, 0.3, 0.0, 0.4, 0.0, 0.0]]) + 1e-9
     assert fine_to_top[probs.argmax()].item() == 1  # mapped argmax
     assert marginal_predictions(probs.log(), fine_to_top).item() == 0  # 0.6 against 0.4
+
+
+def clustered(n, classes, d=8, seed=0, spread=1.0, noise=None):
+    """Samples around the centres of ``seed``, with the noise of ``noise`` (default seed)."""
+    labels = torch.arange(n) % classes
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=gen, dtype=torch.float64) * 2
+    gen = torch.Generator().manual_seed(seed if noise is None else noise)
+    return centres[labels] + spread * torch.randn(n, d, generator=gen, dtype=torch.float64), labels
+
+
+def test_silhouette_equals_the_per_sample_definition():
+    z, labels = clustered(60, 4, seed=1)
+    labels[0] = 7  # a label of one sample: counts 0
+    expected = silhouette_reference(z.numpy(), labels.numpy())
+    assert float(silhouette(z, labels)) == pytest.approx(expected, abs=1e-8)
+    assert float(silhouette(z, labels, memory_mb=1e-4)) == pytest.approx(expected, abs=1e-8)
+    separated, labels = clustered(40, 2, seed=2, spread=0.01)
+    assert float(silhouette(separated, labels)) > 0.99
+    with pytest.raises(ValueError, match="silhouette needs 2 to N - 1 labels, got 1"):
+        silhouette(z, torch.zeros(60, dtype=torch.long))
+
+
+def test_knn_accuracy_equals_scikit_learns_cosine_vote():
+    bank, bank_labels = clustered(120, 5, seed=3, spread=2.0)
+    queries, target = clustered(50, 5, seed=3, spread=2.0, noise=30)
+    for k in (1, 7, 50):
+        expected = knn_reference(queries.numpy(), bank.numpy(), bank_labels.numpy(), k)
+        got = knn_accuracy(queries, target, bank, bank_labels, k, memory_mb=1e-3)
+        assert float(got) == pytest.approx(float(np.mean(expected == target.numpy())), abs=1e-12)
+    with pytest.raises(ValueError, match="knn: k = 121 needs 1 to 120 features in the bank"):
+        knn_accuracy(queries, target, bank, bank_labels, 121)
+
+
+def test_average_precision_equals_scikit_learn_with_ties():
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randint(0, 5, (40, 3), generator=gen).double()  # many ties
+    relevant = torch.rand(40, 3, generator=gen) < 0.3
+    relevant[:, 2] = False  # nothing relevant: 0
+    got = average_precisions(scores, relevant)
+    for c in range(3):
+        expected = average_precision_reference(
+            relevant[:, c].numpy().astype(int), scores[:, c].numpy()
+        )
+        assert float(got[c]) == pytest.approx(expected, abs=1e-12)
+    assert float(got[2]) == 0.0
+
+
+def test_prototype_retrieval_equals_otcpcc():
+    bank, bank_labels = clustered(90, 6, seed=5, spread=1.5)
+    z, labels = clustered(48, 6, seed=5, spread=1.5, noise=50)
+    expected = otcpcc_retrieval(bank.numpy(), bank_labels.numpy(), z.numpy(), labels.numpy())
+    for memory_mb in (256, 1e-4):
+        got = prototype_retrieval(z, labels, bank, bank_labels, memory_mb)
+        for key in ("map", "precision", "recall"):
+            assert float(got[key]) == pytest.approx(expected[key], abs=1e-6), key
+    assert 0.3 < expected["map"] < 1.0

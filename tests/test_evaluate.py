@@ -114,6 +114,46 @@ def test_evaluate_reproduces_the_runs_test_metrics_and_adds_the_rest(trained_run
 
 
 @pytest.mark.slow
+def test_evaluate_reports_the_fields_tables_and_reads_shipped_distances(trained_run, tmp_path):
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    leaves = json.loads((trained_run / "data.json").read_text())["classes"]
+    shipped = tmp_path / "own_distances.csv"  # every pair 3 apart: no longer the tree's
+    shipped.write_text("".join(f"{a},{b},3\n" for i, a in enumerate(leaves) for b in leaves[:i]))
+    run = evaluate(
+        tmp_path, f"ckpt={trained['best_checkpoint']}", "metrics=all", "figures=false",
+        f"data.distances={shipped}", "knn_k=5",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert got["test/acc_top1"] == pytest.approx(got["test/acc_fine"], abs=1e-6)
+    assert got["test/severity_path"] == pytest.approx(got["test/mistake_severity"], abs=1e-5)
+    for k in (1, 5):
+        assert got[f"test/hdist_path@{k}"] == pytest.approx(got[f"test/ahd@{k}"], abs=1e-5)
+    if got["test/acc_top1"] < 1:
+        assert got["test/severity_lca"] == 3.0  # the file's heights, not the tree's
+    keys = [
+        "crm/acc_top1", "crm/severity_lca", "crm/hprec_path@5", "acc_palette_marginal",
+        "acc_shape_marginal", "ece", "mce", "silhouette_palette", "silhouette_shape",
+        "knn_acc@5", "proto_map_fine", "proto_precision_shape", "proto_recall_palette",
+    ]  # fmt: skip
+    for key in keys:
+        assert f"test/{key}" in got, key
+    assert 0 <= got["test/ece"] <= got["test/mce"] <= 1
+    assert -1 <= got["test/silhouette_shape"] <= 1
+    log = (tmp_path / "eval" / "evaluate.log").read_text()
+    assert "test/hdist_lca@5" in log and "crm" in log.split("test/acc_fine")[0]
+    (tmp_path / "k").mkdir()
+    too_many = evaluate(tmp_path / "k", f"ckpt={trained['best_checkpoint']}", "metrics=knn",
+                        "figures=false", "knn_k=100000")  # fmt: skip
+    assert too_many.returncode == 2
+    assert (
+        too_many.stderr.strip()
+        .splitlines()[-1]
+        .startswith("hierot: error: knn_k: 100000 neighbours, but the training split has ")
+    )
+
+
+@pytest.mark.slow
 def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     def refused(*args):
         run = evaluate(tmp_path, *args)
@@ -145,7 +185,7 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     assert prechecked(f"ckpt={last}", "+figure=false") == (
         "unknown key 'figure' (did you mean 'figures'?): nothing reads +figure=...; top-level "
         "keys: accelerator, ahd_k, ckpt, crm_cost, decode, distances, enable_progress_bar, "
-        "figures, memory_mb, output_dir, precision, top_k"
+        "figures, knn_k, memory_mb, metrics, output_dir, precision, top_k"
     )
     for args, message in [
         (["top_k=0"], "top_k must be an integer >= 1, got 0"),
@@ -155,6 +195,8 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
         (["decode=[argmax,xyz]"], "decode[1]: unknown decoding 'xyz'; available: argmax, crm"),
         (["decode=crm"], "decode must be a non-empty list, e.g. [argmax, crm], got 'crm'"),
         (["crm_cost=height"], "crm_cost: unknown cost 'height'; available: lca, path"),
+        (["metrics=[knn,umap]"], "metrics[1]: unknown metric family 'umap'; available: "),
+        (["knn_k=0"], "knn_k must be an integer >= 1, got 0"),
         (["figures=maybe"], "figures must be true or false, got 'maybe'"),
         (["enable_progress_bar=3"], "enable_progress_bar must be true/false or null, got 3"),
         (["precision=bf17"], "precision must be one of 64, 32, 16, 'transformer-engine', "),

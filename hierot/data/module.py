@@ -153,8 +153,17 @@ class HierarchyDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, train=False)
 
+    # The split ``predict_dataloader`` serves: "test", or "train" for the training images
+    # without augmentation (``hierot.evaluate``'s kNN bank and prototypes).
+    predict_split = "test"
+
     def predict_dataloader(self) -> DataLoader:
-        """The test split (``hierot.evaluate`` collects its features)."""
+        """The split ``predict_split`` names, in order (``hierot.evaluate`` collects its
+        features)."""
+        if self.predict_split == "train":
+            if getattr(self, "train_set", None) is None:
+                self.setup("fit")
+            return self._loader(self.plain_train_set(), train=False)
         return self.test_dataloader()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

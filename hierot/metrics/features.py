@@ -14,6 +14,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.metrics.calibration import calibration_errors
 from hierot.metrics.decoding import marginal_predictions, ranked_classes
 from hierot.metrics.epoch import LevelAccuracy, MistakeSeverity
+from hierot.metrics.feature_space import knn_accuracy, prototype_retrieval, silhouette
 from hierot.metrics.mistakes import mistake_metrics, top_k_accuracy
 
 
@@ -56,6 +57,56 @@ def retrieval_map(z: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> to
         total += ap[hits > 0].sum().cpu()
         counted += int((hits > 0).sum())
     return (total / max(counted, 1)).float()
+
+
+# Metric families beyond the default ones, each chosen by name (``metrics=[...]``); the
+# ones that need the training split's features say so.
+EXTRA_FAMILIES = ("silhouette", "knn", "prototypes")
+NEEDS_TRAIN_FEATURES = ("knn", "prototypes")
+
+
+def feature_space_metrics(
+    z: torch.Tensor,
+    target: torch.Tensor,
+    hierarchy: Hierarchy,
+    level_names: Mapping[int, str],
+    families: Sequence[str],
+    train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    knn_k: int = 50,
+    prefix: str = "test/",
+    memory_mb: float = DEFAULT_MEMORY_MB,
+) -> dict[str, float]:
+    """The chosen ``EXTRA_FAMILIES`` of one split's features, as ``{prefix + name: value}``:
+    ``silhouette_<level>`` at every coarse level, ``knn_acc@<k>`` (fine classes, the
+    training features as the bank), ``proto_{map,precision,recall}_<level>`` at every level.
+
+    Args:
+        z: (N, d) features; target: (N,) fine classes.
+        train: ``(features, fine classes)`` of the training split, for ``knn`` and
+            ``prototypes``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    z, target = z.cpu(), target.cpu()
+    if train is not None:
+        train = (train[0].cpu(), train[1].cpu())
+    finest = max(hierarchy.levels)
+    with torch.no_grad():
+        for level in hierarchy.levels:
+            labels = hierarchy.level_map(level)[1][target]
+            name = level_names[level]
+            if (
+                "silhouette" in families
+                and level != finest
+                and 2 <= labels.unique().numel() < len(labels)
+            ):
+                out[f"silhouette_{name}"] = silhouette(z, labels, memory_mb)
+            if "prototypes" in families and train is not None:
+                bank_labels = hierarchy.level_map(level)[1][train[1]]
+                scores = prototype_retrieval(z, labels, train[0], bank_labels, memory_mb)
+                out.update({f"proto_{key}_{name}": value for key, value in scores.items()})
+        if "knn" in families and train is not None:
+            out[f"knn_acc@{knn_k}"] = knn_accuracy(z, target, train[0], train[1], knn_k, memory_mb)
+    return {prefix + name: float(value) for name, value in out.items()}
 
 
 def evaluate_features(

@@ -12,6 +12,14 @@ kept, so that ``hierot.evaluate`` is checked against the numbers the papers prin
   ``np.arange(bin_size, 1 + bin_size, bin_size)``, the first one holding 0.
 - ``marginal_reference``: HierarchyCPCC ``get_layer_prob_from_fine`` (utils.py) and the
   argmax its main.py takes.
+- ``silhouette_reference``, ``knn_reference``, ``average_precision_reference``,
+  ``macro_precision_recall``: what scikit-learn's ``silhouette_score``,
+  ``KNeighborsClassifier(k, metric="cosine").predict``, ``average_precision_score`` and
+  ``precision_score``/``recall_score(average="macro")`` compute, one sample at a time
+  (HierarchyCPCC and HypStructure call the first two, OTCPCC the others; scikit-learn is not a
+  dependency).
+- ``otcpcc_retrieval``: OTCPCC ``retrieval`` (downstream.py): prototypes as class means, a
+  cosine per (test sample, prototype), AP per prototype, macro precision and recall.
 """
 
 from __future__ import annotations
@@ -166,3 +174,91 @@ def marginal_reference(logits: torch.Tensor, layer_fine_map: np.ndarray) -> torc
         index = torch.tensor((layer_fine_map == cls).nonzero()[0])
         prob_layer.append(torch.sum(torch.index_select(prob_fine, 1, index), 1, keepdim=True))
     return torch.cat(prob_layer, dim=1).argmax(dim=1)
+
+
+def silhouette_reference(x: np.ndarray, labels: np.ndarray) -> float:
+    n = len(x)
+    values = []
+    for i in range(n):
+        d = np.sqrt(((x - x[i]) ** 2).sum(1))
+        same = labels == labels[i]
+        if same.sum() == 1:
+            values.append(0.0)
+            continue
+        a = d[same].sum() / (same.sum() - 1)
+        b = min(d[labels == other].mean() for other in set(labels.tolist()) - {labels[i]})
+        values.append((b - a) / max(a, b))
+    return float(np.mean(values))
+
+
+def knn_reference(
+    queries: np.ndarray, bank: np.ndarray, bank_labels: np.ndarray, k: int
+) -> np.ndarray:
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    bn = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    out = []
+    for q in qn:
+        cosine_distance = 1 - bn @ q
+        near = np.argsort(cosine_distance, kind="stable")[:k]
+        counts = np.bincount(bank_labels[near])
+        out.append(int(np.argmax(counts)))  # the smallest of the most voted labels
+    return np.array(out)
+
+
+def average_precision_reference(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """scikit-learn's ``average_precision_score`` (binary): its ``_binary_clf_curve`` on the
+    distinct thresholds, then ``-sum(diff(recall) * precision[:-1])``; 0 without positives."""
+    desc = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score, y_true = y_score[desc], y_true[desc]
+    distinct = np.where(np.diff(y_score))[0]
+    threshold_idxs = np.r_[distinct, y_true.size - 1]
+    tps = np.cumsum(y_true)[threshold_idxs]
+    fps = 1 + threshold_idxs - tps
+    if tps[-1] == 0:
+        return 0.0
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    precision = np.r_[precision[::-1], 1]
+    recall = np.r_[recall[::-1], 0]
+    return float(-np.sum(np.diff(recall) * np.array(precision)[:-1]))
+
+
+def macro_precision_recall(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
+    labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    precisions, recalls = [], []
+    for label in labels:
+        tp = np.sum((y_pred == label) & (y_true == label))
+        predicted, actual = np.sum(y_pred == label), np.sum(y_true == label)
+        precisions.append(tp / predicted if predicted else 0.0)
+        recalls.append(tp / actual if actual else 0.0)
+    return float(np.mean(precisions)), float(np.mean(recalls))
+
+
+def otcpcc_retrieval(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray
+) -> dict[str, float]:
+    target_num = int(train_labels.max()) + 1
+    prototypes = {i: [] for i in range(target_num)}
+    for emb, t in zip(train, train_labels):
+        prototypes[int(t)].append(emb)
+    for i in range(target_num):
+        prototypes[i] = np.mean(np.stack(prototypes[i], axis=0), axis=0)
+    test_scores = {i: [] for i in range(target_num)}
+    test_truth = {i: [] for i in range(target_num)}
+    retrieval_results = []
+    for test_emb, t in zip(test, test_labels):
+        similarities = []
+        for i in range(target_num):
+            similarity = np.dot(test_emb, prototypes[i]) / (
+                np.linalg.norm(test_emb) * np.linalg.norm(prototypes[i])
+            )
+            similarities.append(similarity)
+            test_scores[i].append(similarity)
+            test_truth[i].append(int(t == i))
+        retrieval_results.append(np.argmax(similarities))
+    aps = [
+        average_precision_reference(np.array(test_truth[i]), np.array(test_scores[i]))
+        for i in range(target_num)
+    ]
+    precision, recall = macro_precision_recall(test_labels, np.array(retrieval_results))
+    return {"map": float(np.mean(aps)), "precision": precision, "recall": recall}
