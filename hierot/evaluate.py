@@ -48,6 +48,7 @@ from hierot.metrics import evaluate_features
 from hierot.metrics.decoding import check_decode
 from hierot.metrics.features import EXTRA_FAMILIES, NEEDS_TRAIN_FEATURES, feature_space_metrics
 from hierot.metrics.mistakes import CONVENTIONS
+from hierot.metrics.ood import ood_metrics
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
 from hierot.objectives import DEFAULT_OBJECTIVE
@@ -176,6 +177,14 @@ def check_evaluate(cfg: DictConfig) -> Path:
                 f"{', '.join(EXTRA_FAMILIES)}, all"
             )
     check_integer(cfg, "knn_k", 1)
+    if not OmegaConf.is_list(cfg.ood_knn_k) or not cfg.ood_knn_k:
+        raise ConfigError(
+            f"ood_knn_k must be a non-empty list, e.g. [50, 200], got {cfg.ood_knn_k!r}"
+        )
+    for i, k in enumerate(cfg.ood_knn_k):
+        require_integer(k, f"ood_knn_k[{i}]", 1)
+    if cfg.get("ood") is not None:
+        check_target_arguments(cfg.ood, "ood")
     if cfg.crm_cost not in CONVENTIONS:
         raise ConfigError(
             f"crm_cost: unknown cost {cfg.crm_cost!r}; available: {', '.join(CONVENTIONS)}"
@@ -187,6 +196,46 @@ def check_evaluate(cfg: DictConfig) -> Path:
     for key in ("data", "backbone"):
         check_target_arguments(cfg[key], key)
     return ckpt
+
+
+def predict_split(
+    trainer: L.Trainer, model: HierarchyModule, datamodule: HierarchyDataModule, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, labels)`` of one split of ``datamodule`` (``test`` or ``train``, the
+    training images without augmentation), in order."""
+    datamodule.predict_split = split
+    try:
+        batches = trainer.predict(model, datamodule=datamodule)
+    finally:
+        datamodule.predict_split = "test"
+    return (
+        torch.cat([b["z"] for b in batches]),  # type: ignore[index]
+        torch.cat([b["y"] for b in batches]),  # type: ignore[index]
+    )
+
+
+def build_ood(cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyDataModule | None:
+    """The ``ood=`` data module (None without one), its images normalised as the model's
+    own data; a one-line error if its images are not the size the model was trained on."""
+    if cfg.get("ood") is None:
+        return None
+    ood = build(cfg.ood, "ood")
+    if ood.image_size != datamodule.image_size:
+        raise ConfigError(
+            f"ood: its images are {ood.image_size} px, the model's data "
+            f"{datamodule.image_size} px (set ood.image_size={datamodule.image_size})"
+        )
+    ood._mean, ood._std = datamodule._mean, datamodule._std
+    return ood
+
+
+def ood_name(cfg: DictConfig) -> str:
+    """The ``ood=`` option chosen (its data module's class outside a Hydra run)."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("ood")
+        if choice:
+            return str(choice)
+    return str(cfg.ood._target_).rsplit(".", 1)[-1]
 
 
 def chosen_families(metrics: object) -> list[str]:
@@ -201,6 +250,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     datamodule = build(cfg.data, "data")
     check_run_classes(ckpt, list(datamodule.hierarchy.leaves))
     lca = datamodule.lca_heights()  # a shipped file is read (and its errors raised) first
+    ood = build_ood(cfg, datamodule)
     model = load_model(ckpt, cfg, datamodule)
     try:
         trainer = L.Trainer(
@@ -238,23 +288,30 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         lca=lca,
     )
     families = chosen_families(cfg.metrics)
-    if families:
-        train = None
-        if any(f in families for f in NEEDS_TRAIN_FEATURES):
-            datamodule.predict_split = "train"
-            train_batches = trainer.predict(model, datamodule=datamodule)
-            datamodule.predict_split = "test"
-            train = tuple(torch.cat([b[k] for b in train_batches]) for k in ("z", "y"))  # type: ignore[index]
-            if "knn" in families and cfg.knn_k > len(train[1]):
+    train = None
+    if ood is not None or any(f in families for f in NEEDS_TRAIN_FEATURES):
+        train = predict_split(trainer, model, datamodule, "train")
+        wanted = {"knn_k": cfg.knn_k if "knn" in families else 0}
+        wanted["ood_knn_k"] = max(cfg.ood_knn_k) if ood is not None else 0
+        for key, k in wanted.items():
+            if k > len(train[1]):
                 raise ConfigError(
-                    f"knn_k: {cfg.knn_k} neighbours, but the training split has "
-                    f"{len(train[1])} images"
+                    f"{key}: {k} neighbours, but the training split has {len(train[1])} images"
                 )
+    if families:
         metrics.update(
             feature_space_metrics(
                 z, y, hierarchy, names, families, train, cfg.knn_k, memory_mb=cfg.memory_mb
             )
         )
+    if ood is not None and train is not None:
+        z_out, _ = predict_split(trainer, model, ood, "test")
+        numbers = ood_metrics(
+            train[0].cpu(), train[1].cpu(), z.cpu(), z_out.cpu(), list(cfg.ood_knn_k),
+            memory_mb=cfg.memory_mb,
+        )  # fmt: skip
+        metrics.update({f"ood/{key}": float(value) for key, value in numbers.items()})
+        metrics.update({"ood_set": ood_name(cfg), "ood_samples": int(z_out.shape[0])})
     # test/cpcc as training defines it: the run's distance with the run's options (which
     # may differ from the shared options of the cpcc_<method> columns).
     run_dist = model.hparams.get("dist", "l2")

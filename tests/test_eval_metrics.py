@@ -15,16 +15,31 @@ from hierot.metrics.feature_space import (
     silhouette,
 )
 from hierot.metrics.mistakes import mistake_metrics, top_k_accuracy
+from hierot.metrics.ood import (
+    detection_metrics,
+    gaussian_score,
+    knn_score,
+    mahalanobis_score,
+    normalized,
+    ood_metrics,
+    ssd_score,
+)
 from tests.helpers.eval_references import (
     average_precision_reference,
     crm_table,
+    gaussian_ood_reference,
+    get_measures_reference,
     guo_ece,
+    knn_ood_reference,
     knn_reference,
+    mahalanobis_reference,
     marginal_reference,
     mbm_table,
     mce,
     otcpcc_retrieval,
     silhouette_reference,
+    ssd_eval_reference,
+    ssd_reference,
 )
 from tests.helpers.loss_references import lca_height_reference
 from tests.helpers.trees import TREES, balanced
@@ -272,3 +287,100 @@ def test_prototype_retrieval_equals_otcpcc():
         for key in ("map", "precision", "recall"):
             assert float(got[key]) == pytest.approx(expected[key], abs=1e-6), key
     assert 0.3 < expected["map"] < 1.0
+
+
+def ood_features(seed=9, d=6):
+    """Training features of 4 classes, 100 test and 60 OOD samples (shifted, wider)."""
+    train, train_labels = clustered(200, 4, d=d, seed=seed, spread=1.0)
+    inside, _ = clustered(100, 4, d=d, seed=seed, spread=1.0, noise=seed + 1)
+    gen = torch.Generator().manual_seed(seed + 2)
+    outside = 1.5 + 1.8 * torch.randn(60, d, generator=gen, dtype=torch.float64)
+    return train, train_labels, inside, outside
+
+
+def test_ood_scores_equal_hierarchycpcc_and_hypstructure():
+    train, labels, inside, outside = ood_features()
+    tr = train.numpy()
+    for x in (inside, outside):
+        xn = x.numpy()
+        got = gaussian_score(train, labels, x, memory_mb=0.01).numpy()
+        assert np.allclose(got, gaussian_ood_reference(tr, labels.numpy(), xn), rtol=1e-9)
+        assert np.allclose(-ssd_score(train, x).numpy(), ssd_reference(tr, xn), rtol=1e-9)
+        for k in (1, 50):
+            got = -knn_score(train, x, k, memory_mb=0.01).numpy()
+            assert np.allclose(got, knn_ood_reference(tr, xn, k), rtol=1e-9)
+        got = -mahalanobis_score(train, labels, x, memory_mb=0.01).numpy()
+        assert np.allclose(got, mahalanobis_reference(train, labels.numpy(), x), rtol=1e-9)
+
+
+def test_normalized_features_are_hypstructures():
+    train, _, inside, _ = ood_features()
+    tr, te = train.numpy().copy(), inside.numpy().copy()
+    tr /= np.linalg.norm(tr, axis=-1, keepdims=True) + 1e-10
+    te /= np.linalg.norm(te, axis=-1, keepdims=True) + 1e-10
+    m, s = np.mean(tr, axis=0, keepdims=True), np.std(tr, axis=0, keepdims=True)
+    got_train, got_test = normalized(train, inside)
+    assert np.allclose(got_train.numpy(), (tr - m) / (s + 1e-10), atol=1e-12)
+    assert np.allclose(got_test.numpy(), (te - m) / (s + 1e-10), atol=1e-12)
+
+
+def test_ood_numbers_equal_hypstructures_get_measures():
+    train, labels, inside, outside = ood_features()
+    for score in (
+        lambda x: knn_score(train, x, 50),
+        lambda x: mahalanobis_score(train, labels, x),
+        lambda x: gaussian_score(train, labels, x),
+    ):
+        sin, sout = score(inside), score(outside)
+        auroc, aupr, fpr = get_measures_reference(sin.numpy(), sout.numpy())
+        got = detection_metrics(sin, sout)
+        # torchmetrics returns its curve statistics in float32
+        assert float(got["auroc"]) == pytest.approx(auroc, abs=1e-6)
+        assert float(got["aupr"]) == pytest.approx(aupr, abs=1e-6)
+        assert float(got["fpr95"]) == pytest.approx(fpr, abs=1e-6)  # 100 inside: 95 % exact
+        assert 0.6 < auroc < 1.0
+
+
+def test_ssd_numbers_differ_from_hypstructures_in_the_aupr_convention():
+    # HypStructure scores SSD with the OOD set positive (AUPR-Out) and reads its FPR at the
+    # 95th percentile of the in-distances; hierot keeps in-distribution positive everywhere.
+    train, _, inside, outside = ood_features()
+    sin, sout = ssd_score(train, inside), ssd_score(train, outside)
+    fpr, auroc, aupr_out = ssd_eval_reference(-sin.numpy(), -sout.numpy())
+    got = detection_metrics(sin, sout)
+    assert float(got["auroc"]) == pytest.approx(auroc, abs=1e-6)
+    assert float(got["fpr95"]) == pytest.approx(fpr, abs=1e-6)
+    aupr_in = get_measures_reference(sin.numpy(), sout.numpy())[1]
+    assert float(got["aupr"]) == pytest.approx(aupr_in, abs=1e-6)
+    assert abs(aupr_out - aupr_in) > 0.01, (aupr_out, aupr_in)
+
+
+def test_tied_covariance_scale_changes_no_ood_number():
+    # HypStructure divides the summed class covariances by d, not by the sample count: every
+    # distance is scaled alike, the three numbers stay.
+    train, labels, inside, outside = ood_features()
+    sin, sout = mahalanobis_score(train, labels, inside), mahalanobis_score(train, labels, outside)
+    a = detection_metrics(sin, sout)
+    b = detection_metrics(sin * 7.3, sout * 7.3)
+    assert all(float(a[k]) == pytest.approx(float(b[k])) for k in a)
+
+
+def test_ood_metrics_report_every_score_on_raw_and_normalised_features():
+    train, labels, inside, outside = ood_features()
+    got = ood_metrics(train, labels, inside, outside, knn_k=(5, 50))
+    names = ["gaussian", "ssd", "mahalanobis", "knn@5", "knn@50"]
+    assert sorted(got) == sorted(
+        f"{n}_{v}/{m}" for n in names for v in ("raw", "norm") for m in ("auroc", "aupr", "fpr95")
+    )
+    assert float(got["knn@50_raw/auroc"]) > 0.6
+
+
+def test_ood_numbers_do_not_depend_on_the_scores_scale():
+    # Mahalanobis distances of real features are in the thousands: a sigmoid of them would
+    # tie every score at 0.
+    train, labels, inside, outside = ood_features()
+    sin, sout = mahalanobis_score(train, labels, inside), mahalanobis_score(train, labels, outside)
+    small = detection_metrics(sin, sout)
+    large = detection_metrics(sin * 1e4 - 5e3, sout * 1e4 - 5e3)
+    assert float(small["auroc"]) > 0.6
+    assert all(float(small[k]) == pytest.approx(float(large[k]), abs=1e-6) for k in small)

@@ -121,7 +121,8 @@ def test_evaluate_reports_the_fields_tables_and_reads_shipped_distances(trained_
     shipped.write_text("".join(f"{a},{b},3\n" for i, a in enumerate(leaves) for b in leaves[:i]))
     run = evaluate(
         tmp_path, f"ckpt={trained['best_checkpoint']}", "metrics=all", "figures=false",
-        f"data.distances={shipped}", "knn_k=5",
+        f"data.distances={shipped}", "knn_k=5", "ood=synthetic_ood", "ood.test_per_class=4",
+        "ood_knn_k=[5]",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -139,6 +140,11 @@ def test_evaluate_reports_the_fields_tables_and_reads_shipped_distances(trained_
     for key in keys:
         assert f"test/{key}" in got, key
     assert 0 <= got["test/ece"] <= got["test/mce"] <= 1
+    assert got["ood_set"] == "synthetic_ood" and got["ood_samples"] == 24 * 4
+    for score in ("gaussian", "ssd", "mahalanobis", "knn@5"):
+        for variant in ("raw", "norm"):
+            for number in ("auroc", "aupr", "fpr95"):
+                assert 0 <= got[f"ood/{score}_{variant}/{number}"] <= 1, (score, variant, number)
     assert -1 <= got["test/silhouette_shape"] <= 1
     log = (tmp_path / "eval" / "evaluate.log").read_text()
     assert "test/hdist_lca@5" in log and "crm" in log.split("test/acc_fine")[0]
@@ -185,7 +191,7 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     assert prechecked(f"ckpt={last}", "+figure=false") == (
         "unknown key 'figure' (did you mean 'figures'?): nothing reads +figure=...; top-level "
         "keys: accelerator, ahd_k, ckpt, crm_cost, decode, distances, enable_progress_bar, "
-        "figures, knn_k, memory_mb, metrics, output_dir, precision, top_k"
+        "figures, knn_k, memory_mb, metrics, ood_knn_k, output_dir, precision, top_k"
     )
     for args, message in [
         (["top_k=0"], "top_k must be an integer >= 1, got 0"),
@@ -197,6 +203,8 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
         (["crm_cost=height"], "crm_cost: unknown cost 'height'; available: lca, path"),
         (["metrics=[knn,umap]"], "metrics[1]: unknown metric family 'umap'; available: "),
         (["knn_k=0"], "knn_k must be an integer >= 1, got 0"),
+        (["ood_knn_k=[50,0]"], "ood_knn_k[1] must be an integer >= 1, got 0"),
+        (["ood=synthetic_ood", "ood.colours=3"], "Could not override 'ood.colours'"),
         (["figures=maybe"], "figures must be true or false, got 'maybe'"),
         (["enable_progress_bar=3"], "enable_progress_bar must be true/false or null, got 3"),
         (["precision=bf17"], "precision must be one of 64, 32, 16, 'transformer-engine', "),
@@ -207,6 +215,9 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     # another backbone than the one trained: found after the run started, still one line
     message = refused(f"ckpt={last}", "backbone=resnet34")
     assert "does not fit backbone=resnet34" in message
+    assert refused(f"ckpt={last}", "ood=synthetic_ood", "ood.image_size=48") == (
+        "ood: its images are 48 px, the model's data 32 px (set ood.image_size=32)"
+    )
 
 
 @pytest.mark.slow

@@ -50,6 +50,9 @@ class SyntheticSpec:
     modes: int = 2
     image_size: int = 32
     noise: float = 0.08
+    # turns every palette's hue by this share of the gap between palettes: 0.5 puts the
+    # colours halfway between the default ones, colours a default-trained model never saw
+    hue_offset: float = 0.0
 
     def __post_init__(self) -> None:
         limits = {
@@ -158,7 +161,7 @@ def render(
     # Modes: alternate dark/light background and move the hue to either side of the palette's.
     light = (modes % 2).float()
     side = (modes - (spec.modes - 1) / 2) / max(spec.modes - 1, 1) * 2  # in [-1, 1]
-    hue = palette.float() / spec.palettes + side * 0.05 + uniform(-0.02, 0.02)
+    hue = (palette.float() + spec.hue_offset) / spec.palettes + side * 0.05 + uniform(-0.02, 0.02)
     fg = _hsv_to_rgb(hue % 1, uniform(0.7, 1.0), uniform(0.75, 1.0))
     bg_level = torch.where(light > 0, uniform(0.7, 0.9), uniform(0.05, 0.25))
     bg = bg_level[:, None] + uniform(-0.05, 0.05)[:, None] * torch.tensor([1.0, 0.0, -1.0])
@@ -248,6 +251,7 @@ class SyntheticDataModule(HierarchyDataModule):
         split: ``all``, or ``source`` / ``target``: the same classes drawn from a disjoint
             half of every class's modes (its subpopulations; see ``split_modes``), the
             subpopulation shift of the OT-CPCC protocol.
+        hue_offset: see ``SyntheticSpec`` (``ood=synthetic_ood`` sets 0.5).
         kwargs: ``HierarchyDataModule`` options (``batch_size``, ``image_size``, ...).
     """
 
@@ -264,11 +268,12 @@ class SyntheticDataModule(HierarchyDataModule):
         seed: int = 0,
         image_size: int = 32,
         split: str = "all",
+        hue_offset: float = 0.0,
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("level_names", LEVEL_NAMES)
         super().__init__(image_size=image_size, **kwargs)  # type: ignore[arg-type]
-        self.spec = SyntheticSpec(palettes, shapes, textures, modes, image_size, noise)
+        self.spec = SyntheticSpec(palettes, shapes, textures, modes, image_size, noise, hue_offset)
         self.split = split
         self.modes_used = split_modes(modes, split)
         self.per_class = {"train": train_per_class, "val": val_per_class, "test": test_per_class}

@@ -18,6 +18,13 @@ kept, so that ``hierot.evaluate`` is checked against the numbers the papers prin
   ``precision_score``/``recall_score(average="macro")`` compute, one sample at a time
   (HierarchyCPCC and HypStructure call the first two, OTCPCC the others; scikit-learn is not a
   dependency).
+- OOD: HierarchyCPCC ``ood_detection`` (main.py: a one-component ``GaussianMixture`` per
+  class, i.e. the class's Gaussian with its biased covariance + ``reg_covar`` 1e-6, scored by
+  scipy's ``multivariate_normal.logpdf`` here), HypStructure ``get_scores_one_cluster`` (SSD),
+  its faiss ``IndexFlatL2`` k-th neighbour (``knn_ood_reference``), ``get_mean_prec`` and
+  ``get_Mahalanobis_score``, ``get_measures`` / ``fpr_and_fdr_at_recall`` / ``get_fpr`` /
+  ``get_pr_sklearn`` (utils.py), with scikit-learn's ``roc_auc_score`` as the Mann-Whitney
+  statistic with average ranks.
 - ``otcpcc_retrieval``: OTCPCC ``retrieval`` (downstream.py): prototypes as class means, a
   cosine per (test sample, prototype), AP per prototype, macro precision and recall.
 """
@@ -262,3 +269,98 @@ def otcpcc_retrieval(
     ]
     precision, recall = macro_precision_recall(test_labels, np.array(retrieval_results))
     return {"map": float(np.mean(aps)), "precision": precision, "recall": recall}
+
+
+def gaussian_ood_reference(train: np.ndarray, labels: np.ndarray, x: np.ndarray) -> np.ndarray:
+    from scipy.stats import multivariate_normal
+
+    posteriors = np.zeros((x.shape[0], len(np.unique(labels))))
+    for i, label in enumerate(np.unique(labels)):
+        members = train[labels == label]
+        cov = np.cov(members.T, bias=True)
+        cov.flat[:: cov.shape[0] + 1] += 1e-6
+        posteriors[:, i] = multivariate_normal(members.mean(0), cov).logpdf(x)
+    return np.max(posteriors, axis=1)
+
+
+def ssd_reference(ftrain: np.ndarray, ftest: np.ndarray) -> np.ndarray:
+    """HypStructure's SSD distance (larger: more OOD)."""
+    cov = lambda x: np.cov(x.T, bias=True)  # noqa: E731
+    return np.sum(
+        (ftest - np.mean(ftrain, axis=0, keepdims=True))
+        * (np.linalg.pinv(cov(ftrain)).dot((ftest - np.mean(ftrain, axis=0, keepdims=True)).T)).T,
+        axis=-1,
+    )
+
+
+def knn_ood_reference(ftrain: np.ndarray, ftest: np.ndarray, k: int) -> np.ndarray:
+    """faiss IndexFlatL2.search's k-th squared distance (larger: more OOD)."""
+    d = ((ftest[:, None, :] - ftrain[None, :, :]) ** 2).sum(-1)
+    return np.sort(d, axis=1)[:, k - 1]
+
+
+def mahalanobis_reference(train: torch.Tensor, labels: np.ndarray, x: torch.Tensor) -> np.ndarray:
+    """HypStructure's get_mean_prec + get_Mahalanobis_score (CPU, float64)."""
+    n_cls = int(labels.max()) + 1
+    classwise_mean = torch.empty(n_cls, train.shape[1], dtype=torch.float64)
+    classwise_cov = torch.empty(n_cls, train.shape[1], train.shape[1], dtype=torch.float64)
+    for cls in range(n_cls):
+        idx = np.where(labels == cls)[0]
+        classwise_mean[cls] = torch.mean(train[idx], dim=0)
+        classwise_cov[cls] = torch.cov(train[idx].T)
+    tied_cov = torch.sum(classwise_cov, dim=0) / train.shape[1]
+    precision = torch.linalg.pinv(tied_cov)
+    scores = []
+    for i in range(n_cls):
+        zero_f = x - classwise_mean[i]
+        scores.append(-torch.mm(torch.mm(zero_f, precision), zero_f.t()).diag().view(-1, 1))
+    best, _ = torch.max(torch.cat(scores, 1), dim=1)
+    return (-best).numpy()  # larger: more OOD
+
+
+def roc_auc_reference(labels: np.ndarray, scores: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    pos = labels == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def fpr_at_recall_reference(
+    y_true: np.ndarray, y_score: np.ndarray, recall_level: float = 0.95
+) -> float:
+    y_true = y_true == 1
+    desc = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score, y_true = y_score[desc], y_true[desc]
+    distinct = np.where(np.diff(y_score))[0]
+    threshold_idxs = np.r_[distinct, y_true.size - 1]
+    tps = np.cumsum(y_true, dtype=np.float64)[threshold_idxs]
+    fps = 1 + threshold_idxs - tps
+    recall = tps / tps[-1]
+    last_ind = tps.searchsorted(tps[-1])
+    sl = slice(last_ind, None, -1)
+    recall, fps = np.r_[recall[sl], 1], np.r_[fps[sl], 0]
+    cutoff = np.argmin(np.abs(recall - recall_level))
+    return float(fps[cutoff] / np.sum(np.logical_not(y_true)))
+
+
+def get_measures_reference(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float]:
+    """HypStructure's get_measures(in-scores, out-scores): in-distribution positive."""
+    examples = np.concatenate([pos, neg])
+    labels = np.zeros(len(examples), dtype=np.int32)
+    labels[: len(pos)] += 1
+    return (
+        roc_auc_reference(labels, examples),
+        average_precision_reference(labels, examples),
+        fpr_at_recall_reference(labels, examples),
+    )
+
+
+def ssd_eval_reference(dtest: np.ndarray, dood: np.ndarray) -> tuple[float, float, float]:
+    """HypStructure's get_eval_results numbers for SSD: (fpr95, auroc, aupr), the OOD set
+    positive for AUROC and AUPR, the FPR from the 95th percentile of the in-distances."""
+    labels = np.array([0] * len(dtest) + [1] * len(dood))
+    data = np.concatenate((dtest, dood))
+    fpr95 = np.sum(dood < np.percentile(dtest, 95)) / len(dood)
+    return float(fpr95), roc_auc_reference(labels, data), average_precision_reference(labels, data)
