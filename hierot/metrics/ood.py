@@ -70,7 +70,7 @@ def ssd_score(
     pseudo-inverse), squared as SSD's code leaves it."""
     train, x = train.double(), x.double()
     mean = train.mean(0, keepdim=True)
-    precision = torch.linalg.pinv(torch.cov(train.T, correction=0), hermitian=True)
+    precision = torch.linalg.pinv(torch.cov(train.T, correction=0))
     return -_quadratic(x, mean, precision, memory_mb)[:, 0]
 
 
@@ -94,7 +94,7 @@ def mahalanobis_score(
     # sum_c cov_c = sum_c (centred_c^T centred_c) / (n_c - 1): each row weighted by its class.
     weight = (1 / (counts - 1).clamp_min(1))[index]
     tied = (centred * weight[:, None]).T @ centred / train.shape[1]
-    precision = torch.linalg.pinv(tied, hermitian=True)
+    precision = torch.linalg.pinv(tied)
     return -_quadratic(x, means, precision, memory_mb).min(dim=1).values
 
 
@@ -192,7 +192,9 @@ def ood_metrics(
         }
         for k in knn_k:
             scorers[f"knn@{k}"] = lambda x, tr=tr, k=k: knn_score(tr, x, k, memory_mb)
+        both = torch.cat([xin, xout])  # one fit of each score for both sets
         for name, score in scorers.items():
-            numbers = detection_metrics(score(xin), score(xout))
+            scores = score(both)
+            numbers = detection_metrics(scores[: len(xin)], scores[len(xin) :])
             out.update({f"{name}_{variant}/{key}": value for key, value in numbers.items()})
     return out
