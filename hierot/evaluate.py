@@ -56,6 +56,8 @@ from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)
 GROUPS = ("data", "backbone")
+# Classes a figure shows at most: a dendrogram of more leaves is unreadable.
+FIGURE_CLASSES = 200
 
 
 def run_config(ckpt: Path) -> DictConfig | None:
@@ -342,6 +344,17 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     return metrics
 
 
+def figure_classes(y: torch.Tensor, limit: int = FIGURE_CLASSES) -> torch.Tensor | None:
+    """The classes the figures show when ``y`` holds more than ``limit``: a sorted sample of
+    ``limit`` of them drawn with seed 0 (the same split always shows the same ones); None
+    when all fit."""
+    present = y.unique().cpu()
+    if present.numel() <= limit:
+        return None
+    order = torch.randperm(present.numel(), generator=torch.Generator().manual_seed(0))
+    return present[order[:limit]].sort().values
+
+
 def write_figures(
     out: Path,
     z: torch.Tensor,
@@ -355,7 +368,16 @@ def write_figures(
 ) -> None:
     """``dendrograms.png`` (label tree next to the run's distances between the test classes)
     and ``embedding.png`` (features coloured by top-level class, marked by second-level
-    class) in ``out``; ``scores`` (e.g. the fine accuracy and TestCPCC) go in the titles."""
+    class) in ``out``; ``scores`` (e.g. the fine accuracy and TestCPCC) go in the titles.
+
+    Above ``FIGURE_CLASSES`` classes both figures show the test samples of a seeded sample
+    of that many classes (``class_subsample``, seed 0), and their titles say so."""
+    shown = figure_classes(y)
+    if shown is not None:
+        kept = torch.isin(y, shown.to(y.device))
+        note = f"{shown.numel()} of {y.unique().numel()} classes, a seeded sample"
+        z, y = z[kept], y[kept]
+        scores = f"{scores}; {note}" if scores else note
     levels = sorted(hierarchy.levels)
     top = levels[0]
     group_names, fine_to_top = hierarchy.level_map(top)

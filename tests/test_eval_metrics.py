@@ -298,6 +298,7 @@ def ood_features(seed=9, d=6):
     return train, train_labels, inside, outside
 
 
+@pytest.mark.slow
 def test_ood_scores_equal_hierarchycpcc_and_hypstructure():
     train, labels, inside, outside = ood_features()
     tr = train.numpy()

@@ -285,3 +285,21 @@ def test_evaluate_checks_the_classes_against_the_runs_data_json(tmp_path):
         check_run_classes(ckpt, ["a", "x", "c"])
     with pytest.raises(ConfigError, match="3 classes there, 2 here"):
         check_run_classes(ckpt, ["a", "b"])
+
+
+@pytest.mark.slow
+def test_figures_of_many_classes_show_a_seeded_sample(tmp_path):
+    from hierot.evaluate import figure_classes, write_figures
+    from tests.helpers.trees import balanced
+
+    y = torch.arange(300).repeat(2)
+    shown = figure_classes(y, limit=200)
+    assert shown.numel() == 200 and torch.equal(shown, figure_classes(y.flip(0), limit=200))
+    assert torch.equal(shown, shown.unique())  # sorted, distinct, the same on every call
+    assert figure_classes(torch.arange(200)) is None
+    tree = balanced([3, 10, 10])  # 300 classes
+    z = torch.randn(600, 8, generator=torch.Generator().manual_seed(0))
+    names = {1: "top", 2: "mid", 3: "fine"}
+    write_figures(tmp_path, z, y, tree, "l2", {}, names, scores="acc 0.5")
+    assert (tmp_path / "dendrograms.png").stat().st_size > 10_000
+    assert (tmp_path / "embedding.png").stat().st_size > 10_000
