@@ -36,6 +36,7 @@ from hierot.config import (
     check_target_arguments,
     compose_config,
     one_line,
+    sweep_variants,
 )
 from hierot.cpcc import NO_DISTANCE, cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
@@ -329,7 +330,17 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         metrics["test/cpcc"] = float(
             cpcc(z, y, hierarchy.tree_distances(), method, cfg.memory_mb, **options)
         )
-    metrics.update({"checkpoint": str(ckpt), "dist": run_dist, "test_samples": int(y.numel())})
+    saved = run_config(ckpt)
+    metrics.update(
+        {
+            "checkpoint": str(ckpt),
+            "objective": model.hparams.get("objective", DEFAULT_OBJECTIVE),
+            "dist": run_dist,
+            "lam": model.hparams.get("lam"),
+            "seed": saved.get("seed") if saved is not None else None,  # the training run's
+            "test_samples": int(y.numel()),
+        }
+    )
     out.mkdir(parents=True, exist_ok=True)
     if cfg.figures:
         fine = names[max(hierarchy.levels)]
@@ -432,9 +443,10 @@ def precheck(overrides: list[str]) -> None:
         key = o.split("=", 1)[0].lstrip("+~").split(".")[0]
         if key in TRAIN_ONLY:
             raise ConfigError(f"{key}: evaluate takes no {key}=; {TRAIN_ONLY[key]}")
-    cfg = compose_config(overrides, config_name="evaluate")
-    check_added_keys(overrides, cfg)
-    check_evaluate(cfg)
+    for job in sweep_variants(overrides):  # every value of a sweep (-m)
+        cfg = compose_config(job, config_name="evaluate")
+        check_added_keys(job, cfg)
+        check_evaluate(cfg)
 
 
 def main() -> None:

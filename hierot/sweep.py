@@ -224,10 +224,96 @@ def summary_figure(rows: Sequence[Mapping[str, object]], title: str = ""):
     return fig
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, object]]:
-    """Write ``summary.csv`` (and ``summary.png`` when a job completed) into ``sweep_dir``."""
+def _is_metric(key: str) -> bool:
+    return "/" in key and not key.startswith(OVERRIDE)
+
+
+def seed_summary(
+    rows: Sequence[Mapping[str, object]], over: Sequence[str] = ("seed",)
+) -> list[dict[str, object]]:
+    """One row per setting of the completed jobs: they are grouped by every swept override
+    and setting column except those named in ``over`` (the seeds, or the checkpoints of one
+    method's seeds); each metric (a key with a ``/``) gets its mean, ``<metric>_std`` (the
+    sample standard deviation; empty for one job) and ``jobs`` the group's size."""
+    done = [r for r in rows if r.get("status") == "completed"]
+    if not done:
+        return []
+    keys = [
+        k
+        for k in columns(done)
+        if k not in ("job", "status")
+        and not _is_metric(k)
+        and k not in TAIL
+        and _header(k) not in over
+        and k not in over
+    ]
+    keys = [k for k in keys if any(r.get(k) not in (None, "") for r in done)]
+    metrics = sorted({k for r in done for k in r if _is_metric(k) and _number(r[k]) is not None})
+    groups: dict[tuple[str, ...], list[Mapping[str, object]]] = {}
+    for row in done:
+        groups.setdefault(tuple(str(row.get(k, "")) for k in keys), []).append(row)
+    out = []
+    for key, members in groups.items():
+        summary: dict[str, object] = {_header(k): v for k, v in zip(keys, key, strict=True)}
+        summary["jobs"] = len(members)
+        for metric in metrics:
+            values = [v for r in members if (v := _number(r.get(metric))) is not None]
+            if values:
+                summary[metric] = float(np.mean(values))
+                summary[f"{metric}_std"] = (
+                    float(np.std(values, ddof=1)) if len(values) > 1 else None
+                )
+        out.append(summary)
+    return out
+
+
+def write_seed_summary(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(names))
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    os.replace(tmp, path)
+
+
+def format_seed_summary(rows: Sequence[Mapping[str, object]], limit: int = 6) -> str:
+    """The per-setting means as a text table: the settings, ``jobs`` and the first
+    ``limit`` metrics as mean +- std."""
+    if not rows:
+        return ""
+    first = ("test/cpcc", "test/acc_fine", "test/mistake_severity", "transfer/acc_fine")
+    metrics = [k for k in rows[0] if _is_metric(k) and not k.endswith("_std")]
+    metrics = sorted(metrics, key=lambda k: (k not in first, first.index(k) if k in first else 0))
+    metrics = metrics[:limit]
+    settings = [k for k in rows[0] if not _is_metric(k) and not k.endswith("_std")]
+
+    def cell(row: Mapping[str, object], key: str) -> str:
+        if key not in metrics:
+            return str(row.get(key, ""))
+        mean, std = row.get(key), row.get(f"{key}_std")
+        if mean is None:
+            return ""
+        return f"{mean:.4f}" + (f" +- {std:.4f}" if isinstance(std, float) else "")
+
+    header = [*settings, *metrics]
+    table = [header, *([cell(r, k) for k in header] for r in rows)]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(f"{c!s:<{w}}" for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    )
+
+
+def write_summary(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[dict[str, object]]:
+    """Write ``summary.csv`` (one row per job), ``summary_seeds.csv`` (the mean and spread
+    over ``over`` of each setting) and ``summary.png`` (when a job completed and TestCPCC is
+    there to plot) into ``sweep_dir``."""
     rows = collect(sweep_dir)
     write_csv(sweep_dir / "summary.csv", rows)
+    write_seed_summary(sweep_dir / "summary_seeds.csv", seed_summary(rows, over))
     plot(sweep_dir / "summary.png", rows, title=f"sweep {sweep_dir.name}")
     return rows
 
@@ -242,7 +328,14 @@ def record_failure(job_dir: Path, error: object) -> None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: records failed jobs and keeps the sweep's summary current."""
+    """Hydra callback: records failed jobs and keeps the sweep's summary current.
+
+    Args:
+        over: the overrides ``summary_seeds.csv`` averages over (default: ``seed``).
+    """
+
+    def __init__(self, over: Sequence[str] = ("seed",)) -> None:
+        self.over = list(over)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -251,7 +344,7 @@ class SweepSummary(Callback):
         if job_return.status == JobStatus.FAILED:
             record_failure(job_dir, job_return._return_value)
         try:
-            write_summary(Path(config.hydra.sweep.dir))
+            write_summary(Path(config.hydra.sweep.dir), self.over)
         except OSError as e:  # a summary problem must not fail the job
             log.warning("sweep summary not written: %s", e)
 
@@ -259,8 +352,11 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = write_summary(sweep_dir)
+        rows = write_summary(sweep_dir, self.over)
         done = sum(r.get("status") == "completed" for r in rows)
+        table = format_seed_summary(seed_summary(rows, self.over))
+        if table:
+            print(f"mean over {', '.join(self.over)} of each setting:\n{table}", flush=True)
         print(
             f"sweep summary: {sweep_dir / 'summary.csv'} ({done} of {len(rows)} jobs completed)",
             flush=True,

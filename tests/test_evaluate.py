@@ -188,6 +188,8 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     )
     assert "is not a readable PyTorch checkpoint" in prechecked(f"ckpt={not_ckpt}")
     assert prechecked(f"ckpt={last}", "dist=l2").startswith("dist: evaluate takes no dist=;")
+    # every checkpoint of a sweep (-m ckpt=a,b) is checked before the first job runs
+    assert prechecked(f"ckpt={last},{missing}") == f"ckpt: no such checkpoint: {missing}"
     assert prechecked(f"ckpt={last}", "+figure=false") == (
         "unknown key 'figure' (did you mean 'figures'?): nothing reads +figure=...; top-level "
         "keys: accelerator, ahd_k, ckpt, crm_cost, decode, distances, enable_progress_bar, "

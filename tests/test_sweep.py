@@ -147,3 +147,44 @@ def test_summary_figure_compares_runs_on_one_scale_and_keeps_lambda_zero():
     assert left.lines[0].get_ydata()[0] == pytest.approx(0.801)  # mean of the two seeds
     assert fig._suptitle.get_text() == "sweep x: TestCPCC vs lambda (mean of 2 seeds, bars: std)"
     assert summary_figure([{"status": "failed", "lam": 1}]) is None
+
+
+def test_seed_summary_averages_each_setting_over_the_seeds():
+    from hierot.sweep import OVERRIDE, format_seed_summary, seed_summary
+
+    rows = [
+        {"job": str(i), "status": "completed", OVERRIDE + "ckpt": ckpt,
+         OVERRIDE + "seed": str(seed), OVERRIDE + "shots": str(shots), "seed": seed,
+         "transfer/acc_fine": acc}
+        for i, (ckpt, seed, shots, acc) in enumerate([
+            ("a", 0, 1, 0.5), ("a", 1, 1, 0.7), ("a", 2, 1, 0.9),
+            ("b", 0, 1, 0.2), ("b", 1, 1, 0.4), ("a", 0, 5, 1.0),
+        ])
+    ]  # fmt: skip
+    rows.append({"job": "6", "status": "failed", OVERRIDE + "ckpt": "b", OVERRIDE + "seed": "2",
+                 OVERRIDE + "shots": "1", "error": "x"})  # fmt: skip
+    got = seed_summary(rows)
+    assert [(r["ckpt"], r["shots"], r["jobs"]) for r in got] == [
+        ("a", "1", 3),
+        ("b", "1", 2),
+        ("a", "5", 1),
+    ]
+    assert got[0]["transfer/acc_fine"] == pytest.approx(0.7)
+    assert got[0]["transfer/acc_fine_std"] == pytest.approx(0.2)  # sample std of .5, .7, .9
+    assert got[2]["transfer/acc_fine_std"] is None  # one seed: no spread
+    table = format_seed_summary(got).splitlines()
+    assert table[0].split() == ["ckpt", "shots", "jobs", "transfer/acc_fine"]
+    assert table[1].split() == ["a", "1", "3", "0.7000", "+-", "0.2000"]
+    # evaluate's multiruns average over the checkpoints of one method
+    by_method = seed_summary(
+        [
+            {**r, "objective": "ce", "dist": "l2" if r[OVERRIDE + "ckpt"] == "a" else "none"}
+            for r in rows
+        ],
+        over=("ckpt", "seed"),
+    )
+    assert [(r["dist"], r["shots"], r["jobs"]) for r in by_method] == [
+        ("l2", "1", 3),
+        ("none", "1", 2),
+        ("l2", "5", 1),
+    ]

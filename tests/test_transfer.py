@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -61,6 +62,16 @@ def test_transfer_sweeps_seeds_and_shots_on_the_target_split(source_run, tmp_pat
         assert m["train_images"] == 24 * m["shots"]  # 4 target training images per class
         assert m["test_images"] == 48  # the target split's test images (2 per class)
         assert 0 <= m["transfer/acc_fine"] <= m["transfer/acc_top5"] <= 1
+    # one table: the mean and spread over the seeds of each shot count
+    with (tmp_path / "sweep" / "summary_seeds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["shots"], r["jobs"]) for r in rows] == [("1", "2"), ("2", "2")]
+    for row in rows:
+        accs = [m["transfer/acc_fine"] for m in jobs if str(m["shots"]) == row["shots"]]
+        assert float(row["transfer/acc_fine"]) == pytest.approx(sum(accs) / 2, abs=1e-9)
+        spread = abs(accs[0] - accs[1]) / 2**0.5  # the sample std of two values
+        assert float(row["transfer/acc_fine_std"]) == pytest.approx(spread, abs=1e-9)
+    assert "mean over seed of each setting:" in run.stdout
 
 
 @pytest.mark.slow
