@@ -13,6 +13,7 @@ from hierot.config import (
     CONFIG_DIR,
     check_added_keys,
     check_config,
+    check_target_arguments,
     compose_config,
     one_line,
     sweep_variants,
@@ -32,6 +33,10 @@ def test_every_group_option_is_shipped_and_composes():
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
         assert options, group
         for option in options:
+            if group == "ood":  # hierot.evaluate's group: a data config as the OOD set
+                cfg = compose_config(["ckpt=x.ckpt", f"ood={option}"], config_name="evaluate")
+                check_target_arguments(cfg.ood, "ood")
+                continue
             check_config(compose_config([f"{group}={option}"]))
 
 
