@@ -159,15 +159,19 @@ def check_evaluate(cfg: DictConfig) -> Path:
             require_integer(k, f"top_k[{i}]", 1)
     else:
         check_integer(cfg, "top_k", 1)
-    for key in ("ahd_k", "decode"):
-        if not OmegaConf.is_list(cfg[key]) or not cfg[key]:
-            example = "[1, 5]" if key == "ahd_k" else "[argmax, crm]"
-            raise ConfigError(f"{key} must be a non-empty list, e.g. {example}, got {cfg[key]!r}")
+    if not OmegaConf.is_list(cfg.ahd_k) or not cfg.ahd_k:
+        raise ConfigError(f"ahd_k must be a non-empty list, e.g. [1, 5], got {cfg.ahd_k!r}")
     for i, k in enumerate(cfg.ahd_k):
         require_integer(k, f"ahd_k[{i}]", 1)
-    for i, way in enumerate(cfg.decode):
+    if isinstance(cfg.decode, str):
+        decodings, keys = [cfg.decode], ["decode"]
+    elif OmegaConf.is_list(cfg.decode) and cfg.decode:
+        decodings, keys = list(cfg.decode), [f"decode[{i}]" for i in range(len(cfg.decode))]
+    else:
+        raise ConfigError(f"decode must be argmax, crm or a list of them, got {cfg.decode!r}")
+    for way, key in zip(decodings, keys, strict=True):
         try:
-            check_decode(way, f"decode[{i}]")
+            check_decode(way, key)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     families = [cfg.metrics] if isinstance(cfg.metrics, str) else cfg.metrics
@@ -286,7 +290,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         OmegaConf.to_container(cfg.top_k) if OmegaConf.is_list(cfg.top_k) else cfg.top_k,  # type: ignore[arg-type]
         list(cfg.ahd_k),  # type: ignore[arg-type]
         memory_mb=cfg.memory_mb,
-        decode=list(cfg.decode),
+        decode=[cfg.decode] if isinstance(cfg.decode, str) else list(cfg.decode),
         crm_cost=cfg.crm_cost,
         lca=lca,
     )
