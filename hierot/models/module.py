@@ -352,6 +352,10 @@ class HierarchyModule(L.LightningModule):
                 {"params": list(self.head.parameters()), "weight_decay": self.head_weight_decay},
             ]
         optimizer = self.optimizer_factory(params)
+        scale = self.objective.lr_scale(stage)
+        if scale != 1.0:  # before the schedule reads the groups' rates as its base
+            for group in optimizer.param_groups:
+                group["lr"] *= scale
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

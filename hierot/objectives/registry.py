@@ -42,6 +42,10 @@ class Objective(nn.Module):
     def enter_stage(self, stage: int, module: nn.Module) -> None:
         """Called at the first epoch of every stage (``module``: the model being trained)."""
 
+    def lr_scale(self, stage: int) -> float:
+        """The factor on the configured learning rate in ``stage`` (1 unless overridden)."""
+        return 1.0
+
 
 ObjectiveCheck = Callable[..., None]
 _OBJECTIVES: dict[str, type[Objective]] = {}

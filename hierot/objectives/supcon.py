@@ -19,7 +19,10 @@ def check_supcon(
     base_temperature: float,
     projection: int,
     probe_fraction: float,
+    lr_scale: float,
 ) -> None:
+    if not require_number(lr_scale, "supcon: lr_scale", 0) > 0:
+        raise ValueError("supcon: lr_scale must be > 0, got 0")
     if not require_number(temperature, "supcon: temperature", 0) > 0:
         raise ValueError("supcon: temperature must be > 0, got 0")
     if not require_number(base_temperature, "supcon: base_temperature", 0) > 0:
@@ -70,6 +73,11 @@ class SupCon(Objective):
         base_temperature: the loss is scaled by temperature / base_temperature (0.07).
         projection: the projection's output size (128).
         probe_fraction: the linear probe's share of the epochs.
+        lr_scale: the contrastive stage's learning rate is ``optimizer.lr`` times this (the
+            probe's is ``optimizer.lr``). From scratch with SGD at the default lr 0.1 the
+            projections collapse to one point within a few steps (the loss stays at
+            ``log(2B - 1) T / T_base``, 7.92 at B = 128); at 0.001 they separate
+            (``tests/test_objectives.py``).
     """
 
     views = 2
@@ -82,9 +90,11 @@ class SupCon(Objective):
         base_temperature: float = 0.07,
         projection: int = 128,
         probe_fraction: float = 0.2,
+        lr_scale: float = 0.01,
     ) -> None:
         super().__init__()
-        check_supcon(hierarchy, temperature, base_temperature, projection, probe_fraction)
+        check_supcon(hierarchy, temperature, base_temperature, projection, probe_fraction, lr_scale)
+        self.contrastive_lr_scale = float(lr_scale)
         self.temperature, self.base_temperature = float(temperature), float(base_temperature)
         self.probe_fraction = float(probe_fraction)
         self.projection = nn.Sequential(
@@ -101,6 +111,9 @@ class SupCon(Objective):
     def enter_stage(self, stage: int, module: nn.Module) -> None:
         self.probing = stage == 1
         self.regularized = self.trains_backbone = not self.probing
+
+    def lr_scale(self, stage: int) -> float:
+        return 1.0 if stage == 1 else self.contrastive_lr_scale
 
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.probing:
