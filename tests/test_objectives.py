@@ -371,6 +371,57 @@ def test_supcon_probe_stage_freezes_the_backbone():
         model.training_step((x[:, 0], y), 0)
 
 
+def test_supcon_trains_its_contrastive_stage_at_a_scaled_learning_rate():
+    from hierot.models import HierarchyModule
+
+    tree = TREES["2 levels"]
+    backbone = torch.nn.Linear(5, 4)
+    backbone.num_features = 4
+    model = HierarchyModule(backbone, tree, partial(torch.optim.SGD, lr=0.1), dist="l2",
+                            objective="supcon", objective_options={"lr_scale": 0.02})  # fmt: skip
+    assert [model.objective.lr_scale(s) for s in (0, 1)] == [0.02, 1.0]
+    optimizer = model.configure_optimizers()  # no trainer: stage 0, no schedule
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.002)]
+    ce = HierarchyModule(backbone, tree, partial(torch.optim.SGD, lr=0.1), dist="l2")
+    assert {g["lr"] for g in ce.configure_optimizers().param_groups} == {0.1}
+
+
+@pytest.mark.slow
+def test_supcon_at_the_default_rate_collapses_and_at_the_scaled_rate_separates():
+    # SGD (momentum 0.9) from scratch on one batch of the embedded data, both views equal:
+    # at lr 0.1 every projection goes to one point (the loss pins at log(2B - 1) T / T_base),
+    # at lr 0.1 x 0.01 the loss falls.
+    import math
+
+    import timm
+
+    from hierot.data import SyntheticDataModule
+    from hierot.objectives.supcon import supcon_loss
+
+    data = SyntheticDataModule(train_per_class=8, val_per_class=2, test_per_class=2)
+    data.setup("fit")
+    x, y = data.train_set.tensors
+    x, y = data.normalize(x[:64]), y[:64]
+    losses = {}
+    for lr in (0.1, 0.001):
+        torch.manual_seed(0)
+        net = timm.create_model("resnet18", num_classes=0)
+        proj = torch.nn.Sequential(
+            torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 128)
+        )
+        opt = torch.optim.SGD([*net.parameters(), *proj.parameters()], lr=lr, momentum=0.9)
+        for _ in range(12):
+            f = F.normalize(proj(net(torch.cat([x, x]))), dim=1)
+            loss = supcon_loss(f, torch.cat([y, y]), 0.1, 0.07)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[lr] = float(loss.detach()), float(f.detach().std(0).mean())
+    pinned = math.log(2 * 64 - 1) * 0.1 / 0.07
+    assert losses[0.1][0] == pytest.approx(pinned, abs=0.1) and losses[0.1][1] < 0.01
+    assert losses[0.001][0] < pinned - 0.3 and losses[0.001][1] > 0.03
+
+
 def test_views_draw_the_augmentation_anew():
     from hierot.data.images import Views
 
