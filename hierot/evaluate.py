@@ -47,6 +47,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.logs import progress_bar_wanted
 from hierot.metrics import evaluate_features
 from hierot.metrics.decoding import check_decode
+from hierot.metrics.epoch import class_subsample
 from hierot.metrics.features import EXTRA_FAMILIES, NEEDS_TRAIN_FEATURES, feature_space_metrics
 from hierot.metrics.mistakes import CONVENTIONS
 from hierot.metrics.ood import ood_metrics
@@ -364,10 +365,8 @@ def figure_classes(y: torch.Tensor, limit: int = FIGURE_CLASSES) -> torch.Tensor
     ``limit`` of them drawn with seed 0 (the same split always shows the same ones); None
     when all fit."""
     present = y.unique().cpu()
-    if present.numel() <= limit:
-        return None
-    order = torch.randperm(present.numel(), generator=torch.Generator().manual_seed(0))
-    return present[order[:limit]].sort().values
+    chosen = class_subsample(present.numel(), limit, seed=0)
+    return None if chosen is None else present[chosen]
 
 
 def write_figures(
@@ -386,7 +385,7 @@ def write_figures(
     class) in ``out``; ``scores`` (e.g. the fine accuracy and TestCPCC) go in the titles.
 
     Above ``FIGURE_CLASSES`` classes both figures show the test samples of a seeded sample
-    of that many classes (``class_subsample``, seed 0), and their titles say so."""
+    of that many classes (``figure_classes``), and their titles say so."""
     shown = figure_classes(y)
     if shown is not None:
         kept = torch.isin(y, shown.to(y.device))

@@ -24,6 +24,13 @@ from torchmetrics.classification import MulticlassPrecision, MulticlassRecall
 from hierot.metrics.decoding import DEFAULT_MEMORY_MB, row_blocks
 
 
+def class_means(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels present, sorted, (C, d) the mean row of each)`` of ``x`` (N, d)."""
+    present, index = labels.unique(return_inverse=True)
+    sums = x.new_zeros(present.numel(), x.shape[1]).index_add_(0, index, x)
+    return present, sums / torch.bincount(index).to(x.dtype)[:, None]
+
+
 def silhouette(
     z: torch.Tensor, labels: torch.Tensor, memory_mb: float = DEFAULT_MEMORY_MB
 ) -> torch.Tensor:
@@ -118,12 +125,10 @@ def prototype_retrieval(
         z: (N, d) test features; labels: (N,) their labels at one level; bank: (M, d)
             training features; bank_labels: (M,).
     """
-    present = bank_labels.unique()
+    present, means = class_means(bank.double(), bank_labels)
     index = torch.full((int(max(bank_labels.max(), labels.max())) + 1,), -1, dtype=torch.long)
     index[present] = torch.arange(present.numel())
-    sums = bank.new_zeros(present.numel(), bank.shape[1], dtype=torch.float64)
-    sums.index_add_(0, index[bank_labels], bank.double())
-    prototypes = F.normalize(sums / torch.bincount(index[bank_labels]).double()[:, None], dim=1)
+    prototypes = F.normalize(means, dim=1)
     queries = F.normalize(z.double(), dim=1)
     target = index[labels]  # -1: a label with no prototype, never relevant
     aps, predicted = [], []

@@ -37,6 +37,7 @@ from torchmetrics.functional.classification import (
 )
 
 from hierot.metrics.decoding import DEFAULT_MEMORY_MB, row_blocks
+from hierot.metrics.feature_space import class_means
 
 SCORES = ("gaussian", "ssd", "knn", "mahalanobis")
 REG_COVAR = 1e-6
@@ -74,20 +75,13 @@ def ssd_score(
     return -_quadratic(x, mean, precision, memory_mb)[:, 0]
 
 
-def _class_means(train: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(classes present, (C, d) their mean features)``."""
-    present, index = labels.unique(return_inverse=True)
-    sums = train.new_zeros(present.numel(), train.shape[1]).index_add_(0, index, train)
-    return present, sums / torch.bincount(index).to(train.dtype)[:, None]
-
-
 def mahalanobis_score(
     train: torch.Tensor, labels: torch.Tensor, x: torch.Tensor, memory_mb: float = DEFAULT_MEMORY_MB
 ) -> torch.Tensor:
     """(N,) minus the smallest squared Mahalanobis distance of ``x`` to a class mean under
     HypStructure's tied covariance: the classes' unbiased covariances summed, over d."""
     train, x = train.double(), x.double()
-    present, means = _class_means(train, labels)
+    present, means = class_means(train, labels)
     index = torch.searchsorted(present, labels)
     centred = train - means[index]
     counts = torch.bincount(index).double()
@@ -105,7 +99,7 @@ def gaussian_score(
     likelihood covariance + ``REG_COVAR`` on the diagonal)."""
     train, x = train.double(), x.double()
     d = train.shape[1]
-    present, means = _class_means(train, labels)
+    present, means = class_means(train, labels)
     index = torch.searchsorted(present, labels)
     best = torch.full((x.shape[0],), -math.inf, dtype=torch.float64)
     counts = torch.bincount(index)
