@@ -4,6 +4,7 @@ line that names the key, raised before the run directory is created."""
 from __future__ import annotations
 
 import difflib
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hierot.arguments import check_arguments
 from hierot.checkpoints import check_checkpoint
 from hierot.cpcc import NO_DISTANCE, check_nodes
+from hierot.data.module import device_batch
 from hierot.distances import check_memory, check_options, list_distances
 from hierot.errors import (
     ConfigError,
@@ -34,8 +36,16 @@ from hierot.hierarchy import Hierarchy
 from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import check_backbone
 from hierot.objectives import check_objective, get_objective, list_objectives
+from hierot.resume import check_settings as check_resume_settings
 
 CONFIG_DIR = Path(__file__).parent / "conf"
+
+# ``${hierot.run_id:}`` in the run and sweep directory names: random, fixed for the process
+# (and cached in the config that a launcher ships to its jobs), so two runs started in the
+# same second never share a directory.
+RUN_ID = secrets.token_hex(3)
+if not OmegaConf.has_resolver("hierot.run_id"):
+    OmegaConf.register_new_resolver("hierot.run_id", lambda: RUN_ID, use_cache=True)
 CONFIG_NAME = "train"
 
 
@@ -178,8 +188,13 @@ def _check(cfg: DictConfig) -> None:
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_arguments(L.Trainer, trainer, "trainer", "lightning.Trainer")  # type: ignore[arg-type]
     check_optimization(cfg)
-    if cfg.get("ckpt_path") is not None:
+    if cfg.get("ckpt_path") not in (None, "auto"):
         check_checkpoint(cfg.ckpt_path, "ckpt_path")
+    check_resume_settings(cfg.get("checkpoint"))
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)  # type: ignore[union-attr]
+    batch = cfg.data.get("batch_size")
+    if all(isinstance(v, int) and v > 0 for v in (devices, nodes, batch)):
+        device_batch(batch, devices * nodes)
     for key in ("save_last", "weights_only"):
         value = OmegaConf.select(cfg, f"checkpoint.{key}")
         if not isinstance(value, bool):

@@ -56,3 +56,33 @@ def reject_unknown_options(what: str, known: Iterable[str], given: Iterable[str]
             f"{what} has no option {', '.join(repr(u) for u in unknown)}; "
             f"its options: {', '.join(known) or 'none'}"
         )
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot go on (a signal, a non-finite loss, a full disk): reported as one
+    line; what it saved stays. ``status`` goes into ``metrics.json``; ``exit_code`` is the
+    process's."""
+
+    status = "failed"
+    exit_code = 1
+
+
+class Interrupted(RunStopped):
+    """Stopped by a signal at the end of a step, after saving a resumable checkpoint."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum  # a shell's code for a process a signal ended
+
+
+class Diverged(RunStopped):
+    """A training step whose loss is not finite; the step was not taken."""
+
+    status = "diverged"
+
+
+class DiskFull(RunStopped):
+    """A write that failed for lack of space; the file it replaces is intact."""

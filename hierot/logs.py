@@ -7,7 +7,10 @@ The console and the ``<job>.log`` file are Hydra's logging handlers, configured 
 
 from __future__ import annotations
 
+import csv
+import errno
 import logging
+import os
 import re
 import sys
 import time
@@ -16,8 +19,12 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from hierot.data.module import HierarchyDataModule
+from hierot.errors import DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,11 @@ NOISE = (
     "isinstance(treespec, LeafSpec)",  # Lightning calling a torch API that torch deprecated
     "is smaller than the logging interval",  # short epochs: hierot logs epoch means anyway
     "to estimate number of stepping batches",  # Lightning narrating our schedule setup
+    # Lightning looks for the position in the loader; hierot's data module restores it
+    # (hierot.data.sampling)
+    "your dataloader is not resumable",
+    # Lightning's all_gather calling a torch API that torch deprecated
+    "torch.distributed.nn.functional.all_gather is deprecated",
 )
 
 
@@ -110,3 +122,42 @@ class EpochLog(L.Callback):
             seconds,
             format_metrics(metrics),
         )
+
+
+class AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` (a resumed run's) is
+    kept and appended to; Lightning's deletes it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+
+class CSVLogger(LightningCSVLogger):
+    """``lightning.pytorch.loggers.CSVLogger`` whose ``metrics.csv`` survives a resume: the
+    resumed run appends (steps between the checkpoint and the stop appear twice)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class LogFileHandler(logging.FileHandler):
+    """The ``<job>.log`` handler: a write that fails for lack of space raises ``DiskFull``
+    (one line naming the file) where ``logging`` would print a traceback and go on."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.close()
+            logging.getLogger().removeHandler(self)
+            raise DiskFull(
+                f"no space left on the device of {self.baseFilename}: writing it needs "
+                f"{len(self.format(record)) + 1} more bytes"
+            ) from None
+        super().handleError(record)

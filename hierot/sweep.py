@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -336,6 +337,11 @@ class SweepSummary(Callback):
 
     def __init__(self, over: Sequence[str] = ("seed",)) -> None:
         self.over = list(over)
+        self.launcher: tuple[str, int] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # this object travels with the jobs (a cluster launcher pickles it)
+        self.launcher = (socket.gethostname(), os.getpid())
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -343,6 +349,10 @@ class SweepSummary(Callback):
         job_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED:
             record_failure(job_dir, job_return._return_value)
+        if self.launcher not in (None, (socket.gethostname(), os.getpid())):
+            # a job on a node of its own: the jobs of a sweep write only their own
+            # directories; the launching process writes the summary when they are done
+            return
         try:
             write_summary(Path(config.hydra.sweep.dir), self.over)
         except OSError as e:  # a summary problem must not fail the job
@@ -361,7 +371,7 @@ class SweepSummary(Callback):
             f"sweep summary: {sweep_dir / 'summary.csv'} ({done} of {len(rows)} jobs completed)",
             flush=True,
         )
-        failed = [r for r in rows if r.get("status") == "failed"]
+        failed = [r for r in rows if r.get("status") != "completed"]
         if failed:
             # Hydra would exit 0; a script chaining sweeps must see that jobs failed.
             jobs = ", ".join(str(r["job"]) for r in failed)

@@ -7,8 +7,10 @@ Trains ``HierarchyModule`` on the configured data, tests the best checkpoint, wr
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,11 +34,19 @@ from hierot.config import (
     sweep_variants,
 )
 from hierot.data import HierarchyDataModule
-from hierot.errors import ConfigError
+from hierot.errors import ConfigError, DiskFull, Diverged, Interrupted, RunStopped, user_message
 from hierot.hierarchy import Hierarchy
 from hierot.logs import EpochLog, progress_bar_wanted
 from hierot.models import HierarchyModule
 from hierot.report import format_table, write_json, write_metrics
+from hierot.resume import (
+    RESUME_NAME,
+    AtomicCheckpointIO,
+    PeriodicCheckpoint,
+    latest_checkpoint,
+    resume_path,
+)
+from hierot.stopping import GracefulStop
 from hierot.sweep import record_failure
 
 log = logging.getLogger(__name__)
@@ -72,6 +82,7 @@ def build_run(
     callbacks = build_callbacks(
         cfg, validates, logged=logger is not False, logs=model.monitorable()
     )
+    callbacks += resume_callbacks(cfg)
     trainer_kwargs["enable_progress_bar"] = progress_bar_wanted(  # type: ignore[index]
         trainer_kwargs.get("enable_progress_bar")  # type: ignore[union-attr]
     )
@@ -81,6 +92,7 @@ def build_run(
             default_root_dir=out,
             logger=logger,
             callbacks=[*callbacks, EpochLog()],
+            plugins=[AtomicCheckpointIO()],
         )
     except (ValueError, TypeError, MisconfigurationException, ModuleNotFoundError) as e:
         raise ConfigError(f"trainer: {one_line(e)}") from None
@@ -110,6 +122,21 @@ def build_callbacks(
             continue
         callbacks.append(callback)
     return callbacks
+
+
+def resume_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The periodic checkpoint and the graceful stop, both writing
+    ``checkpoints/resume.ckpt``, from the ``checkpoint`` section."""
+    node = cfg.checkpoint
+    path = Path(cfg.output_dir) / "checkpoints" / RESUME_NAME
+    return [
+        PeriodicCheckpoint(path, node.get("every_n_steps"), node.get("every_minutes")),
+        GracefulStop(path, node.get("stop_signals", ()), node.get("requeue", True)),
+    ]
+
+
+def graceful_stop(trainer: L.Trainer) -> GracefulStop:
+    return next(c for c in trainer.callbacks if isinstance(c, GracefulStop))  # type: ignore[union-attr]
 
 
 def write_hierarchy(out: Path, hierarchy: Hierarchy) -> None:
@@ -150,8 +177,13 @@ def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) 
         log.info("%s (config: %s)", run_summary(cfg), out / "config.yaml")
 
     start = time.perf_counter()
+    resume = resume_path(cfg.ckpt_path, out)
+    stop = graceful_stop(trainer)
+    stop.install()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        if stop.received is not None:  # a signal after the last training step
+            raise stop.interrupted(trainer, latest_checkpoint(out))
         fit_seconds = time.perf_counter() - start
         fit_metrics = dict(trainer.callback_metrics)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -162,6 +194,15 @@ def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) 
         # Lightning's word for a setting it cannot run with (a trainer.* value that only
         # fails once fitting starts)
         raise ConfigError(one_line(e)) from None
+    except (RunStopped, OSError) as e:
+        stopped = as_run_stopped(e)
+        if stopped is None:
+            raise
+        write_stopped(cfg, trainer, stopped)
+        stopped.hand_over = stop.hand_over  # type: ignore[attr-defined]
+        raise stopped from None
+    finally:
+        stop.restore()
 
     metrics: dict[str, object] = dict(results[0]) if results else {}
     metrics.update({k: v for k, v in fit_metrics.items() if k not in metrics})
@@ -190,11 +231,78 @@ def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) 
     return float(metrics.get("test/cpcc", float("nan")))  # type: ignore[arg-type]
 
 
+def as_run_stopped(error: BaseException) -> RunStopped | None:
+    """``error`` as the ``RunStopped`` it means (an ``OSError`` for lack of space is a
+    ``DiskFull``), or None."""
+    if isinstance(error, RunStopped):
+        return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        name = error.filename or "a file of the run"
+        return DiskFull(f"no space left on the device of {name}: {error.strerror}")
+    return None
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command that resumes this run in its directory."""
+    overrides = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if not o.startswith(("ckpt_path=", "hydra.run.dir="))
+    ]
+    return " ".join(
+        ["python -m hierot.train", *overrides, f"hydra.run.dir={cfg.output_dir}", "ckpt_path=auto"]
+    )
+
+
+def write_stopped(cfg: DictConfig, trainer: L.Trainer, error: RunStopped) -> None:
+    """What a stopped run has: ``metrics.json`` marked with its status, the error, the
+    metrics so far, where it stopped and the checkpoint to go on from. Best effort: on a
+    full disk the write may fail as well."""
+    out = Path(cfg.output_dir)
+    latest = latest_checkpoint(out)
+    if isinstance(error, Interrupted):
+        error.args = (f"{error.args[0]}; resume with: {resume_command(cfg)}",)
+    elif isinstance(error, Diverged):
+        error.args = (f"{error.args[0]}; last good checkpoint: {latest or 'none'}",)
+    if not trainer.is_global_zero:
+        return
+    metrics: dict[str, object] = dict(trainer.callback_metrics)
+    metrics.update(
+        {
+            "status": error.status,
+            "error": user_message(error),
+            "objective": cfg.objective.name,
+            "dist": cfg.dist.method,
+            "lam": float(cfg.lam),
+            "data.batch_size": int(cfg.data.batch_size),
+            "backbone": cfg.backbone.name,
+            "seed": int(cfg.seed),
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "resume_checkpoint": str(latest) if latest else None,
+        }
+    )
+    try:
+        write_metrics(out / "metrics.json", metrics)
+    except OSError as e:
+        log.warning("metrics.json not written: %s", e)
+
+
 def run_job(cfg: DictConfig, built: dict[str, HierarchyDataModule]) -> float:
     """One job under Hydra: ``train``, with a user error as one line (a single run) or as a
     failed job of a sweep."""
     try:
         return train(cfg, built)
+    except RunStopped as e:
+        print(error_line(e), file=sys.stderr, flush=True)
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        if isinstance(e, Interrupted) or not multirun:
+            hand_over = getattr(e, "hand_over", None)
+            if hand_over is not None:  # requeue the SLURM job (or let submitit do it)
+                hand_over()
+            sys.exit(e.exit_code)
+        # a failed job of a sweep: recorded (write_stopped), the others run
+        return float("nan")
     except USER_ERRORS as e:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             discard_run_dir(Path(cfg.output_dir), "train")
@@ -222,6 +330,16 @@ def precheck(overrides: list[str], built: dict[str, HierarchyDataModule] | None 
         check_objective_config(cfg, built[key].hierarchy, built[key].views)
 
 
+def rank_overrides(overrides: list[str]) -> list[str]:
+    """What a rank other than 0 of a job that ``srun`` started (one process per task, every
+    task the same command) adds to its command line: a log file of its own and no copy of
+    Hydra's config files; rank 0 writes the run's outputs."""
+    rank = int(os.environ.get("SLURM_PROCID", "0") or 0)
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1 or rank == 0:
+        return []
+    return ["hydra.output_subdir=null", f"hydra.job.name=train_rank{rank}"]
+
+
 def main() -> None:
     built: dict[str, HierarchyDataModule] = {}
 
@@ -229,7 +347,7 @@ def main() -> None:
     def _run(cfg: DictConfig) -> float:
         return run_job(cfg, built)
 
-    run_checked(lambda overrides: precheck(overrides, built), _run)
+    run_checked(lambda overrides: precheck(overrides, built), _run, implied=rank_overrides)
 
 
 if __name__ == "__main__":

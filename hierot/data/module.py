@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hierot.data.images import Views
-from hierot.errors import DataError, require_integer
+from hierot.data.sampling import ResumableSampler
+from hierot.errors import ConfigError, DataError, require_integer
 from hierot.hierarchy import Hierarchy
 from hierot.hierarchy.distance_files import read_class_distances
 
@@ -57,6 +59,25 @@ def split_by_parent(
         if n is not None:
             kept += ids[:n] if split == "target" else ids[n:]
     return sorted(kept)
+
+
+def device_batch(batch_size: int, devices: int) -> int:
+    """Each device's share of ``data.batch_size``, the global batch (what one process reads,
+    whatever the number of devices); a one-line error when it does not divide."""
+    if batch_size % devices:
+        raise ConfigError(
+            f"data.batch_size {batch_size} is the global batch and does not split evenly "
+            f"across {devices} devices (trainer.devices x trainer.num_nodes): use a multiple "
+            f"of {devices}"
+        )
+    return batch_size // devices
+
+
+def training_progress(trainer: L.Trainer) -> tuple[int, bool]:
+    """(batches trained in the current epoch, whether the epoch is done), from the loop's
+    counters."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return done, done >= trainer.num_training_batches
 
 
 def available_cores() -> int:
@@ -131,27 +152,77 @@ class HierarchyDataModule(L.LightningDataModule):
         self._mean = torch.tensor(mean).view(1, -1, 1, 1)
         self._std = torch.tensor(std).view(1, -1, 1, 1)
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _world(self) -> tuple[int, int]:
+        """(this process's rank, processes): from the trainer this module is attached to."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def device_batch(self, devices: int) -> int:
+        return device_batch(self.batch_size, devices)
+
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        """An evaluation split in order, in batches of this device's share."""
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            # A last batch of a few samples holds few classes: a noisy CPCC step.
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            batch_size=self.device_batch(self._world()[1]),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Global batches of ``batch_size`` in a shuffled order, each rank reading its equal
+        part; the order and position are saved in checkpoints (``ResumableLoader``)."""
         train = self.train_set if self.views == 1 else Views(self.train_set, self.views)
-        return self._loader(train, train=True)
+        rank, world = self._world()
+        trainer = getattr(self, "trainer", None)
+        n = len(train)  # type: ignore[arg-type]
+        sampler = ResumableSampler(
+            n,
+            self.batch_size,
+            rank=rank,
+            world=world,
+            # A last batch of a few samples holds few classes: a noisy CPCC step.
+            drop_last=n > self.batch_size,
+            progress=None if trainer is None else lambda: training_progress(trainer),
+            share_seed=None if world == 1 else lambda s: trainer.strategy.broadcast(s, src=0),
+        )
+        self._sampler = sampler
+        if self._sampler_state is not None:
+            self._load_sampler_state()
+        return DataLoader(
+            train,
+            batch_size=self.device_batch(world),
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    # The training order's position and random states go into checkpoints with the data
+    # module's state: Lightning restores it before it first builds the training loader (to
+    # count the steps of a schedule), which it does before it restores the loops.
+    _sampler: ResumableSampler | None = None
+    _sampler_state: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self._sampler.state_dict()} if self._sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._sampler_state = state_dict.get("sampler")
+        if self._sampler is not None and self._sampler_state is not None:
+            self._load_sampler_state()
+
+    def _load_sampler_state(self) -> None:
+        assert self._sampler is not None and self._sampler_state is not None
+        # without persistent workers each epoch makes a new iterator, which draws a seed
+        self._sampler.load_state_dict(self._sampler_state, int(self.num_workers == 0))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set)
 
     # The split ``predict_dataloader`` serves: "test", or "train" for the training images
     # without augmentation (``hierot.evaluate``'s kNN bank and prototypes).
@@ -163,7 +234,7 @@ class HierarchyDataModule(L.LightningDataModule):
         if self.predict_split == "train":
             if getattr(self, "train_set", None) is None:
                 self.setup("fit")
-            return self._loader(self.plain_train_set(), train=False)
+            return self._loader(self.plain_train_set())
         return self.test_dataloader()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import NO_DISTANCE, CPCCLoss
 from hierot.distances import DEFAULT_MEMORY_MB, batch_centre
-from hierot.errors import ConfigError, require_number
+from hierot.errors import ConfigError, Diverged, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import (
     LevelAccuracy,
@@ -238,6 +238,7 @@ class HierarchyModule(L.LightningModule):
             x, y = x.flatten(0, 1), y.repeat_interleave(views)
         z, logits = self._train_forward(x)
         loss, base, reg = self._losses(z, logits, y, views)
+        self._check_finite(loss, base, reg, x, batch_idx)
         n = y.numel()
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log(f"train/{self.objective_name}", base, batch_size=n)
@@ -246,6 +247,48 @@ class HierarchyModule(L.LightningModule):
         self.train_metrics(logits.detach(), y)
         self.log_dict(self.train_metrics, batch_size=n)
         return loss
+
+    def _check_finite(
+        self,
+        loss: torch.Tensor,
+        base: torch.Tensor,
+        reg: torch.Tensor | None,
+        x: torch.Tensor,
+        batch_idx: int,
+    ) -> None:
+        """Stop with ``Diverged`` before a step whose loss is not finite is taken (its
+        gradients would make every weight NaN), naming the terms that are not; also when the
+        backbone's statistics (batch-norm running means and variances, which the forward
+        pass updates and the loss does not see) have overflowed. One read per step; under
+        DDP the ranks agree, so all of them stop at that step."""
+        stats = [b for b in self.backbone.buffers() if b.is_floating_point()]
+        checks = [torch.isfinite(loss.detach()).all(), *(torch.isfinite(b).all() for b in stats)]
+        bad = not bool(torch.stack(checks).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        terms = [(self.objective_name, base)] + ([("cpcc", reg)] if reg is not None else [])
+        values = ", ".join(f"{name} {float(value.detach()):.4g}" for name, value in terms)
+        culprits = [name for name, value in terms if not torch.isfinite(value.detach())]
+        overflowed = [
+            f"backbone.{name}"
+            for name, b in self.backbone.named_buffers()
+            if b.is_floating_point() and not torch.isfinite(b).all()
+        ]
+        if culprits:
+            what = " and ".join(culprits) + f" not finite ({values})"
+        elif overflowed:
+            what = f"{overflowed[0]} not finite ({len(overflowed)} statistics; {values})"
+        else:
+            what = f"the loss not finite ({values})"
+        if not torch.isfinite(x).all():
+            what += "; the batch holds non-finite pixels"
+        raise Diverged(
+            f"training diverged at step {self.global_step} (epoch {self.current_epoch}, batch "
+            f"{batch_idx}): {what}; the step was not taken"
+        )
 
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch

@@ -1,0 +1,167 @@
+"""Checkpoints a run can resume from: written whole or not at all, every N steps or T
+minutes, and found again (``ckpt_path=auto``).
+
+A checkpoint holds the weights, the optimizer and schedule, the loops' counters, and the
+training data's order, position and random states (``hierot.data.sampling``), so a run
+resumed from it takes the steps the uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from hierot.errors import DiskFull
+
+log = logging.getLogger(__name__)
+
+# The checkpoint that periodic saves and a graceful stop overwrite, in <run>/checkpoints/.
+RESUME_NAME = "resume.ckpt"
+
+
+def no_space(path: Path, needed: int) -> DiskFull:
+    """The one-line error of a write of ``needed`` bytes to ``path`` that ran out of space."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(
+        f"no space left on the device of {path}: writing it needs {needed} bytes ({free})"
+    )
+
+
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it
+    over ``path``: a kill at any instant leaves either the old file or the new one, whole.
+    Lack of space is a ``DiskFull`` naming the path and the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(path, len(data)) from None
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer with ``write_atomic``: Lightning's own writes the file
+    in place, so a kill during a write leaves a truncated checkpoint and no previous one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(Path(path), buffer.getbuffer())
+
+
+def epoch_trained(trainer: L.Trainer) -> bool:
+    """True from the end of an epoch's last training batch on. A checkpoint is saved within
+    an epoch or after its validation (``on_train_epoch_end``), never between the two: a run
+    resumed from there would skip that validation."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return done >= trainer.num_training_batches
+
+
+class PeriodicCheckpoint(L.Callback):
+    """Saves ``path`` (a full, resumable checkpoint) every ``every_n_steps`` optimizer steps
+    and every ``every_minutes`` minutes of training, whichever comes first (None: never).
+    A kill loses at most one interval of work."""
+
+    def __init__(self, path: Path, every_n_steps: int | None, every_minutes: float | None):
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.every_seconds = None if every_minutes is None else 60.0 * every_minutes
+        self._step = 0
+        self._time = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step, self._time = trainer.global_step, time.monotonic()
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        due = bool(self.every_n_steps) and trainer.global_step - self._step >= self.every_n_steps
+        if self.every_seconds is not None and not due:
+            # ranks' clocks differ: rank 0 decides, every rank saves (a collective)
+            due = time.monotonic() - self._time >= self.every_seconds
+            if trainer.world_size > 1:
+                due = bool(trainer.strategy.broadcast(due, src=0))
+        return due
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        log.debug("step %d: saved %s", trainer.global_step, self.path)
+        self._step, self._time = trainer.global_step, time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not epoch_trained(trainer) and self._due(trainer):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._due(trainer):
+            self._save(trainer)
+
+
+def resumable_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints that a run resumes from, newest first: the periodic or stop
+    checkpoint and the end-of-epoch ``last*.ckpt``."""
+    folder = Path(run_dir) / "checkpoints"
+    found = [p for p in folder.glob("*.ckpt") if p.name == RESUME_NAME or p.name.startswith("last")]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = resumable_checkpoints(run_dir)
+    return found[0] if found else None
+
+
+def relaunched() -> bool:
+    """True in a job that a scheduler may have restarted in its own directory: a SLURM job
+    that SLURM has requeued, or any job submitit launched (each has a directory of its own, so
+    a checkpoint found there is its own from before a requeue)."""
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    return requeued or bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
+def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint ``fit`` resumes from: ``ckpt_path`` as given; for ``auto`` (and for
+    null in a ``relaunched`` job) the run directory's newest checkpoint, or None (a fresh
+    start) when it has none."""
+    if ckpt_path not in (None, "auto") or (ckpt_path is None and not relaunched()):
+        return ckpt_path
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        log.info("no checkpoint in %s: starting from the beginning", Path(run_dir) / "checkpoints")
+        return None
+    log.info("resuming from %s", latest)
+    return str(latest)
+
+
+def check_settings(node: Any) -> None:
+    """The ``checkpoint`` section's resume settings, each a one-line error naming its key."""
+    from hierot.errors import ConfigError, require_integer, require_number
+    from hierot.stopping import parse_signals
+
+    node = node or {}
+    if node.get("every_n_steps") is not None:
+        require_integer(node.get("every_n_steps"), "checkpoint.every_n_steps", 1)
+    if node.get("every_minutes") is not None:
+        require_number(node.get("every_minutes"), "checkpoint.every_minutes", 0.01)
+    parse_signals(node.get("stop_signals", []))
+    if not isinstance(node.get("requeue", True), bool):
+        raise ConfigError(f"checkpoint.requeue must be true or false, got {node.get('requeue')!r}")

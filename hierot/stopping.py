@@ -1,0 +1,150 @@
+"""Stopping a run cleanly when a scheduler asks: on SIGTERM (Kubernetes, SLURM preemption,
+``scancel``) or the signal a scheduler sends ahead of a time limit (SLURM's ``--signal``:
+SIGUSR1; submitit's: SIGUSR2), the run finishes the step it is in, saves a resumable
+checkpoint of exactly that step and stops with ``Interrupted``; a second signal ends the
+process at once.
+
+On SLURM the job then requeues itself: through submitit's handler when submitit launched it
+(its ``checkpoint`` resubmits the same job), else with ``scontrol requeue`` on SIGUSR1. The
+requeued job resumes from the checkpoint (``hierot.resume.resume_path``).
+
+Lightning's own handling is replaced while training runs: on SIGTERM it stops at the end of
+a step but saves nothing and exits 0, and its SLURM auto-requeue saves a checkpoint from inside
+the signal handler, wherever the step then is (mid optimizer step, say), not at a step's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+
+from hierot.errors import ConfigError, Interrupted
+from hierot.resume import epoch_trained
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+def parse_signals(names: Any, key: str = "checkpoint.stop_signals") -> list[signal.Signals]:
+    """Signal names (``SIGTERM`` or ``TERM``) as signals; a one-line error naming ``key``."""
+    if isinstance(names, str):
+        names = [names]
+    found = []
+    for name in names or []:
+        text = str(name).upper()
+        text = text if text.startswith("SIG") else f"SIG{text}"
+        sig = getattr(signal.Signals, text, None)
+        if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP):
+            raise ConfigError(f"{key}: {name!r} is not a signal a process can handle")
+        found.append(sig)
+    return found
+
+
+def slurm_job_id() -> str | None:
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue`` this SLURM job (it restarts in the same run directory)."""
+    job = slurm_job_id()
+    if job is None:
+        return False
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("could not requeue SLURM job %s: %s", job, e)
+        return False
+    if done.returncode != 0:
+        log.warning("scontrol requeue %s exited %d", job, done.returncode)
+        return False
+    log.info("requeued SLURM job %s", job)
+    return True
+
+
+class GracefulStop(L.Callback):
+    """Stops training at the end of the step in which one of ``signals`` arrived, after
+    saving ``path``; raises ``Interrupted``. Under DDP a signal to any rank stops every rank
+    at the same step. ``requeue``: requeue the SLURM job after saving (see the module)."""
+
+    def __init__(self, path: Path, signals: Any = DEFAULT_SIGNALS, requeue: bool = True):
+        self.path = Path(path)
+        self.signals = parse_signals(signals)
+        self.requeue = requeue
+        self.received: int | None = None
+        self._before: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Handle the signals from now on (before training starts: a signal while the data
+        and model are built stops the run after its first step). ``restore`` undoes it."""
+        self.received = None
+        self._before = {s: signal.getsignal(s) for s in self.signals}
+        for s in self.signals:
+            signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        for s, handler in self._before.items():
+            signal.signal(s, handler)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning installed its own handlers since (restored at its teardown): replace them
+        for s in self.signals:
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            name = signal.Signals(signum).name
+            os.write(2, f"hierot: second signal ({name}): exiting now\n".encode())
+            os._exit(128 + signum)
+        self.received = signum
+        log.info("%s received: stopping after this step", signal.Signals(signum).name)
+
+    def stop_requested(self, trainer: L.Trainer) -> bool:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # a signal to one rank stops them all at this step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        return stop
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # after an epoch's last batch the stop waits for its validation (epoch_trained)
+        if not epoch_trained(trainer) and self.stop_requested(trainer):
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stop_requested(trainer):
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        raise self.interrupted(trainer, self.path)
+
+    def interrupted(self, trainer: L.Trainer, checkpoint: Path | None) -> Interrupted:
+        signum = self.received if self.received is not None else signal.SIGTERM
+        name = signal.Signals(signum).name
+        return Interrupted(
+            f"stopped by {name} after step {trainer.global_step} (epoch {trainer.current_epoch});"
+            f" checkpoint: {checkpoint}",
+            signum,
+        )
+
+    def hand_over(self) -> None:
+        """After the run's outputs are written: pass the signal to the handler that was there
+        before the run (submitit's, which requeues the job and exits), or else, in a SLURM job
+        stopped by SIGUSR1, requeue it with ``scontrol``."""
+        if self.received is None or not self.requeue:
+            return
+        before = self._before.get(self.received)
+        if callable(before):
+            before(self.received, None)
+        elif self.received == signal.SIGUSR1 and slurm_job_id() is not None:
+            requeue_slurm_job()
