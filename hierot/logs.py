@@ -7,6 +7,7 @@ The console and the ``<job>.log`` file are Hydra's logging handlers, configured 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import logging
@@ -154,7 +155,9 @@ class LogFileHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            self.close()
+            stream, self.stream = self.stream, None  # type: ignore[assignment]
+            with contextlib.suppress(OSError):  # closing flushes the unwritten rest again
+                stream.close()
             logging.getLogger().removeHandler(self)
             raise DiskFull(
                 f"no space left on the device of {self.baseFilename}: writing it needs "

@@ -160,22 +160,27 @@ def run_summary(cfg: DictConfig) -> str:
     )
 
 
-def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) -> float:
-    """Fit, test the best checkpoint, write the run's outputs; returns ``test/cpcc``.
-    ``built``: data modules the early check built (``precheck``), used instead of a second
-    build of the same data config."""
-    check_config(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model, trainer = build_run(cfg, built)
-    for logger in trainer.loggers:  # the whole run's settings beside its curves (wandb, ...)
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    if trainer.is_global_zero:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-        write_hierarchy(out, datamodule.hierarchy)
-        log.info("%s (config: %s)", run_summary(cfg), out / "config.yaml")
+def run_record(cfg: DictConfig, trainer: L.Trainer) -> dict[str, object]:
+    """The settings a sweep summary groups runs by, and how far the run got."""
+    return {
+        "objective": cfg.objective.name,
+        "dist": cfg.dist.method,
+        "lam": float(cfg.lam),
+        "data.batch_size": int(cfg.data.batch_size),
+        "backbone": cfg.backbone.name,
+        "seed": int(cfg.seed),
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+    }
 
+
+def fit_and_test(
+    cfg: DictConfig, datamodule: HierarchyDataModule, model: HierarchyModule, trainer: L.Trainer
+) -> dict[str, object]:
+    """Fit (from the checkpoint ``ckpt_path`` resolves to), then test the best checkpoint;
+    the test metrics, then the last epoch's, ``fit_seconds`` and ``best_checkpoint``. A run
+    that cannot go on (``RunStopped``) writes what it has and raises it."""
+    out = Path(cfg.output_dir)
     start = time.perf_counter()
     resume = resume_path(cfg.ckpt_path, out)
     stop = graceful_stop(trainer)
@@ -203,24 +208,32 @@ def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) 
         raise stopped from None
     finally:
         stop.restore()
-
     metrics: dict[str, object] = dict(results[0]) if results else {}
     metrics.update({k: v for k, v in fit_metrics.items() if k not in metrics})
-    metrics.update(
-        {
-            "status": "completed",
-            "objective": cfg.objective.name,
-            "dist": cfg.dist.method,
-            "lam": float(cfg.lam),
-            "data.batch_size": int(cfg.data.batch_size),
-            "backbone": cfg.backbone.name,
-            "seed": int(cfg.seed),
-            "epochs": trainer.current_epoch,
-            "steps": trainer.global_step,
-            "fit_seconds": round(fit_seconds, 1),
-            "best_checkpoint": best or None,
-        }
-    )
+    metrics.update({"fit_seconds": round(fit_seconds, 1), "best_checkpoint": best or None})
+    return metrics
+
+
+def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) -> float:
+    """Fit, test the best checkpoint, write the run's outputs; returns ``test/cpcc``.
+    ``built``: data modules the early check built (``precheck``), used instead of a second
+    build of the same data config."""
+    check_config(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model, trainer = build_run(cfg, built)
+    for logger in trainer.loggers:  # the whole run's settings beside its curves (wandb, ...)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_hierarchy(out, datamodule.hierarchy)
+        log.info("%s (config: %s)", run_summary(cfg), out / "config.yaml")
+
+    results = fit_and_test(cfg, datamodule, model, trainer)
+    metrics = {k: v for k, v in results.items() if k not in ("fit_seconds", "best_checkpoint")}
+    metrics.update({"status": "completed", **run_record(cfg, trainer)})
+    metrics.update({k: results[k] for k in ("fit_seconds", "best_checkpoint")})
     # Under DDP every rank gets here with the same (synced) metrics; one writer avoids two
     # ranks racing on the same temporary file.
     if trainer.is_global_zero:
@@ -267,21 +280,9 @@ def write_stopped(cfg: DictConfig, trainer: L.Trainer, error: RunStopped) -> Non
     if not trainer.is_global_zero:
         return
     metrics: dict[str, object] = dict(trainer.callback_metrics)
-    metrics.update(
-        {
-            "status": error.status,
-            "error": user_message(error),
-            "objective": cfg.objective.name,
-            "dist": cfg.dist.method,
-            "lam": float(cfg.lam),
-            "data.batch_size": int(cfg.data.batch_size),
-            "backbone": cfg.backbone.name,
-            "seed": int(cfg.seed),
-            "epochs": trainer.current_epoch,
-            "steps": trainer.global_step,
-            "resume_checkpoint": str(latest) if latest else None,
-        }
-    )
+    metrics.update({"status": error.status, "error": user_message(error)})
+    metrics.update(run_record(cfg, trainer))
+    metrics["resume_checkpoint"] = str(latest) if latest else None
     try:
         write_metrics(out / "metrics.json", metrics)
     except OSError as e:

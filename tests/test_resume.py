@@ -219,3 +219,17 @@ def test_non_finite_loss_names_the_term_and_takes_no_step():
     module.backbone.bn1.running_var[0] = float("inf")
     with pytest.raises(Diverged, match=r"backbone.bn1.running_var not finite \(1 statistics"):
         module._check_finite(one, one, one, x, 0)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_a_log_write_without_space_is_one_line_naming_the_file():
+    import logging
+
+    from hierot.logs import LogFileHandler
+
+    handler = LogFileHandler("/dev/full")  # every write to it fails with ENOSPC
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "epoch 1/3 ...", None, None)
+    with pytest.raises(
+        DiskFull, match=r"^no space left on the device of /dev/full: .*\d+ more bytes"
+    ):
+        handler.emit(record)

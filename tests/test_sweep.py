@@ -188,3 +188,31 @@ def test_seed_summary_averages_each_setting_over_the_seeds():
         ("none", "1", 2),
         ("l2", "5", 1),
     ]
+
+
+def test_a_job_on_another_node_writes_only_its_own_directory(tmp_path, monkeypatch):
+    """Jobs a cluster launcher runs elsewhere never write the shared summary files; the
+    launching process writes them when the sweep ends."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hierot.sweep import SweepSummary
+
+    job_dir = tmp_path / "0"
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text("- lam=1\n")
+    (job_dir / "metrics.json").write_text(json.dumps({"status": "completed", "test/cpcc": 0.5}))
+    config = OmegaConf.create(
+        {"hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(job_dir)},
+                   "sweep": {"dir": str(tmp_path)}}}
+    )  # fmt: skip
+    callback = SweepSummary()
+    callback.on_multirun_start(config)
+    done = JobReturn(status=JobStatus.COMPLETED)
+    monkeypatch.setattr("os.getpid", lambda: -1)  # as on a node: another process
+    callback.on_job_end(config, done)
+    assert not (tmp_path / "summary.csv").exists()
+    monkeypatch.undo()
+    callback.on_job_end(config, done)  # in the launching process (the local launcher)
+    assert read_rows(tmp_path / "summary.csv")[0]["test/cpcc"] == "0.5"
