@@ -70,6 +70,12 @@ def wait(proc: subprocess.Popen, timeout: float = 600) -> int:
         raise
 
 
+def brief(line: str, width: int = 120) -> str:
+    """An error line for the table: without the prefix and the run's paths."""
+    text = line.removeprefix("hierot: error: ").split("; resume with:")[0]
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def last_error(run_dir: Path) -> str:
     lines = [line for line in Path(f"{run_dir}.err").read_text().splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -192,15 +198,16 @@ def sigterm(out: Path, extra: Sequence[str], name: str = "SIGTERM", seed: int = 
         "steps_lost_max": stopped["steps"] - saved,
         "steps_lost_bound": 0,
         "final_metric_diff_max": max(diffs.values()),
-        "detail": f"exit {rc} after {stop_seconds:.1f} s at step {stopped['steps']}: {line[:90]}",
+        "detail": f"exit {rc} after {stop_seconds:.1f} s at step {stopped['steps']}: {brief(line)}",
     }
 
 
-def divergence(out: Path, extra: Sequence[str]) -> dict:
-    """``optimizer.lr=1e4``: the first non-finite loss stops the run; the checkpoint of the
-    step before it (saved every step here) is intact and finite."""
-    run_dir = out / "divergence"
-    rc = wait(start(run_dir, *RUN, *extra, "optimizer.lr=1e4", "checkpoint.every_n_steps=1"))
+def divergence(out: Path, extra: Sequence[str], cause: str = "optimizer.lr=1e4") -> dict:
+    """``cause`` (a learning rate or a CPCC weight far too high): the first non-finite loss
+    stops the run; the checkpoint of the step before it (saved every step here) is intact
+    and finite."""
+    run_dir = out / f"divergence_{cause.split('=')[0].replace('.', '_')}"
+    rc = wait(start(run_dir, *RUN, *extra, cause, "checkpoint.every_n_steps=1"))
     line = last_error(run_dir)
     result = metrics(run_dir)
     checkpoint = torch.load(result["resume_checkpoint"], map_location="cpu", weights_only=False)
@@ -208,13 +215,13 @@ def divergence(out: Path, extra: Sequence[str]) -> dict:
     assert rc == 1 and result["status"] == "diverged" and "diverged at step" in line, line
     assert checkpoint["global_step"] == result["steps"] and finite
     return {
-        "fault": "non-finite loss (optimizer.lr=1e4)",
+        "fault": f"non-finite loss ({cause})",
         "injected": 1,
         "resumed": 0,
         "steps_lost_max": 0,
         "steps_lost_bound": 0,
         "final_metric_diff_max": "",
-        "detail": f"exit {rc}; checkpoint of step {checkpoint['global_step']} finite: {line[:110]}",
+        "detail": f"exit {rc}; step {checkpoint['global_step']}'s checkpoint finite: {brief(line)}",
     }
 
 
@@ -250,7 +257,7 @@ def full_disk(out: Path, extra: Sequence[str], megabytes: int = 120) -> dict:
             "steps_lost_max": "",
             "steps_lost_bound": "",
             "final_metric_diff_max": "",
-            "detail": f"exit {rc}; {saved.name} of step {step} loads: {line[:110]}",
+            "detail": f"exit {rc}; {saved.name} of step {step} loads: {brief(line)}",
         }
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
@@ -295,13 +302,57 @@ def simultaneous(out: Path, extra: Sequence[str], n: int = 4) -> dict:
     }
 
 
+# Bad inputs a user types, each expected to fail before training with one line naming it.
+BAD_INPUTS = [
+    ("checkpoint.every_n_steps=0", "checkpoint.every_n_steps must be an integer >= 1"),
+    ("checkpoint.stop_signals=[SIGKILL]", "'SIGKILL' is not a signal a process can handle"),
+    ("data.batch_size=30 trainer.devices=4", "does not split evenly across 4 devices"),
+    ("ckpt_path=missing.ckpt", "ckpt_path: no such checkpoint"),
+    ("ckpt_path=TRUNCATED", "is not a readable PyTorch checkpoint"),
+]
+
+
+def bad_inputs(out: Path, extra: Sequence[str]) -> dict:
+    """Each of ``BAD_INPUTS``: exit 2, one ``hierot: error:`` line, no traceback, no run
+    directory left behind."""
+    folder = out / "bad_inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    truncated = folder / "truncated.ckpt"
+    source = latest_checkpoint(out / "reference") or latest_checkpoint(out / "sigterm")
+    data = source.read_bytes()[:4096] if source is not None else b"PK\x03\x04"
+    truncated.write_bytes(data)
+    seen = []
+    for overrides, expected in BAD_INPUTS:
+        args = overrides.replace("TRUNCATED", str(truncated)).split()
+        run = subprocess.run(
+            [sys.executable, "-m", "hierot.train", *RUN, *extra, *args],
+            cwd=folder, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HIEROT_OUTPUTS": str(folder)},
+        )  # fmt: skip
+        lines = [line for line in run.stderr.splitlines() if line.startswith("hierot: error:")]
+        assert run.returncode == 2 and len(lines) == 1 and expected in lines[0], run.stderr
+        assert "Traceback" not in run.stderr and not (folder / "outputs").exists()
+        seen.append(f"`{overrides}`")
+    return {
+        "fault": "bad inputs (exit 2, one line, no run directory)",
+        "injected": len(BAD_INPUTS),
+        "resumed": "",
+        "steps_lost_max": "",
+        "steps_lost_bound": "",
+        "final_metric_diff_max": "",
+        "detail": "; ".join(seen),
+    }
+
+
 FAULTS = {
     "sigkill": lambda out, extra, a: sigkill(out, extra, a.kills, a.every_n_steps)[0],
     "sigterm": lambda out, extra, a: sigterm(out, extra, "SIGTERM"),
     "sigusr1": lambda out, extra, a: sigterm(out, extra, "SIGUSR1", seed=1),
     "divergence": lambda out, extra, a: divergence(out, extra),
+    "divergence_lam": lambda out, extra, a: divergence(out, extra, "lam=1e30"),
     "full_disk": lambda out, extra, a: full_disk(out, extra),
     "simultaneous": lambda out, extra, a: simultaneous(out, extra),
+    "bad_inputs": lambda out, extra, a: bad_inputs(out, extra),
 }
 COLUMNS = [
     "fault",

@@ -180,3 +180,9 @@ def test_a_preempted_submitit_job_requeues_itself_and_resumes_in_its_directory(t
     assert done["status"] == "completed" and done["steps"] == 3 * 45
     reference = faults.reference_run(out, [])
     assert max(faults.differences(reference, done).values()) == 0.0
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_in_one_line_before_any_run_directory(tmp_path):
+    row = faults.bad_inputs(tmp_path, [])  # asserts exit 2, one line, nothing left behind
+    assert row["injected"] == len(faults.BAD_INPUTS)
