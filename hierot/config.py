@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import get_object, instantiate
@@ -36,6 +35,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.metrics import check_val_cpcc
 from hierot.models.backbones import check_backbone
 from hierot.objectives import check_objective, get_objective, list_objectives
+from hierot.overrides import parse_overrides
 from hierot.resume import check_settings as check_resume_settings
 
 CONFIG_DIR = Path(__file__).parent / "conf"
@@ -76,13 +76,6 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME
         GlobalHydra.instance().clear()
 
 
-def _parse(overrides: Sequence[str]) -> list[Override]:
-    try:
-        return OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as e:
-        raise ConfigError(one_line(e)) from None
-
-
 def _as_line(o: Override, value: str | None = None) -> str:
     if value is None:
         return o.input_line
@@ -93,7 +86,7 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     """Jobs that together use every value of every sweep: the first job (each sweep at its
     first value), then one job per further value of each sweep, the others at their first.
     Checking these checks every value a multirun will use without composing the whole grid."""
-    parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
+    parsed = [o for o in parse_overrides(overrides) if not o.is_hydra_override()]
     values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [] for o in parsed]
     first = [_as_line(o, v[0] if v else None) for o, v in zip(parsed, values, strict=True)]
     jobs = [first]
@@ -112,7 +105,7 @@ def is_config_group(name: str) -> bool:
 def check_added_keys(overrides: Sequence[str], cfg: DictConfig) -> None:
     """``+name=value`` adds a top-level key that nothing reads (a typo such as ``+lamda=2``
     would otherwise be ignored silently); config groups (``+experiment=...``) are fine."""
-    for o in _parse(overrides):
+    for o in parse_overrides(overrides):
         key = o.key_or_group
         if not o.is_add() or o.is_hydra_override() or "." in key or is_config_group(key):
             continue

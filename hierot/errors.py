@@ -31,17 +31,27 @@ def user_message(error: BaseException) -> str:
     return " ".join(text.split("\n"))
 
 
+def is_number(value: object) -> bool:
+    """A real number, and not a bool (which Python counts as an int)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_integer(value: object) -> bool:
+    """An int, and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def require_number(value: object, key: str, minimum: float) -> float:
     """``value`` as a float if it is a real number >= ``minimum``, else a ``ConfigError``
     naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= minimum:
+    if not is_number(value) or not value >= minimum:
         raise ConfigError(f"{key} must be a number >= {minimum}, got {value!r}")
     return float(value)
 
 
 def require_integer(value: object, key: str, minimum: int) -> int:
     """``value`` if it is an integer >= ``minimum``, else a ``ConfigError`` naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
 

@@ -54,6 +54,7 @@ from hierot.metrics.ood import ood_metrics
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
 from hierot.objectives import DEFAULT_OBJECTIVE
+from hierot.overrides import keys, parse_overrides, set_values, sets, value_text
 from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,11 @@ def run_groups(overrides: list[str]) -> list[str]:
     """``data=<option>`` and ``backbone=<option>`` as the checkpoint's run chose them, for
     the groups the command line leaves alone: its dotted overrides (``data.height=3`` on a
     BREEDS run) then compose against the run's config group instead of the default's."""
-    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "ckpt"]
-    if len(values) != 1 or "," in values[0]:
+    values = set_values(overrides, "ckpt")
+    if len(values) != 1:
         return []  # no checkpoint, or a sweep over several
     choices = run_choices(Path(values[0]).expanduser())
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    given = keys(overrides)
     return [f"{g}={choices[g]}" for g in GROUPS if g in choices and g not in given]
 
 
@@ -86,16 +87,20 @@ def resolve_groups(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
     either way."""
     saved = run_config(ckpt)
     choices = run_choices(ckpt)
+    parsed = parse_overrides(overrides)
     for group in GROUPS:
         chosen = any(
-            o.split("=", 1)[0].lstrip("+~") == group and o.split("=", 1)[1] != choices.get(group)
-            for o in overrides
-            if "=" in o
+            o.key_or_group == group and sets(o) and str(o.value()) != choices.get(group)
+            for o in parsed
         )
         if chosen or saved is None or group not in saved:
             continue
-        dotted = [o.lstrip("+") for o in overrides if o.lstrip("+~").startswith(f"{group}.")]
+        mine = [o for o in parsed if o.key_or_group.startswith(f"{group}.")]
+        dotted = [f"{o.key_or_group}={value_text(o)}" for o in mine if sets(o)]
         node = OmegaConf.merge(saved[group], OmegaConf.from_dotlist(dotted).get(group, {}))
+        for o in mine:
+            if o.is_delete():  # ~data.split: the key goes, as it would from the group
+                node.pop(o.key_or_group.split(".", 1)[1], None)
         cfg[group] = node
 
 
@@ -442,8 +447,7 @@ TRAIN_ONLY = {
 
 def precheck(overrides: list[str]) -> None:
     """Compose and check the command line before Hydra creates the run directory."""
-    for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~").split(".")[0]
+    for key in sorted({k.split(".")[0] for k in keys(overrides)}):
         if key in TRAIN_ONLY:
             raise ConfigError(f"{key}: evaluate takes no {key}=; {TRAIN_ONLY[key]}")
     for job in sweep_variants(overrides):  # every value of a sweep (-m)

@@ -30,7 +30,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hierot.errors import user_message
+from hierot.errors import ConfigError, user_message
+from hierot.overrides import parse_overrides
 from hierot.report import write_metrics
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,12 @@ def job_row(job_dir: Path) -> dict[str, object] | None:
     if not isinstance(overrides, list):
         return None
     row: dict[str, object] = {"job": job_dir.name}
-    for item in overrides:
-        key, _, value = str(item).partition("=")
-        row[OVERRIDE + key.lstrip("+~")] = value
+    try:
+        parsed = parse_overrides([str(item) for item in overrides])
+    except ConfigError:
+        parsed = []  # a record no parser reads: the row keeps its settings and metrics
+    for o in parsed:
+        row[OVERRIDE + o.key_or_group] = "" if o.is_delete() else str(o.value())
     row.update(_settings(_read_yaml(job_dir / ".hydra" / "config.yaml")))
     try:
         metrics = json.loads((job_dir / "metrics.json").read_text())

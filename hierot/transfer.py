@@ -37,6 +37,7 @@ from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError
 from hierot.evaluate import resolve_groups, run_groups
 from hierot.models.module import level_keys
+from hierot.overrides import set_values
 from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def target_data(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
     """The checkpoint's run's data and backbone, with ``data.split=target`` unless the
     command line sets ``data.split``."""
     resolve_groups(cfg, overrides, ckpt)
-    if not any(o.lstrip("+~").startswith("data.split=") for o in overrides):
+    if not set_values(overrides, "data.split"):
         if "split" not in cfg.data:
             raise ConfigError(f"data.split: {cfg.data.get('_target_')} has no source/target split")
         cfg.data.split = "target"

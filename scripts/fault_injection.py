@@ -70,9 +70,11 @@ def wait(proc: subprocess.Popen, timeout: float = 600) -> int:
         raise
 
 
-def brief(line: str, width: int = 120) -> str:
-    """An error line for the table: without the prefix and the run's paths."""
+def brief(line: str, run_dir: Path, width: int = 140) -> str:
+    """An error line for the table: without the prefix, the resume command, and with the
+    run directory written ``<run>``."""
     text = line.removeprefix("hierot: error: ").split("; resume with:")[0]
+    text = text.replace(str(run_dir), "<run>")
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -198,7 +200,7 @@ def sigterm(out: Path, extra: Sequence[str], name: str = "SIGTERM", seed: int = 
         "steps_lost_max": stopped["steps"] - saved,
         "steps_lost_bound": 0,
         "final_metric_diff_max": max(diffs.values()),
-        "detail": f"exit {rc} after {stop_seconds:.1f} s at step {stopped['steps']}: {brief(line)}",
+        "detail": f"exit {rc} after {stop_seconds:.1f} s at step {stopped['steps']}: {brief(line, run_dir)}",
     }
 
 
@@ -221,7 +223,7 @@ def divergence(out: Path, extra: Sequence[str], cause: str = "optimizer.lr=1e4")
         "steps_lost_max": 0,
         "steps_lost_bound": 0,
         "final_metric_diff_max": "",
-        "detail": f"exit {rc}; step {checkpoint['global_step']}'s checkpoint finite: {brief(line)}",
+        "detail": f"exit {rc}; step {checkpoint['global_step']}'s checkpoint finite: {brief(line, run_dir)}",
     }
 
 
@@ -257,7 +259,7 @@ def full_disk(out: Path, extra: Sequence[str], megabytes: int = 120) -> dict:
             "steps_lost_max": "",
             "steps_lost_bound": "",
             "final_metric_diff_max": "",
-            "detail": f"exit {rc}; {saved.name} of step {step} loads: {brief(line)}",
+            "detail": f"exit {rc}; {saved.name} of step {step} loads: {brief(line, run_dir)}",
         }
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)

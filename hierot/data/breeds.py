@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from hierot.data.folders import FolderDataModule
-from hierot.data.module import check_split
+from hierot.data.module import check_height, check_split
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
 
@@ -201,12 +201,6 @@ class BreedsTree:
         return f"{self.names.get(node, node)} ({node})"
 
 
-def check_breeds_height(height: int) -> int:
-    if height not in HEIGHTS:
-        raise DataError(f"data.height: {height!r} is not a tree height of BREEDS; available: 2, 3")
-    return height
-
-
 def paper_tree(
     tree: BreedsTree, superclasses: Sequence[str], edges: Sequence[int], height: int
 ) -> tuple[list[list[str]], list[str]]:
@@ -277,7 +271,7 @@ class BreedsDataModule(FolderDataModule):
                 f"data.classes: unknown '{classes}'; available: {', '.join(CLASS_KINDS)}"
             )
         self.split = check_split(split)
-        check_breeds_height(height)
+        check_height(height, HEIGHTS, "BREEDS")
         if classes == "subclass" and height != 2:
             raise DataError(
                 "data.height: with data.classes=subclass the tree is superclass -> ImageNet "

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from hierot.data.images import TensorImages, carve_validation, eval_transform, train_transform
-from hierot.data.module import HierarchyDataModule, check_split, data_root, split_by_parent
+from hierot.data.module import (
+    HierarchyDataModule,
+    check_height,
+    check_split,
+    data_root,
+    split_by_parent,
+)
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
 
@@ -122,14 +128,6 @@ def split_classes(parent: Sequence[int], split: str) -> list[int]:
     return split_by_parent(parent, split, lambda count: TARGET_PER_SUPERCLASS)
 
 
-def check_height(height: int) -> int:
-    if height not in HEIGHTS:
-        raise DataError(
-            f"data.height: {height!r} is not a tree height of CIFAR-100; available: 2, 3, 4"
-        )
-    return height
-
-
 def paper_paths(
     classes: Sequence[str],
     coarse_names: Sequence[str],
@@ -149,7 +147,7 @@ def paper_paths(
         classes, parent, target: per class its name, superclass id and whether it is one
             of its superclass's two lowest-id classes (a target class).
     """
-    check_height(height)
+    check_height(height, HEIGHTS, "CIFAR-100")
     paths = []
     for i, name in enumerate(classes):
         c = parent[i]
@@ -182,7 +180,7 @@ class Cifar100DataModule(CifarDataModule):
     ) -> None:
         super().__init__(root=root, **kwargs)
         check_split(split)
-        check_height(height)
+        check_height(height, HEIGHTS, "CIFAR-100")
         if height != 2 and self.hierarchy_file is not None:
             raise DataError("data.height: a data.hierarchy file brings its own tree; drop one")
         self.split = split

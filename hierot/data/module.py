@@ -29,6 +29,17 @@ def data_root(root: str | None, holds: str) -> Path:
     return path
 
 
+def check_height(height: object, heights: Sequence[int], dataset: str) -> int:
+    """``data.height`` if it is one of the tree heights ``dataset`` ships, else a one-line
+    ``DataError``."""
+    if height not in heights:
+        available = ", ".join(str(h) for h in heights)
+        raise DataError(
+            f"data.height: {height!r} is not a tree height of {dataset}; available: {available}"
+        )
+    return height  # type: ignore[return-value]
+
+
 # Data splits of the OT-CPCC protocol: everything, or the source / target part.
 SPLITS = ("all", "source", "target")
 

@@ -15,6 +15,7 @@ from hierot.distances.pairwise import (
     pair_distances,
     use_sparse,
 )
+from hierot.errors import is_number
 
 DEFAULT_MEMORY_MB = 256.0
 
@@ -233,5 +234,5 @@ def all_pairs(batch: ClassBatch) -> ClassBatch:
 
 
 def check_memory(memory_mb: object) -> None:
-    if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not memory_mb > 0:
+    if not is_number(memory_mb) or not memory_mb > 0:
         raise ValueError(f"memory_mb must be a number of megabytes > 0, got {memory_mb!r}")

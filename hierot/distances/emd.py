@@ -13,6 +13,7 @@ from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.network_simplex import exact_plan
 from hierot.distances.registry import register_distance
 from hierot.distances.weights import check_weights, pair_weights
+from hierot.errors import is_integer
 
 # Below this many cost entries a thread pool costs more than it saves.
 _POOL_MIN_ENTRIES = 200_000
@@ -88,7 +89,7 @@ def emd_memory(dim: int, itemsize: int, options: Mapping[str, object]) -> PairMe
 
 
 def check_emd(max_iter: object, weights: object) -> None:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if not is_integer(max_iter) or max_iter < 1:
         raise ValueError(f"emd: max_iter must be an integer >= 1, got {max_iter!r}")
     check_weights("emd", weights)
 

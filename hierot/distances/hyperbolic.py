@@ -18,6 +18,7 @@ import torch
 
 from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.registry import register_distance
+from hierot.errors import is_number
 
 MEANS = ("einstein", "euclidean")
 # The largest radius kept (times 1 / sqrt(c)) is 1 - BALL_EPS, HypStructure's value for
@@ -29,11 +30,9 @@ BALL_EPS = 4e-3
 def check_hyperbolic(mean: str, c: float, clip_r: float | None, riemannian: bool) -> None:
     if mean not in MEANS:
         raise ValueError(f"hyperbolic: mean must be one of {', '.join(MEANS)}, got {mean!r}")
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < math.inf:
+    if not is_number(c) or not 0 < c < math.inf:
         raise ValueError(f"hyperbolic: c (the curvature's magnitude) must be > 0, got {c!r}")
-    if clip_r is not None and (
-        isinstance(clip_r, bool) or not isinstance(clip_r, (int, float)) or not clip_r > 0
-    ):
+    if clip_r is not None and (not is_number(clip_r) or not clip_r > 0):
         raise ValueError(f"hyperbolic: clip_r must be a number > 0 or null, got {clip_r!r}")
     if not isinstance(riemannian, bool):
         raise ValueError(f"hyperbolic: riemannian must be true or false, got {riemannian!r}")

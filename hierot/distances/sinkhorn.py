@@ -21,6 +21,7 @@ import torch
 from hierot.distances.batch import ClassBatch, PairMemory
 from hierot.distances.registry import register_distance
 from hierot.distances.weights import check_weights, pair_weights
+from hierot.errors import is_integer, is_number
 
 log = logging.getLogger(__name__)
 
@@ -190,15 +191,15 @@ def check_sinkhorn(
     reg: object, reg_scale: object, max_iter: object, tol: object, weights: object
 ) -> None:
     """Raise ``ValueError`` naming the first bad option."""
-    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
+    if not is_number(reg) or not reg > 0:
         raise ValueError(f"sinkhorn: reg must be > 0, got {reg!r}")
     if reg_scale not in REG_SCALES:
         raise ValueError(
             f"sinkhorn: reg_scale must be one of {', '.join(REG_SCALES)}, got {reg_scale!r}"
         )
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if not is_integer(max_iter) or max_iter < 1:
         raise ValueError(f"sinkhorn: max_iter must be an integer >= 1, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+    if not is_number(tol) or not tol > 0:
         raise ValueError(f"sinkhorn: tol must be > 0, got {tol!r}")
     check_weights("sinkhorn", weights)
 

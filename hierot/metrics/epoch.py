@@ -13,6 +13,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from hierot.cpcc import cpcc
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory
+from hierot.errors import is_integer
 
 
 class LevelAccuracy(Metric):
@@ -137,11 +138,9 @@ class SplitCPCC(Metric):
 
 def check_val_cpcc(every: object, max_classes: object) -> None:
     """Raise ``ValueError`` on a bad ``val/cpcc`` schedule (``every`` epochs, ``max_classes``)."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if not is_integer(every) or every < 1:
         raise ValueError(f"cpcc.val_every must be an integer >= 1, got {every!r}")
-    if max_classes is not None and (
-        isinstance(max_classes, bool) or not isinstance(max_classes, int) or max_classes < 3
-    ):
+    if max_classes is not None and (not is_integer(max_classes) or max_classes < 3):
         raise ValueError(
             f"cpcc.val_classes must be an integer >= 3 (a CPCC needs 3 classes) or null, "
             f"got {max_classes!r}"

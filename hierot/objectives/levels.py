@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from hierot.errors import is_number
 from hierot.hierarchy import Hierarchy
 
 
@@ -22,7 +23,7 @@ def level_weights(
     if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
         raise ValueError(f"{name}: weights must be a list of numbers, got {weights!r}")
     for w in weights:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+        if not is_number(w) or not 0 <= w < math.inf:
             raise ValueError(f"{name}: weights must be finite numbers >= 0, got {list(weights)!r}")
     if hierarchy is not None and len(weights) != hierarchy.depth:
         raise ValueError(
