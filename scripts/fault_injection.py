@@ -200,7 +200,7 @@ def sigterm(out: Path, extra: Sequence[str], name: str = "SIGTERM", seed: int = 
         "steps_lost_max": stopped["steps"] - saved,
         "steps_lost_bound": 0,
         "final_metric_diff_max": max(diffs.values()),
-        "detail": f"exit {rc} after {stop_seconds:.1f} s at step {stopped['steps']}: {brief(line, run_dir)}",
+        "detail": f"exit {rc} {stop_seconds:.1f} s after the signal: {brief(line, run_dir)}",
     }
 
 
@@ -223,7 +223,7 @@ def divergence(out: Path, extra: Sequence[str], cause: str = "optimizer.lr=1e4")
         "steps_lost_max": 0,
         "steps_lost_bound": 0,
         "final_metric_diff_max": "",
-        "detail": f"exit {rc}; step {checkpoint['global_step']}'s checkpoint finite: {brief(line, run_dir)}",
+        "detail": f"exit {rc}, checkpoint finite: {brief(line, run_dir)}",
     }
 
 
