@@ -50,7 +50,7 @@ COMPARED = ("test/", "val/")  # the final metrics an interrupted run must reprod
 
 def start(run_dir: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m hierot.train`` in ``run_dir``, its output in ``run_dir``.out/.err."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).absolute()  # the process runs in its parent folder
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{run_dir}.out", "a") as out, open(f"{run_dir}.err", "a") as err:
         return subprocess.Popen(  # the process keeps its own copies of the two files
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("multirun/fault_injection"))
     parser.add_argument("--results", type=Path, default=Path("docs/results"))
     args = parser.parse_args(argv)
-    out = args.out / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = args.out.absolute() / time.strftime("%Y-%m-%d_%H-%M-%S")
     rows = []
     for name in args.faults:
         start_time = time.monotonic()
