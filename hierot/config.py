@@ -136,10 +136,35 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(one_line(e)) from None
 
 
+def model_aliases() -> dict[str, str]:
+    """``model.<key>`` -> the setting it follows (``lam``, ``dist.method``, ...): the keys
+    the shipped ``model`` options interpolate, for every option."""
+    aliases = {}
+    for path in sorted((CONFIG_DIR / "model").glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        for key, value in node.items():  # type: ignore[union-attr]
+            if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+                aliases[str(key)] = value[2:-1]
+    return aliases
+
+
+def check_model_aliases(cfg: DictConfig) -> None:
+    """The model's copies of the top-level settings are read-only: ``model.lam=0.5`` would
+    train with 0.5 while metrics.json and the sweep summary record ``lam``."""
+    for key, source in model_aliases().items():
+        if key in cfg.model and not OmegaConf.is_interpolation(cfg.model, key):
+            value = OmegaConf.to_container(cfg.model, resolve=False)[key]  # type: ignore[index]
+            raise ConfigError(
+                f"model.{key} follows {source}: set {source}={value} instead (metrics.json "
+                f"and the sweep summary record {source})"
+            )
+
+
 def _check(cfg: DictConfig) -> None:
     for key in ("data", "backbone", "objective", "dist", "optimizer", "trainer", "model"):
         if not isinstance(cfg.get(key), DictConfig):
             raise ConfigError(f"{key}: missing config group (choose one with {key}=<option>)")
+    check_model_aliases(cfg)
     check_number(cfg, "lam", 0)
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")

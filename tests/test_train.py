@@ -386,3 +386,31 @@ def test_run_records_its_tree_and_data(make_cfg, tmp_path):
     assert tree.leaves == expected.leaves  # consecutive ids per subtree: same order as is
     assert torch.equal(tree.tree_distances(), expected.tree_distances())
     assert not (tmp_path / "run" / "hierarchy.txt").exists()  # unit weights: JSON suffices
+
+
+@pytest.mark.slow
+def test_lam_is_set_in_one_place_and_recorded_as_trained(tmp_path):
+    """``lam=0.5`` trains with 0.5 and records 0.5; ``model.lam=0.5`` (the model's copy of
+    ``lam``) is refused with the key to set, instead of training with one value and
+    recording another."""
+    metrics = train_in_subprocess(tmp_path, "lam=0.5")
+    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    assert metrics["lam"] == 0.5 and checkpoint["hyper_parameters"]["lam"] == 0.5
+    run = subprocess.run(
+        [sys.executable, "-m", "hierot.train", "debug=tiny", "model.lam=0.5"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "hierot: error: model.lam follows lam: set lam=0.5 instead (metrics.json and the sweep "
+        "summary record lam)"
+    ]
+
+
+def test_model_copies_of_top_level_settings_are_refused():
+    from hierot.config import check_config, model_aliases
+
+    assert model_aliases()["lam"] == "lam" and model_aliases()["dist"] == "dist.method"
+    for key, value in [("lam", 0.5), ("dist", "l2"), ("top_k", 3), ("memory_mb", 64)]:
+        with pytest.raises(ConfigError, match=rf"^model\.{key} follows .*: set .*={value} instead"):
+            check_config(compose_config([f"model.{key}={value}"]))
+    check_config(compose_config(["model.head_weight_decay=0.1"]))  # the model's own key
