@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
 import yaml
 
 from hierot.errors import HierarchyError
-from hierot.hierarchy.tree import Edge, Hierarchy
+from hierot.hierarchy.edge import Edge
 
 FORMATS = ("json", "yaml", "csv", "tsv", "edges")
 _BY_SUFFIX = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".tsv": "tsv"}
@@ -22,12 +22,22 @@ def detect_format(path: str | PathLike) -> str:
     return _BY_SUFFIX.get(Path(path).suffix.lower(), "edges")
 
 
-def read_hierarchy(
-    path: str | PathLike,
-    classes: Sequence[str] | None = None,
-    format: str | None = None,
-) -> Hierarchy:
-    """Read ``path`` into a ``Hierarchy``; every problem is a one-line ``HierarchyError``."""
+@dataclass
+class TreeText:
+    """A hierarchy file parsed but not yet a tree: ``nested`` (JSON/YAML), ``paths`` (CSV/TSV
+    rows, top level first, with ``wheres`` the ``file:line`` of each) or ``edges``."""
+
+    kind: str
+    name: str
+    nested: object = None
+    paths: list[list[str]] = field(default_factory=list)
+    wheres: list[str] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+
+def read_tree_file(path: str | PathLike, format: str | None = None) -> TreeText:
+    """Read and parse ``path``; every problem is a one-line ``HierarchyError``. The format
+    follows the extension unless ``format`` is given (``detect_format``)."""
     name = str(path)
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
@@ -45,12 +55,13 @@ def read_hierarchy(
     if not text.strip():
         raise HierarchyError(f"{name}: empty hierarchy file")
     if fmt == "json":
-        return Hierarchy.from_nested(_load_json(text, name), classes=classes, source=name)
+        return TreeText("nested", name, nested=_load_json(text, name))
     if fmt == "yaml":
-        return Hierarchy.from_nested(_load_yaml(text, name), classes=classes, source=name)
+        return TreeText("nested", name, nested=_load_yaml(text, name))
     if fmt in ("csv", "tsv"):
-        return _read_table(text, name, "," if fmt == "csv" else "\t", classes)
-    return _read_edges(text, name, classes)
+        paths, wheres = _read_table(text, name, "," if fmt == "csv" else "\t")
+        return TreeText("paths", name, paths=paths, wheres=wheres)
+    return TreeText("edges", name, edges=_read_edges(text, name))
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -115,7 +126,7 @@ def _content_lines(text: str) -> list[tuple[int, str]]:
     ]
 
 
-def _read_table(text: str, name: str, delimiter: str, classes: Sequence[str] | None) -> Hierarchy:
+def _read_table(text: str, name: str, delimiter: str) -> tuple[list[list[str]], list[str]]:
     lines = _content_lines(text)
     paths, wheres = [], []
     reader = csv.reader((line for _, line in lines), delimiter=delimiter, strict=True)
@@ -138,10 +149,10 @@ def _read_table(text: str, name: str, delimiter: str, classes: Sequence[str] | N
             )
         paths.append(cells)
         wheres.append(f"{name}:{lineno}")
-    return Hierarchy.from_paths(paths, classes=classes, source=name, wheres=wheres)
+    return paths, wheres
 
 
-def _read_edges(text: str, name: str, classes: Sequence[str] | None) -> Hierarchy:
+def _read_edges(text: str, name: str) -> list[Edge]:
     edges = []
     for lineno, line in _content_lines(text):
         parts = line.split()
@@ -158,4 +169,4 @@ def _read_edges(text: str, name: str, classes: Sequence[str] | None) -> Hierarch
             except ValueError:
                 raise HierarchyError(f"{where}: edge weight {parts[2]!r} is not a number") from None
         edges.append(Edge(parts[0], parts[1], weight, where))
-    return Hierarchy.from_edges(edges, classes=classes, source=name)
+    return edges

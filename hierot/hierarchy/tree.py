@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from os import PathLike
 
 import torch
 
 from hierot.errors import HierarchyError
+from hierot.hierarchy.edge import Edge
+from hierot.hierarchy.files import TreeText, read_tree_file
 
 # Name of the root added when the input has several top-level nodes; the angle brackets keep
 # it from colliding with a real class or concept name.
 VIRTUAL_ROOT = "<root>"
-
-
-@dataclass(frozen=True)
-class Edge:
-    """One parent -> child link, with its weight and where it was read (for error messages)."""
-
-    parent: str
-    child: str
-    weight: float = 1.0
-    where: str = ""
 
 
 def _at(where: str) -> str:
@@ -217,9 +208,16 @@ class Hierarchy:
         anything else is a whitespace ``parent child [weight]`` edge list) unless ``format``
         is given.
         """
-        from hierot.hierarchy.files import read_hierarchy
+        return cls.from_text(read_tree_file(path, format=format), classes=classes)
 
-        return read_hierarchy(path, classes=classes, format=format)
+    @classmethod
+    def from_text(cls, text: TreeText, classes: Sequence[str] | None = None) -> Hierarchy:
+        """A tree from a parsed hierarchy file (``hierot.hierarchy.files``)."""
+        if text.kind == "nested":
+            return cls.from_nested(text.nested, classes=classes, source=text.name)
+        if text.kind == "paths":
+            return cls.from_paths(text.paths, classes=classes, source=text.name, wheres=text.wheres)
+        return cls.from_edges(text.edges, classes=classes, source=text.name)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -582,3 +580,11 @@ def _node_name(value: object, trail: str, source: str) -> str:
 
 def _show(node: str) -> str:
     return "the top level" if node == VIRTUAL_ROOT else f"'{node}'"
+
+
+def read_hierarchy(
+    path: str | PathLike, classes: Sequence[str] | None = None, format: str | None = None
+) -> Hierarchy:
+    """``Hierarchy.from_file``: read ``path`` into a ``Hierarchy``; every problem is a
+    one-line ``HierarchyError``."""
+    return Hierarchy.from_file(path, classes=classes, format=format)
