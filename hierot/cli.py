@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from hierot.config import is_config_group
 from hierot.errors import ConfigError, DataError, HierarchyError, user_message
+from hierot.hydra_callbacks import sweep_failure
 from hierot.logs import quiet_warnings
 
 USER_ERRORS = (ConfigError, DataError, HierarchyError)
@@ -88,3 +89,7 @@ def run_checked(
         except USER_ERRORS as e:
             fail(e)
     run()
+    failure = sweep_failure()
+    if failure is not None:  # jobs of the sweep failed: a script chaining sweeps must see it
+        print(f"hierot: error: {failure}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -9,11 +9,16 @@ blue, ...), otherwise a fixed qualitative palette in class order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from scipy.cluster.hierarchy import dendrogram, linkage
+
+from hierot.report import finite_float
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
@@ -162,3 +167,89 @@ def embedding_figure(
         ax.legend(fontsize="x-small", markerscale=2, loc="best", ncol=2 if shown > 12 else 1)
     _save(fig, path)
     plt.close(fig)
+
+
+# ---- sweep summaries: TestCPCC against lambda (summary.png)
+
+# summary.png's panels: TestCPCC under l2 compares every run on one scale; each run's own
+# distance is what its regularizer optimized.
+PANELS = (
+    ("test/cpcc_l2", "TestCPCC under l2 (test/cpcc_l2)"),
+    ("test/cpcc", "TestCPCC under the run's distance (test/cpcc)"),
+)
+MIN_SPAN = 0.2  # the y range shown is at least this wide, so seed noise does not look like a trend
+
+
+def _lines(
+    rows: Sequence[Mapping[str, object]], metric: str
+) -> dict[tuple[float, str], dict[float, list[float]]]:
+    """{(batch size, dist): {lam: [value per seed]}} of the completed rows."""
+    lines: dict[tuple[float, str], dict[float, list[float]]] = {}
+    for row in rows:
+        lam, value = finite_float(row.get("lam")), finite_float(row.get(metric))
+        batch = finite_float(row.get("data.batch_size"))
+        if row.get("status") != "completed" or lam is None or value is None:
+            continue
+        key = (batch if batch is not None else math.nan, str(row.get("dist")))
+        lines.setdefault(key, {}).setdefault(lam, []).append(value)
+    return lines
+
+
+def save_summary_figure(path: Path, rows: Sequence[Mapping[str, object]], title: str = "") -> bool:
+    """Write ``summary_figure`` to ``path`` (whole or not at all); False if nothing to plot."""
+    fig = summary_figure(rows, title)
+    if fig is None:
+        return False
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    _pyplot().close(fig)
+    return True
+
+
+def summary_figure(rows: Sequence[Mapping[str, object]], title: str = ""):
+    """TestCPCC against lambda, one line per (batch size, distance), the mean over seeds
+    with their spread as error bars; None if no completed row has a value."""
+    panels = [(m, label, lines) for m, label in PANELS if (lines := _lines(rows, m))]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.5 * len(panels), 4.2), layout="constrained", squeeze=False
+    )
+    seeds = 1
+    for ax, (_, label, lines) in zip(axes[0], panels, strict=True):
+        values: list[float] = []
+        lams: set[float] = set()
+        for (batch, dist), by_lam in sorted(lines.items()):
+            xs = sorted(by_lam)
+            ys = [float(np.mean(by_lam[x])) for x in xs]
+            spread = [float(np.std(by_lam[x])) for x in xs]
+            seeds = max(seeds, *(len(v) for v in by_lam.values()))
+            batch_label = "?" if math.isnan(batch) else f"{batch:g}"
+            ax.errorbar(
+                xs, ys, yerr=spread if any(spread) else None, marker="o", capsize=3,
+                label=f"{dist}, batch {batch_label}",
+            )  # fmt: skip
+            values += [v for vs in by_lam.values() for v in vs]
+            lams.update(xs)
+        positive = sorted(x for x in lams if x > 0)
+        if positive and 0 in lams:
+            # lam = 0 (no regularizer) stays on the axis: linear below the smallest lam.
+            ax.set_xscale("symlog", linthresh=positive[0])
+        elif positive and positive[-1] / positive[0] >= 10:
+            ax.set_xscale("log")
+        low, high = min(values), max(values)
+        if high - low < MIN_SPAN:
+            mid = (high + low) / 2
+            low, high = mid - MIN_SPAN / 2, mid + MIN_SPAN / 2
+        pad = 0.05 * (high - low)
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_xlabel("lambda (weight of the CPCC regularizer)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    what = f"mean of {seeds} seeds, bars: std" if seeds > 1 else "one seed per point"
+    heading = f"TestCPCC vs lambda ({what})"
+    fig.suptitle(f"{title}: {heading}" if title else heading)
+    return fig

@@ -19,6 +19,15 @@ def as_number(value: object) -> float | int | str | None:
     return value  # type: ignore[return-value]
 
 
+def finite_float(value: object) -> float | None:
+    """``value`` as a finite float (a number or a numeric string), else None."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def write_json(path: Path, data: object) -> None:
     """Write atomically, so a reader (or a sweep summary) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,9 @@
 The summary is rebuilt from the files each job leaves in its own directory (``metrics.json``
 and Hydra's ``.hydra/overrides.yaml`` / ``.hydra/config.yaml``), never from in-process
 return values, so it works the same for local jobs and for jobs a launcher such as
-``submitit_slurm`` ran on other machines. ``SweepSummary`` (a Hydra callback, enabled in
-``conf/train.yaml``) rebuilds it after every job and at the end of the sweep; a job that
-failed is a row with its status and error, not a lost sweep.
+``submitit_slurm`` ran on other machines; a job that failed is a row with its status and
+error, not a lost sweep. The Hydra callback that writes it during a sweep is
+``hierot.hydra_callbacks.SweepSummary``; the figure is ``hierot.figures.summary_figure``.
 
     python -m hierot.sweep multirun/2026-11-23/10-00-00     # rebuild by hand
 """
@@ -15,9 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,14 +23,11 @@ from typing import Any
 
 import numpy as np
 import yaml
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig
 
 from hierot.errors import ConfigError, user_message
+from hierot.figures import save_summary_figure
 from hierot.overrides import parse_overrides
-from hierot.report import write_metrics
+from hierot.report import finite_float, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -131,104 +126,6 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
     os.replace(tmp, path)
 
 
-def _number(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-# summary.png's panels: TestCPCC under l2 compares every run on one scale; each run's own
-# distance is what its regularizer optimized.
-PANELS = (
-    ("test/cpcc_l2", "TestCPCC under l2 (test/cpcc_l2)"),
-    ("test/cpcc", "TestCPCC under the run's distance (test/cpcc)"),
-)
-MIN_SPAN = 0.2  # the y range shown is at least this wide, so seed noise does not look like a trend
-
-
-def _lines(
-    rows: Sequence[Mapping[str, object]], metric: str
-) -> dict[tuple[float, str], dict[float, list[float]]]:
-    """{(batch size, dist): {lam: [value per seed]}} of the completed rows."""
-    lines: dict[tuple[float, str], dict[float, list[float]]] = {}
-    for row in rows:
-        lam, value = _number(row.get("lam")), _number(row.get(metric))
-        batch = _number(row.get("data.batch_size"))
-        if row.get("status") != "completed" or lam is None or value is None:
-            continue
-        key = (batch if batch is not None else math.nan, str(row.get("dist")))
-        lines.setdefault(key, {}).setdefault(lam, []).append(value)
-    return lines
-
-
-def plot(path: Path, rows: Sequence[Mapping[str, object]], title: str = "") -> bool:
-    """Write ``summary_figure`` to ``path``; False if nothing to plot."""
-    fig = summary_figure(rows, title)
-    if fig is None:
-        return False
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    from matplotlib import pyplot as plt
-
-    plt.close(fig)
-    return True
-
-
-def summary_figure(rows: Sequence[Mapping[str, object]], title: str = ""):
-    """TestCPCC against lambda, one line per (batch size, distance), the mean over seeds
-    with their spread as error bars; None if no completed row has a value."""
-    panels = [(m, label, lines) for m, label in PANELS if (lines := _lines(rows, m))]
-    if not panels:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on cluster nodes
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(5.5 * len(panels), 4.2), layout="constrained", squeeze=False
-    )
-    seeds = 1
-    for ax, (_, label, lines) in zip(axes[0], panels, strict=True):
-        values: list[float] = []
-        lams: set[float] = set()
-        for (batch, dist), by_lam in sorted(lines.items()):
-            xs = sorted(by_lam)
-            ys = [float(np.mean(by_lam[x])) for x in xs]
-            spread = [float(np.std(by_lam[x])) for x in xs]
-            seeds = max(seeds, *(len(v) for v in by_lam.values()))
-            batch_label = "?" if math.isnan(batch) else f"{batch:g}"
-            ax.errorbar(
-                xs, ys, yerr=spread if any(spread) else None, marker="o", capsize=3,
-                label=f"{dist}, batch {batch_label}",
-            )  # fmt: skip
-            values += [v for vs in by_lam.values() for v in vs]
-            lams.update(xs)
-        positive = sorted(x for x in lams if x > 0)
-        if positive and 0 in lams:
-            # lam = 0 (no regularizer) stays on the axis: linear below the smallest lam.
-            ax.set_xscale("symlog", linthresh=positive[0])
-        elif positive and positive[-1] / positive[0] >= 10:
-            ax.set_xscale("log")
-        low, high = min(values), max(values)
-        if high - low < MIN_SPAN:
-            mid = (high + low) / 2
-            low, high = mid - MIN_SPAN / 2, mid + MIN_SPAN / 2
-        pad = 0.05 * (high - low)
-        ax.set_ylim(low - pad, high + pad)
-        ax.set_xlabel("lambda (weight of the CPCC regularizer)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    what = f"mean of {seeds} seeds, bars: std" if seeds > 1 else "one seed per point"
-    heading = f"TestCPCC vs lambda ({what})"
-    fig.suptitle(f"{title}: {heading}" if title else heading)
-    return fig
-
-
 def _is_metric(key: str) -> bool:
     return "/" in key and not key.startswith(OVERRIDE)
 
@@ -253,7 +150,9 @@ def seed_summary(
         and k not in over
     ]
     keys = [k for k in keys if any(r.get(k) not in (None, "") for r in done)]
-    metrics = sorted({k for r in done for k in r if _is_metric(k) and _number(r[k]) is not None})
+    metrics = sorted(
+        {k for r in done for k in r if _is_metric(k) and finite_float(r[k]) is not None}
+    )
     groups: dict[tuple[str, ...], list[Mapping[str, object]]] = {}
     for row in done:
         groups.setdefault(tuple(str(row.get(k, "")) for k in keys), []).append(row)
@@ -262,7 +161,7 @@ def seed_summary(
         summary: dict[str, object] = {_header(k): v for k, v in zip(keys, key, strict=True)}
         summary["jobs"] = len(members)
         for metric in metrics:
-            values = [v for r in members if (v := _number(r.get(metric))) is not None]
+            values = [v for r in members if (v := finite_float(r.get(metric))) is not None]
             if values:
                 summary[metric] = float(np.mean(values))
                 summary[f"{metric}_std"] = (
@@ -319,7 +218,7 @@ def write_summary(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[dict
     rows = collect(sweep_dir)
     write_csv(sweep_dir / "summary.csv", rows)
     write_seed_summary(sweep_dir / "summary_seeds.csv", seed_summary(rows, over))
-    plot(sweep_dir / "summary.png", rows, title=f"sweep {sweep_dir.name}")
+    save_summary_figure(sweep_dir / "summary.png", rows, title=f"sweep {sweep_dir.name}")
     return rows
 
 
@@ -330,62 +229,6 @@ def record_failure(job_dir: Path, error: object) -> None:
         job_dir / "metrics.json",
         {"status": "failed", "error": f"{type(error).__name__}: {message}"},
     )
-
-
-class SweepSummary(Callback):
-    """Hydra callback: records failed jobs and keeps the sweep's summary current.
-
-    Args:
-        over: the overrides ``summary_seeds.csv`` averages over (default: ``seed``).
-    """
-
-    def __init__(self, over: Sequence[str] = ("seed",)) -> None:
-        self.over = list(over)
-        self.launcher: tuple[str, int] | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # this object travels with the jobs (a cluster launcher pickles it)
-        self.launcher = (socket.gethostname(), os.getpid())
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
-            return
-        job_dir = Path(config.hydra.runtime.output_dir)
-        if job_return.status == JobStatus.FAILED:
-            record_failure(job_dir, job_return._return_value)
-        if self.launcher not in (None, (socket.gethostname(), os.getpid())):
-            # a job on a node of its own: the jobs of a sweep write only their own
-            # directories; the launching process writes the summary when they are done
-            return
-        try:
-            write_summary(Path(config.hydra.sweep.dir), self.over)
-        except OSError as e:  # a summary problem must not fail the job
-            log.warning("sweep summary not written: %s", e)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        rows = write_summary(sweep_dir, self.over)
-        done = sum(r.get("status") == "completed" for r in rows)
-        table = format_seed_summary(seed_summary(rows, self.over))
-        if table:
-            print(f"mean over {', '.join(self.over)} of each setting:\n{table}", flush=True)
-        print(
-            f"sweep summary: {sweep_dir / 'summary.csv'} ({done} of {len(rows)} jobs completed)",
-            flush=True,
-        )
-        failed = [r for r in rows if r.get("status") != "completed"]
-        if failed:
-            # Hydra would exit 0; a script chaining sweeps must see that jobs failed.
-            jobs = ", ".join(str(r["job"]) for r in failed)
-            print(
-                f"hierot: error: {len(failed)} of {len(rows)} jobs failed (job {jobs}: "
-                f"{failed[0].get('error')})",
-                file=sys.stderr,
-                flush=True,
-            )
-            sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,7 +6,8 @@ import sys
 import pytest
 import yaml
 
-from hierot.sweep import MIN_SPAN, summary_figure, write_summary
+from hierot.figures import MIN_SPAN, summary_figure
+from hierot.sweep import write_summary
 
 from helpers.files import write_cifar100
 
@@ -197,7 +198,7 @@ def test_a_job_on_another_node_writes_only_its_own_directory(tmp_path, monkeypat
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from hierot.sweep import SweepSummary
+    from hierot.hydra_callbacks import SweepSummary
 
     job_dir = tmp_path / "0"
     (job_dir / ".hydra").mkdir(parents=True)
