@@ -13,6 +13,7 @@ from hierot.distances import (
     class_distances,
 )
 from hierot.hierarchy import Hierarchy
+from hierot.shared import SharedTensor, attach
 
 # dist=none: plain cross-entropy, no CPCC term (TestCPCC is then measured with l2).
 NO_DISTANCE = "none"
@@ -177,6 +178,8 @@ class CPCCLoss(nn.Module):
             with a descendant in the batch, the root included, each the set of its
             descendants' samples (HypStructure's CPCC over all nodes: with ``l2`` a node is
             the mean of those samples), against path lengths between nodes.
+        tree_dist: the run's ``SharedTensor`` of the class tree distances, read instead of
+            a copy of its own (``nodes=leaves``).
     """
 
     def __init__(
@@ -185,6 +188,7 @@ class CPCCLoss(nn.Module):
         method: str = "l2",
         memory_mb: float = DEFAULT_MEMORY_MB,
         nodes: str = "leaves",
+        tree_dist: SharedTensor | None = None,
         **options: object,
     ) -> None:
         super().__init__()
@@ -197,10 +201,14 @@ class CPCCLoss(nn.Module):
         self.options = dict(options)
         # Derived from the hierarchy, so none of these is saved in checkpoints.
         if nodes == "all":
-            self.register_buffer("tree_dist", hierarchy.node_distances(), persistent=False)
+            attach(self, "_tree", hierarchy.node_distances())
             self.register_buffer("class_nodes", hierarchy.class_nodes(), persistent=False)
         else:
-            self.register_buffer("tree_dist", hierarchy.tree_distances(), persistent=False)
+            attach(self, "_tree", hierarchy.tree_distances() if tree_dist is None else tree_dist)
+
+    @property
+    def tree_dist(self) -> torch.Tensor:
+        return self._tree.value
 
     def points(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The samples and point labels CPCC correlates: ``(z, y)`` itself, or with

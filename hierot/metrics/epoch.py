@@ -14,6 +14,7 @@ from torchmetrics.utilities import dim_zero_cat
 from hierot.cpcc import cpcc
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory
 from hierot.errors import is_integer
+from hierot.shared import SharedTensor, attach
 
 
 class LevelAccuracy(Metric):
@@ -46,22 +47,32 @@ class LevelAccuracy(Metric):
         return self.correct.float() / self.total.clamp_min(1)
 
 
+def float_tree(tree_dist: torch.Tensor | SharedTensor) -> torch.Tensor | SharedTensor:
+    """A plain matrix as float32 (a metric's own copy); the run's shared one as it is."""
+    return tree_dist if isinstance(tree_dist, SharedTensor) else tree_dist.float()
+
+
 class MistakeSeverity(Metric):
     """Mean tree distance ``t(pred, target)`` over the misclassified samples (0 if none).
 
     Args:
-        tree_dist: (K, K) tree distances (``Hierarchy.tree_distances()``).
+        tree_dist: (K, K) tree distances (``Hierarchy.tree_distances()``), or the run's
+            ``SharedTensor`` of them (read, not copied).
     """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, tree_dist: torch.Tensor, **kwargs: object) -> None:
+    def __init__(self, tree_dist: torch.Tensor | SharedTensor, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.register_buffer("tree_dist", tree_dist.float(), persistent=False)
+        attach(self, "_tree", float_tree(tree_dist))
         self.add_state("severity", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("mistakes", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    @property
+    def tree_dist(self) -> torch.Tensor:
+        return self._tree.value
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """preds: (N,) fine class ids or (N, K) scores; target: (N,) fine class ids."""
@@ -83,7 +94,7 @@ class SplitCPCC(Metric):
     test split of thousands of classes is fine.
 
     Args:
-        tree_dist: (K, K) tree distances.
+        tree_dist: (K, K) tree distances, or the run's ``SharedTensor`` of them.
         methods: ``{name: (method, options)}``; ``compute`` returns ``{name: cpcc}``.
         memory_mb: the class distances' memory budget (``hierot.distances.class_distances``).
         classes: if given, only samples of these class ids are kept (a subsample of a large
@@ -96,7 +107,7 @@ class SplitCPCC(Metric):
 
     def __init__(
         self,
-        tree_dist: torch.Tensor,
+        tree_dist: torch.Tensor | SharedTensor,
         methods: dict[str, tuple[str, dict[str, object]]],
         memory_mb: float = DEFAULT_MEMORY_MB,
         classes: torch.Tensor | None = None,
@@ -105,16 +116,20 @@ class SplitCPCC(Metric):
         super().__init__(**kwargs)
         check_memory(memory_mb)
         # Not a copy: at 10 000 classes the (K, K) matrix is 400 MB.
-        self.register_buffer("tree_dist", tree_dist.float(), persistent=False)
+        attach(self, "_tree", float_tree(tree_dist))
         keep = None
         if classes is not None:
-            keep = torch.zeros(tree_dist.shape[0], dtype=torch.bool)
+            keep = torch.zeros(self.tree_dist.shape[0], dtype=torch.bool)
             keep[classes.long()] = True
         self.register_buffer("keep", keep, persistent=False)
         self.methods = dict(methods)
         self.memory_mb = memory_mb
         self.add_state("features", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    @property
+    def tree_dist(self) -> torch.Tensor:
+        return self._tree.value
 
     def update(self, features: torch.Tensor, target: torch.Tensor) -> None:
         features, target = features.detach().float(), target.detach()

@@ -25,6 +25,7 @@ from hierot.metrics import (
     class_subsample,
 )
 from hierot.objectives import DEFAULT_OBJECTIVE, build_objective
+from hierot.shared import SharedTensor
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -119,10 +120,15 @@ class HierarchyModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         options = dict(dist_options or {})
+        # The class tree distances, one copy that the loss and every metric read (and that
+        # moves once with .to(device)).
+        self.tree_dist = SharedTensor(hierarchy.tree_distances().float())
         self.regularizer = (
             None
             if dist == NO_DISTANCE
-            else CPCCLoss(hierarchy, dist, memory_mb, nodes=cpcc_nodes, **options)
+            else CPCCLoss(
+                hierarchy, dist, memory_mb, nodes=cpcc_nodes, tree_dist=self.tree_dist, **options
+            )
         )
         self.dist = dist
         self.dist_options = options
@@ -130,7 +136,7 @@ class HierarchyModule(L.LightningModule):
         eval_methods = {"cpcc": ("l2", {}) if dist == NO_DISTANCE else (dist, options)}
         eval_methods["cpcc_l2"] = ("l2", {})
         keys = level_keys(hierarchy, level_names)
-        tree_dist = hierarchy.tree_distances()
+        tree_dist = self.tree_dist
         k = min(top_k, hierarchy.num_classes)
 
         def split_metrics(split: str) -> MetricCollection:
