@@ -72,14 +72,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def epoch_trained(trainer: L.Trainer) -> bool:
-    """True from the end of an epoch's last training batch on. A checkpoint is saved within
-    an epoch or after its validation (``on_train_epoch_end``), never between the two: a run
-    resumed from there would skip that validation."""
+    """True from the end of an epoch's last training batch on."""
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
     return done >= trainer.num_training_batches
 
 
-class PeriodicCheckpoint(L.Callback):
+class AtStepEnds(L.Callback):
+    """Calls ``act`` where a resumable checkpoint may be saved, when ``due`` says so: after a
+    training step within an epoch, or after an epoch's validation (``on_train_epoch_end``),
+    never between an epoch's last step and its validation, which a run resumed from there
+    would skip."""
+
+    def due(self, trainer: L.Trainer) -> bool:
+        raise NotImplementedError
+
+    def act(self, trainer: L.Trainer) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not epoch_trained(trainer) and self.due(trainer):
+            self.act(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.due(trainer):
+            self.act(trainer)
+
+
+class PeriodicCheckpoint(AtStepEnds):
     """Saves ``path`` (a full, resumable checkpoint) every ``every_n_steps`` optimizer steps
     and every ``every_minutes`` minutes of training, whichever comes first (None: never).
     A kill loses at most one interval of work."""
@@ -94,7 +113,7 @@ class PeriodicCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._step, self._time = trainer.global_step, time.monotonic()
 
-    def _due(self, trainer: L.Trainer) -> bool:
+    def due(self, trainer: L.Trainer) -> bool:
         due = bool(self.every_n_steps) and trainer.global_step - self._step >= self.every_n_steps
         if self.every_seconds is not None and not due:
             # ranks' clocks differ: rank 0 decides, every rank saves (a collective)
@@ -103,18 +122,10 @@ class PeriodicCheckpoint(L.Callback):
                 due = bool(trainer.strategy.broadcast(due, src=0))
         return due
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def act(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         log.debug("step %d: saved %s", trainer.global_step, self.path)
         self._step, self._time = trainer.global_step, time.monotonic()
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not epoch_trained(trainer) and self._due(trainer):
-            self._save(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._due(trainer):
-            self._save(trainer)
 
 
 def resumable_checkpoints(run_dir: Path) -> list[Path]:

@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 
 from hierot.errors import ConfigError, Interrupted
-from hierot.resume import epoch_trained
+from hierot.resume import AtStepEnds
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def requeue_slurm_job() -> bool:
     return True
 
 
-class GracefulStop(L.Callback):
+class GracefulStop(AtStepEnds):
     """Stops training at the end of the step in which one of ``signals`` arrived, after
     saving ``path``; raises ``Interrupted``. Under DDP a signal to any rank stops every rank
     at the same step. ``requeue``: requeue the SLURM job after saving (see the module)."""
@@ -109,22 +109,13 @@ class GracefulStop(L.Callback):
         self.received = signum
         log.info("%s received: stopping after this step", signal.Signals(signum).name)
 
-    def stop_requested(self, trainer: L.Trainer) -> bool:
+    def due(self, trainer: L.Trainer) -> bool:
         stop = self.received is not None
         if trainer.world_size > 1:  # a signal to one rank stops them all at this step
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         return stop
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        # after an epoch's last batch the stop waits for its validation (epoch_trained)
-        if not epoch_trained(trainer) and self.stop_requested(trainer):
-            self._stop(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.stop_requested(trainer):
-            self._stop(trainer)
-
-    def _stop(self, trainer: L.Trainer) -> None:
+    def act(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         raise self.interrupted(trainer, self.path)
 

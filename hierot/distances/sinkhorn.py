@@ -95,83 +95,30 @@ def sinkhorn_plans(
     reg = torch.as_tensor(reg, dtype=dtype, device=device).expand(p).clone()
     if not bool((reg > 0).all()):
         raise ValueError(f"sinkhorn: reg must be > 0, got {float(reg.min())}")
-    neg_inf = torch.tensor(-math.inf, dtype=dtype, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     valid = valid_a[:, :, None] & valid_b[:, None, :]
-    if weights_a is None or weights_b is None:
-        target_a = valid_a.to(dtype) / valid_a.sum(1, keepdim=True).to(dtype)
-        target_b = valid_b.to(dtype) / valid_b.sum(1, keepdim=True).to(dtype)
-    else:
-        target_a = torch.where(valid_a, weights_a.to(dtype), zero)
-        target_b = torch.where(valid_b, weights_b.to(dtype), zero)
-        target_a = target_a / target_a.sum(1, keepdim=True)
-        target_b = target_b / target_b.sum(1, keepdim=True)
+    if weights_a is None or weights_b is None:  # both given, or uniform on both sides
+        weights_a = weights_b = None
+    target_a = _marginals(valid_a, weights_a, dtype)
+    target_b = _marginals(valid_b, weights_b, dtype)
     # A softmax weight can underflow to 0: the smallest positive mass keeps its log finite.
     tiny = torch.finfo(dtype).tiny
-    log_a = torch.where(valid_a, target_a.clamp_min(tiny).log(), neg_inf)
-    log_b = torch.where(valid_b, target_b.clamp_min(tiny).log(), neg_inf)
+    log_a = torch.where(valid_a, target_a.clamp_min(tiny).log(), -math.inf)
+    log_b = torch.where(valid_b, target_b.clamp_min(tiny).log(), -math.inf)
     # The plan does not change when a pair's costs shift by a constant: starting them at 0
     # keeps the exponents, and so the float32 rounding, as small as the cost range allows.
     low = torch.where(valid, cost, math.inf).amin(dim=(1, 2))
     high = torch.where(valid, cost, -math.inf).amax(dim=(1, 2))
     shifted = torch.where(valid, cost - low[:, None, None], zero)
     spread = high - low
-    # Potentials in units of the current regularization; -inf on padding, so padded rows and
-    # columns never enter a log-sum-exp over real entries and no -inf - -inf NaN appears.
-    u = torch.where(valid_a, torch.zeros_like(log_a), neg_inf)
-    v = torch.where(valid_b, torch.zeros_like(log_b), neg_inf)
-
-    # Epsilon scaling: from a regularization at the cost range (the plan is nearly uniform
-    # there) halve it per iteration down to reg, carrying the potentials along.
-    eps = torch.maximum(spread, reg)
-    annealed = torch.zeros(p, dtype=torch.long, device=device)
-    while bool((eps > reg).any()):
-        kernel = -shifted / eps[:, None, None]
-        v = log_b - _logsumexp(kernel + u[:, :, None], 1)
-        u = log_a - _logsumexp(kernel + v[:, None, :], 2)
-        annealed += (eps > reg).long()
-        smaller = torch.maximum(eps * _ANNEAL_FACTOR, reg)
-        ratio = (eps / smaller)[:, None]
-        u, v, eps = u * ratio, v * ratio, smaller
-
+    u, v, annealed = _anneal(shifted, spread, reg, log_a, log_b, valid_a, valid_b)
     kernel = -shifted / reg[:, None, None]
     del shifted
     threshold = (_ROUNDING_FLOOR * torch.finfo(dtype).eps * spread / reg).clamp_min(tol)
-    iterations = annealed.clone()
-    error = torch.full((p,), math.inf, dtype=dtype, device=device)
-    active = torch.arange(p, device=device)
-    done = 0
-    # Per pair: 1 (plain Sinkhorn) until the first two checks measure its convergence rate.
-    omega = torch.ones(p, dtype=dtype, device=device)
-    while active.numel() and done < max_iter:
-        k_act, u_act, v_act = kernel[active], u[active], v[active]
-        la, lb = log_a[active], log_b[active]
-        va_act, vb_act = valid_a[active], valid_b[active]
-        w = omega[active][:, None]
-        steps = min(check_every, max_iter - done)
-        for _ in range(steps):
-            step = lb - _logsumexp(k_act + u_act[:, :, None], 1) - v_act
-            v_act = v_act + w * torch.where(vb_act, step, 0)
-            step = la - _logsumexp(k_act + v_act[:, None, :], 2) - u_act
-            u_act = u_act + w * torch.where(va_act, step, 0)
-        done += steps
-        u[active], v[active] = u_act, v_act
-        iterations[active] += steps
-        plan = (k_act + u_act[:, :, None] + v_act[:, None, :]).clamp_min_(_EXP_FLOOR).exp_()
-        err = (plan.sum(1) - target_b[active]).abs().sum(1)
-        err += (plan.sum(2) - target_a[active]).abs().sum(1)
-        before = error[active]
-        error[active] = err
-        # The rate of plain steps gives the optimal relaxation 2 / (1 + sqrt(1 - rate)); a
-        # relaxed pair whose error grew goes back to plain steps (and is measured again).
-        current = omega[active]
-        plain = (current == 1) & torch.isfinite(before) & (before > 0)
-        ratio = (err / before.clamp_min(torch.finfo(dtype).tiny)).clamp(0, 0.9999)
-        tuned = (2 / (1 + (1 - ratio ** (1 / steps)).sqrt())).clamp(1.0, _OMEGA_MAX)
-        current = torch.where(plain, tuned, current)
-        omega[active] = torch.where((current > 1) & (err > before), 1.0, current)
-        active = active[err >= threshold[active]]
-    exponent = kernel + u[:, :, None] + v[:, None, :]
+    state = _Iterate(kernel, log_a, log_b, target_a, target_b, valid_a, valid_b, u, v)
+    active, error, iterations = state.run(threshold, max_iter, check_every)
+    iterations += annealed
+    exponent = kernel + state.u[:, :, None] + state.v[:, None, :]
     plans = torch.where(valid, exponent.exp(), zero)
     converged = torch.ones(p, dtype=torch.bool, device=device)
     converged[active] = False
@@ -185,6 +132,122 @@ def sinkhorn_plans(
             active.numel(),
         )
     return SinkhornResult(plans, iterations, converged, error)
+
+
+def _marginals(
+    valid: torch.Tensor, weights: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """(P, N) target marginals: uniform on the valid entries, or ``weights`` there,
+    normalized to sum to 1 per row."""
+    if weights is None:
+        return valid.to(dtype) / valid.sum(1, keepdim=True).to(dtype)
+    masses = torch.where(valid, weights.to(dtype), 0.0)
+    return masses / masses.sum(1, keepdim=True)
+
+
+def _anneal(
+    shifted: torch.Tensor,
+    spread: torch.Tensor,
+    reg: torch.Tensor,
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    valid_a: torch.Tensor,
+    valid_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Epsilon scaling: from a regularization at the cost range (the plan is nearly uniform
+    there) halve it per iteration down to ``reg``, carrying the potentials along. Returns
+    the potentials ``u`` (P, N), ``v`` (P, M) in units of ``reg`` and the iterations each
+    pair took (P,)."""
+    # Potentials in units of the current regularization; -inf on padding, so padded rows and
+    # columns never enter a log-sum-exp over real entries and no -inf - -inf NaN appears.
+    u = torch.where(valid_a, torch.zeros_like(log_a), -math.inf)
+    v = torch.where(valid_b, torch.zeros_like(log_b), -math.inf)
+    eps = torch.maximum(spread, reg)
+    annealed = torch.zeros(reg.shape[0], dtype=torch.long, device=reg.device)
+    while bool((eps > reg).any()):
+        kernel = -shifted / eps[:, None, None]
+        v = log_b - _logsumexp(kernel + u[:, :, None], 1)
+        u = log_a - _logsumexp(kernel + v[:, None, :], 2)
+        annealed += (eps > reg).long()
+        smaller = torch.maximum(eps * _ANNEAL_FACTOR, reg)
+        ratio = (eps / smaller)[:, None]
+        u, v, eps = u * ratio, v * ratio, smaller
+    return u, v, annealed
+
+
+class _Iterate:
+    """The Sinkhorn iterations at the target regularization, over-relaxed per pair, on the
+    pairs not yet converged; ``u`` and ``v`` are updated in place."""
+
+    def __init__(
+        self,
+        kernel: torch.Tensor,
+        log_a: torch.Tensor,
+        log_b: torch.Tensor,
+        target_a: torch.Tensor,
+        target_b: torch.Tensor,
+        valid_a: torch.Tensor,
+        valid_b: torch.Tensor,
+        u: torch.Tensor,
+        v: torch.Tensor,
+    ) -> None:
+        self.kernel, self.log_a, self.log_b = kernel, log_a, log_b
+        self.target_a, self.target_b = target_a, target_b
+        self.valid_a, self.valid_b = valid_a, valid_b
+        self.u, self.v = u, v
+
+    def run(
+        self, threshold: torch.Tensor, max_iter: int, check_every: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Iterate until every pair's marginal error is below ``threshold`` (P,) or
+        ``max_iter``; returns the pairs still active, each pair's last error and its
+        iterations."""
+        p, dtype, device = self.u.shape[0], self.u.dtype, self.u.device
+        iterations = torch.zeros(p, dtype=torch.long, device=device)
+        error = torch.full((p,), math.inf, dtype=dtype, device=device)
+        active = torch.arange(p, device=device)
+        done = 0
+        # Per pair: 1 (plain Sinkhorn) until the first two checks measure its convergence rate.
+        omega = torch.ones(p, dtype=dtype, device=device)
+        while active.numel() and done < max_iter:
+            steps = min(check_every, max_iter - done)
+            err = self._steps(active, omega[active][:, None], steps)
+            done += steps
+            iterations[active] += steps
+            before = error[active]
+            error[active] = err
+            omega[active] = _relaxation(omega[active], err, before, steps)
+            active = active[err >= threshold[active]]
+        return active, error, iterations
+
+    def _steps(self, active: torch.Tensor, w: torch.Tensor, steps: int) -> torch.Tensor:
+        """``steps`` relaxed iterations of the ``active`` pairs; their marginal errors."""
+        k_act, u_act, v_act = self.kernel[active], self.u[active], self.v[active]
+        la, lb = self.log_a[active], self.log_b[active]
+        va_act, vb_act = self.valid_a[active], self.valid_b[active]
+        for _ in range(steps):
+            step = lb - _logsumexp(k_act + u_act[:, :, None], 1) - v_act
+            v_act = v_act + w * torch.where(vb_act, step, 0)
+            step = la - _logsumexp(k_act + v_act[:, None, :], 2) - u_act
+            u_act = u_act + w * torch.where(va_act, step, 0)
+        self.u[active], self.v[active] = u_act, v_act
+        plan = (k_act + u_act[:, :, None] + v_act[:, None, :]).clamp_min_(_EXP_FLOOR).exp_()
+        err = (plan.sum(1) - self.target_b[active]).abs().sum(1)
+        return err + (plan.sum(2) - self.target_a[active]).abs().sum(1)
+
+
+def _relaxation(
+    current: torch.Tensor, err: torch.Tensor, before: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """Each pair's next over-relaxation: the rate of plain steps gives the optimal
+    2 / (1 + sqrt(1 - rate)); a relaxed pair whose error grew goes back to plain steps (and
+    is measured again)."""
+    tiny = torch.finfo(err.dtype).tiny
+    plain = (current == 1) & torch.isfinite(before) & (before > 0)
+    ratio = (err / before.clamp_min(tiny)).clamp(0, 0.9999)
+    tuned = (2 / (1 + (1 - ratio ** (1 / steps)).sqrt())).clamp(1.0, _OMEGA_MAX)
+    current = torch.where(plain, tuned, current)
+    return torch.where((current > 1) & (err > before), 1.0, current)
 
 
 def check_sinkhorn(
