@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from hierot.errors import ConfigError
+from hierot.overrides import keys, parse_overrides, set_values, sets, value_text
 
 
 def check_checkpoint(value: object, key: str) -> Path:
@@ -76,3 +77,50 @@ def load_checkpoint(path: Path, key: str) -> dict[str, Any]:
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ConfigError(f"{key}: {path} is not a hierot (Lightning) checkpoint")
     return state
+
+
+# The config groups a checkpoint's run chose that evaluating or transferring it reuses.
+RUN_GROUPS = ("data", "backbone")
+
+
+def run_config(ckpt: Path) -> DictConfig | None:
+    """The training run's saved config, when the checkpoint sits in ``<run>/checkpoints/``."""
+    path = run_file(ckpt, "config.yaml")
+    return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
+
+
+def run_group_overrides(overrides: list[str]) -> list[str]:
+    """Overrides ``data=<option>`` and ``backbone=<option>`` as the run of the command line's
+    ``ckpt`` chose them, for the groups the command line leaves alone, added before Hydra
+    composes: its dotted overrides (``data.height=3`` on a BREEDS run) then compose against
+    the run's config group instead of the default's."""
+    values = set_values(overrides, "ckpt")
+    if len(values) != 1:
+        return []  # no checkpoint, or a sweep over several
+    choices = run_choices(Path(values[0]).expanduser())
+    given = keys(overrides)
+    return [f"{g}={choices[g]}" for g in RUN_GROUPS if g in choices and g not in given]
+
+
+def use_run_groups(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
+    """After composing: give ``cfg.data`` and ``cfg.backbone`` the values the run of
+    ``ckpt`` trained with (its ``config.yaml``), unless the command line chose another option
+    of the group than the run did; the command line's dotted overrides apply on top either
+    way."""
+    saved = run_config(ckpt)
+    choices = run_choices(ckpt)
+    parsed = parse_overrides(overrides)
+    for group in RUN_GROUPS:
+        chosen = any(
+            o.key_or_group == group and sets(o) and str(o.value()) != choices.get(group)
+            for o in parsed
+        )
+        if chosen or saved is None or group not in saved:
+            continue
+        mine = [o for o in parsed if o.key_or_group.startswith(f"{group}.")]
+        dotted = [f"{o.key_or_group}={value_text(o)}" for o in mine if sets(o)]
+        node = OmegaConf.merge(saved[group], OmegaConf.from_dotlist(dotted).get(group, {}))
+        for o in mine:
+            if o.is_delete():  # ~data.split: the key goes, as it would from the group
+                node.pop(o.key_or_group.split(".", 1)[1], None)
+        cfg[group] = node

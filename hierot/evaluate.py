@@ -24,9 +24,11 @@ from hierot.arguments import check_arguments
 from hierot.checkpoints import (
     check_checkpoint,
     load_checkpoint,
-    run_choices,
+    run_config,
     run_data,
     run_file,
+    run_group_overrides,
+    use_run_groups,
 )
 from hierot.cli import one_line_errors, run_checked
 from hierot.config import (
@@ -54,54 +56,12 @@ from hierot.metrics.ood import ood_metrics
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
 from hierot.objectives import DEFAULT_OBJECTIVE
-from hierot.overrides import keys, parse_overrides, set_values, sets, value_text
+from hierot.overrides import keys
 from hierot.report import format_table, write_metrics
 
 log = logging.getLogger(__name__)
-GROUPS = ("data", "backbone")
 # Classes a figure shows at most: a dendrogram of more leaves is unreadable.
 FIGURE_CLASSES = 200
-
-
-def run_config(ckpt: Path) -> DictConfig | None:
-    """The training run's saved config, when the checkpoint sits in ``<run>/checkpoints/``."""
-    path = run_file(ckpt, "config.yaml")
-    return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
-
-
-def run_groups(overrides: list[str]) -> list[str]:
-    """``data=<option>`` and ``backbone=<option>`` as the checkpoint's run chose them, for
-    the groups the command line leaves alone: its dotted overrides (``data.height=3`` on a
-    BREEDS run) then compose against the run's config group instead of the default's."""
-    values = set_values(overrides, "ckpt")
-    if len(values) != 1:
-        return []  # no checkpoint, or a sweep over several
-    choices = run_choices(Path(values[0]).expanduser())
-    given = keys(overrides)
-    return [f"{g}={choices[g]}" for g in GROUPS if g in choices and g not in given]
-
-
-def resolve_groups(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
-    """Give ``data`` and ``backbone`` the training run's values unless the command line
-    chose another option of the group than the run did; its dotted overrides apply on top
-    either way."""
-    saved = run_config(ckpt)
-    choices = run_choices(ckpt)
-    parsed = parse_overrides(overrides)
-    for group in GROUPS:
-        chosen = any(
-            o.key_or_group == group and sets(o) and str(o.value()) != choices.get(group)
-            for o in parsed
-        )
-        if chosen or saved is None or group not in saved:
-            continue
-        mine = [o for o in parsed if o.key_or_group.startswith(f"{group}.")]
-        dotted = [f"{o.key_or_group}={value_text(o)}" for o in mine if sets(o)]
-        node = OmegaConf.merge(saved[group], OmegaConf.from_dotlist(dotted).get(group, {}))
-        for o in mine:
-            if o.is_delete():  # ~data.split: the key goes, as it would from the group
-                node.pop(o.key_or_group.split(".", 1)[1], None)
-        cfg[group] = node
 
 
 def check_run_classes(ckpt: Path, classes: list[str]) -> None:
@@ -433,7 +393,7 @@ def write_figures(
 def _run(cfg: DictConfig) -> None:
     with one_line_errors(Path(cfg.output_dir), "evaluate"):
         overrides = list(HydraConfig.get().overrides.task)
-        resolve_groups(cfg, overrides, check_evaluate(cfg))
+        use_run_groups(cfg, overrides, check_evaluate(cfg))
         evaluate(cfg)
 
 
@@ -457,7 +417,7 @@ def precheck(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    run_checked(precheck, _run, run_groups)
+    run_checked(precheck, _run, run_group_overrides)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hierot.checkpoints import check_checkpoint, load_checkpoint, run_data, run_file
+from hierot.checkpoints import (
+    check_checkpoint,
+    load_checkpoint,
+    run_data,
+    run_file,
+    run_group_overrides,
+    use_run_groups,
+)
 from hierot.cli import one_line_errors, run_checked
 from hierot.config import (
     build,
@@ -35,7 +42,6 @@ from hierot.config import (
 )
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError
-from hierot.evaluate import resolve_groups, run_groups
 from hierot.models.module import level_keys
 from hierot.overrides import set_values
 from hierot.report import format_table, write_metrics
@@ -192,7 +198,7 @@ def transfer(cfg: DictConfig) -> dict[str, object]:
 def target_data(cfg: DictConfig, overrides: list[str], ckpt: Path) -> None:
     """The checkpoint's run's data and backbone, with ``data.split=target`` unless the
     command line sets ``data.split``."""
-    resolve_groups(cfg, overrides, ckpt)
+    use_run_groups(cfg, overrides, ckpt)
     if not set_values(overrides, "data.split"):
         if "split" not in cfg.data:
             raise ConfigError(f"data.split: {cfg.data.get('_target_')} has no source/target split")
@@ -217,7 +223,7 @@ def precheck(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    run_checked(precheck, _run, run_groups)
+    run_checked(precheck, _run, run_group_overrides)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from hierot.checkpoints import run_group_overrides, use_run_groups
 from hierot.errors import ConfigError
-from hierot.evaluate import precheck, resolve_groups, run_groups
+from hierot.evaluate import precheck
 from hierot.overrides import keys, set_values
 from hierot.sweep import OVERRIDE, job_row
 
@@ -46,22 +47,22 @@ def run_ckpt(tmp_path):
 
 
 def test_run_groups_skip_groups_the_command_line_names_in_any_form(run_ckpt):
-    assert run_groups([f"ckpt={run_ckpt}"]) == ["data=cifar100", "backbone=resnet18"]
-    assert run_groups([f"ckpt={run_ckpt}", "+data=cifar10"]) == ["backbone=resnet18"]
-    assert run_groups([f"ckpt={run_ckpt}", "~backbone"]) == ["data=cifar100"]
-    assert run_groups([f"ckpt={run_ckpt},{run_ckpt}"]) == []  # a sweep over checkpoints
+    assert run_group_overrides([f"ckpt={run_ckpt}"]) == ["data=cifar100", "backbone=resnet18"]
+    assert run_group_overrides([f"ckpt={run_ckpt}", "+data=cifar10"]) == ["backbone=resnet18"]
+    assert run_group_overrides([f"ckpt={run_ckpt}", "~backbone"]) == ["data=cifar100"]
+    assert run_group_overrides([f"ckpt={run_ckpt},{run_ckpt}"]) == []  # a sweep over checkpoints
 
 
 def test_resolve_groups_deletes_adds_and_reads_quoted_values(run_ckpt):
     cfg = OmegaConf.create({"data": {"_target_": "default", "root": None}})
     overrides = ["~data.split", "++data.root='/mnt/a=b,c'", "+data.extra=1"]
-    resolve_groups(cfg, overrides, run_ckpt)
+    use_run_groups(cfg, overrides, run_ckpt)
     # the run's data config, with the key removed (not set: the old reader took ~data.split
     # for a value), the quoted root whole, and the added key
     assert "split" not in cfg.data
     assert cfg.data.root == "/mnt/a=b,c" and cfg.data.extra == 1 and cfg.data.height == 2
     cfg = OmegaConf.create({"data": {"_target_": "default"}})
-    resolve_groups(cfg, ["data=cifar10"], run_ckpt)  # another option: the run's is not used
+    use_run_groups(cfg, ["data=cifar10"], run_ckpt)  # another option: the run's is not used
     assert cfg.data._target_ == "default"
 
 
