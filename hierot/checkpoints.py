@@ -1,5 +1,6 @@
-"""Checkpoint files: a cheap structural check before a run starts, and loading with a
-one-line error instead of torch's unpickling or zip traceback."""
+"""Checkpoint files and the runs they belong to: a cheap structural check before a run
+starts, the run's files (config, data, tree, config-group choices), and the one way to load
+a trained module, with a one-line error instead of torch's unpickling or zip traceback."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from hierot.errors import ConfigError
+from hierot.hierarchy import Hierarchy
 from hierot.overrides import keys, parse_overrides, set_values, sets, value_text
+
+if TYPE_CHECKING:
+    from hierot.models import HierarchyModule
 
 
 def check_checkpoint(value: object, key: str) -> Path:
@@ -66,17 +71,53 @@ def run_choices(ckpt: Path) -> dict[str, str]:
         return {}
 
 
-def load_checkpoint(path: Path, key: str) -> dict[str, Any]:
-    """A Lightning checkpoint's dictionary (``state_dict``, ``hyper_parameters``, ...)."""
+def run_hierarchy(ckpt: Path) -> Hierarchy | None:
+    """The label tree the checkpoint's run trained on: its ``hierarchy.txt`` (a weighted
+    tree) or ``hierarchy.json``, with the class ids of its ``data.json``; None when the run
+    did not write them (or the checkpoint was moved out of its run)."""
+    classes = (run_data(ckpt) or {}).get("classes")
+    for name in ("hierarchy.txt", "hierarchy.json"):
+        path = run_file(ckpt, name)
+        if path.is_file() and isinstance(classes, list):
+            return Hierarchy.from_file(path, classes=classes)
+    return None
+
+
+def load_module(
+    ckpt: Path,
+    key: str,
+    backbone: nn.Module,
+    hierarchy: Hierarchy | None = None,
+    fits: str = "",
+    **kwargs: Any,
+) -> HierarchyModule:
+    """The trained module of a checkpoint, through Lightning's ``load_from_checkpoint``: the
+    hyper-parameters it saved, ``backbone`` (built from the run's config) and ``hierarchy``
+    (default: the run's own tree, ``run_hierarchy``); no optimizer. ``kwargs`` override saved
+    hyper-parameters. Weights that do not fit are a one-line error naming ``fits`` (the
+    backbone and data the caller built)."""
+    from hierot.models import HierarchyModule  # the config check imports this module
+
+    tree = hierarchy if hierarchy is not None else run_hierarchy(ckpt)
+    if tree is None:
+        raise ConfigError(
+            f"{key}: {ckpt} has no hierarchy.json and data.json of its run beside it "
+            f"(<run>/checkpoints/<file>); keep the checkpoint in its run directory"
+        )
     try:
-        # Lightning checkpoints hold hyper-parameters and loop state besides tensors.
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
+        return HierarchyModule.load_from_checkpoint(
+            ckpt, map_location="cpu", weights_only=False, backbone=backbone, hierarchy=tree,
+            optimizer=None, **kwargs,
+        )  # fmt: skip
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        detail = detail.split(":", 1)[-1].strip()[:300]
+        raise ConfigError(f"{key}: {ckpt} does not fit {fits or 'the model'} ({detail})") from None
+    except KeyError:  # a torch file without Lightning's "state_dict"
+        raise ConfigError(f"{key}: {ckpt} is not a hierot (Lightning) checkpoint") from None
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key}: cannot read checkpoint {path}: {first}") from None
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise ConfigError(f"{key}: {path} is not a hierot (Lightning) checkpoint")
-    return state
+        raise ConfigError(f"{key}: cannot read checkpoint {ckpt}: {first}") from None
 
 
 # The config groups a checkpoint's run chose that evaluating or transferring it reuses.

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from hierot.arguments import check_arguments
 from hierot.checkpoints import (
     check_checkpoint,
-    load_checkpoint,
+    load_module,
     run_config,
     run_data,
     run_file,
@@ -83,27 +83,13 @@ def check_run_classes(ckpt: Path, classes: list[str]) -> None:
 
 
 def load_model(ckpt: Path, cfg: DictConfig, datamodule: HierarchyDataModule) -> HierarchyModule:
-    state = load_checkpoint(ckpt, "ckpt")
-    hparams = state.get("hyper_parameters", {})
-    model = HierarchyModule(
-        backbone=build(cfg.backbone, "backbone"),
-        hierarchy=datamodule.hierarchy,
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.0),  # never used
-        dist=hparams.get("dist", "l2"),
-        dist_options=hparams.get("dist_options", {}),
-        objective=hparams.get("objective", DEFAULT_OBJECTIVE),
-        objective_options=hparams.get("objective_options", {}),
+    """The checkpoint's module on this data's tree (the classes were checked to be the run's)."""
+    k = datamodule.hierarchy.num_classes
+    return load_module(
+        ckpt, "ckpt", build(cfg.backbone, "backbone"), datamodule.hierarchy,
+        fits=f"backbone={cfg.backbone.name} with {k} classes of data",
         level_names=datamodule.level_names,
-    )
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as e:
-        detail = one_line(e).split(":", 1)[-1].strip()[:300]
-        raise ConfigError(
-            f"ckpt: {ckpt} does not fit backbone={cfg.backbone.name} with "
-            f"{datamodule.hierarchy.num_classes} classes of data ({detail})"
-        ) from None
-    return model
+    )  # fmt: skip
 
 
 def check_evaluate(cfg: DictConfig) -> Path:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hierot.checkpoints import (
     check_checkpoint,
-    load_checkpoint,
+    load_module,
     run_data,
     run_file,
     run_group_overrides,
@@ -132,19 +132,11 @@ def fit_head(
 
 
 def load_encoder(ckpt: Path, cfg: DictConfig) -> nn.Module:
-    state = load_checkpoint(ckpt, "ckpt")["state_dict"]
-    weights = {
-        k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
-    }
-    encoder = build(cfg.backbone, "backbone")
-    try:
-        encoder.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ConfigError(
-            f"ckpt: {ckpt} does not fit backbone={cfg.backbone.name}: {first}"
-        ) from None
-    return encoder.eval()
+    """The backbone of the checkpoint's module (loaded on its run's own tree), in eval mode."""
+    module = load_module(
+        ckpt, "ckpt", build(cfg.backbone, "backbone"), fits=f"backbone={cfg.backbone.name}"
+    )
+    return module.backbone.eval()
 
 
 def transfer(cfg: DictConfig) -> dict[str, object]:

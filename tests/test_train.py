@@ -414,3 +414,25 @@ def test_model_copies_of_top_level_settings_are_refused():
         with pytest.raises(ConfigError, match=rf"^model\.{key} follows .*: set .*={value} instead"):
             check_config(compose_config([f"model.{key}={value}"]))
     check_config(compose_config(["model.head_weight_decay=0.1"]))  # the model's own key
+
+
+@pytest.mark.slow
+def test_one_way_to_load_a_trained_module(make_cfg, tmp_path):
+    """evaluate and transfer load through checkpoints.load_module: Lightning's
+    load_from_checkpoint with the saved hyper-parameters, the run's own tree, no optimizer."""
+    from hierot.checkpoints import load_module, run_hierarchy
+
+    train(make_cfg("lam=0.5", "objective=mtl", "model.head_weight_decay=0.01"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tree = run_hierarchy(ckpt)
+    assert tree is not None and tree.num_classes == 24
+    backbone = build(compose_config([]).backbone, "backbone")  # the run's: the default
+    module = load_module(ckpt, "ckpt", backbone)
+    assert module.lam == 0.5 and module.objective_name == "mtl"
+    assert module.hparams["head_weight_decay"] == 0.01
+    assert module.hparams["level_names"] == ["palette", "shape"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    for name, value in module.state_dict().items():
+        torch.testing.assert_close(value, saved[name])
+    with pytest.raises(ConfigError, match="loaded to be evaluated"):
+        module.configure_optimizers()

@@ -83,7 +83,7 @@ class HierarchyModule(L.LightningModule):
         self,
         backbone: nn.Module,
         hierarchy: Hierarchy,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         dist: str = "l2",
         dist_options: Mapping[str, object] | None = None,
         lam: float = 1.0,
@@ -169,6 +169,10 @@ class HierarchyModule(L.LightningModule):
                 "objective_options": objective_options,
                 "cpcc_nodes": cpcc_nodes,
                 "center": self.center,
+                "level_names": list(level_names) if level_names else None,
+                "head_weight_decay": head_weight_decay,
+                "val_cpcc_every": val_cpcc_every,
+                "val_cpcc_classes": val_cpcc_classes,
             }
         )
 
@@ -400,6 +404,11 @@ class HierarchyModule(L.LightningModule):
                 {"params": [p for p in self.parameters() if id(p) not in head]},
                 {"params": list(self.head.parameters()), "weight_decay": self.head_weight_decay},
             ]
+        if self.optimizer_factory is None:
+            raise ConfigError(
+                "this model was loaded to be evaluated (no optimizer): train or fine-tune it "
+                "through python -m hierot.train"
+            )
         optimizer = self.optimizer_factory(params)
         scale = self.objective.lr_scale(stage)
         if scale != 1.0:  # before the schedule reads the groups' rates as its base
