@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from hierot.data.module import training_progress
 from hierot.errors import DiskFull
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def epoch_trained(trainer: L.Trainer) -> bool:
     """True from the end of an epoch's last training batch on."""
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    return done >= trainer.num_training_batches
+    return training_progress(trainer)[1]
 
 
 class AtStepEnds(L.Callback):
