@@ -8,7 +8,6 @@ Trains ``HierarchyModule`` on the configured data, tests the best checkpoint, wr
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import sys
@@ -52,21 +51,19 @@ from hierot.sweep import record_failure
 log = logging.getLogger(__name__)
 
 
-def data_key(node: DictConfig) -> str:
-    """A data config as a string, to find the data module already built for it."""
-    return json.dumps(OmegaConf.to_container(node), sort_keys=True, default=str)
-
-
-def build_run(
-    cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None
-) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
-    """Data module, model and trainer of a checked config, each from its config group; the
-    data module is taken from ``built`` (by ``data_key``, once) when the early check already
-    built it."""
-    out = Path(cfg.output_dir)
-    datamodule = (built or {}).pop(data_key(cfg.data), None) or build(cfg.data, "data")
+def build_data(node: DictConfig) -> HierarchyDataModule:
+    """The ``data`` group's data module (arguments only: it reads no file until its
+    metadata or images are asked for)."""
+    datamodule = build(node, "data")
     if not isinstance(datamodule, HierarchyDataModule):
         raise ConfigError(f"data: {type(datamodule).__name__} is not a HierarchyDataModule")
+    return datamodule
+
+
+def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.Trainer]:
+    """Data module, model and trainer of a checked config, each from its config group."""
+    out = Path(cfg.output_dir)
+    datamodule = build_data(cfg.data)
     # The model's own settings are in its group; what it is built around comes from the
     # data (the tree, the level names) and the other groups.
     model = build(cfg.model, "model")(
@@ -214,15 +211,13 @@ def fit_and_test(
     return metrics
 
 
-def train(cfg: DictConfig, built: dict[str, HierarchyDataModule] | None = None) -> float:
-    """Fit, test the best checkpoint, write the run's outputs; returns ``test/cpcc``.
-    ``built``: data modules the early check built (``precheck``), used instead of a second
-    build of the same data config."""
+def train(cfg: DictConfig) -> float:
+    """Fit, test the best checkpoint, write the run's outputs; returns ``test/cpcc``."""
     check_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model, trainer = build_run(cfg, built)
+    datamodule, model, trainer = build_run(cfg)
     for logger in trainer.loggers:  # the whole run's settings beside its curves (wandb, ...)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     if trainer.is_global_zero:
@@ -289,11 +284,11 @@ def write_stopped(cfg: DictConfig, trainer: L.Trainer, error: RunStopped) -> Non
         log.warning("metrics.json not written: %s", e)
 
 
-def run_job(cfg: DictConfig, built: dict[str, HierarchyDataModule]) -> float:
+def run_job(cfg: DictConfig) -> float:
     """One job under Hydra: ``train``, with a user error as one line (a single run) or as a
     failed job of a sweep."""
     try:
-        return train(cfg, built)
+        return train(cfg)
     except RunStopped as e:
         print(error_line(e), file=sys.stderr, flush=True)
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -315,20 +310,16 @@ def run_job(cfg: DictConfig, built: dict[str, HierarchyDataModule]) -> float:
         return float("nan")
 
 
-def precheck(overrides: list[str], built: dict[str, HierarchyDataModule] | None = None) -> None:
+def precheck(overrides: list[str]) -> None:
     """Check every value the command line will run (each value of each sweep), so that a
-    bad one costs one line and leaves no run directory. Data modules read their files when
-    built, so each distinct data config is built here, once, and kept in ``built`` for the
-    job that trains on it."""
-    built = {} if built is None else built
+    bad one costs one line and leaves no run directory: the config, and each data config's
+    metadata (its classes and tree; no image is read) against the objective."""
     for job in sweep_variants(overrides):
         cfg = compose_config(job)
         check_added_keys(job, cfg)
         check_config(cfg)
-        key = data_key(cfg.data)
-        if key not in built:
-            built[key] = build(cfg.data, "data")
-        check_objective_config(cfg, built[key].hierarchy, built[key].views)
+        datamodule = build_data(cfg.data)
+        check_objective_config(cfg, datamodule.hierarchy, datamodule.views)
 
 
 def rank_overrides(overrides: list[str]) -> list[str]:
@@ -342,13 +333,11 @@ def rank_overrides(overrides: list[str]) -> list[str]:
 
 
 def main() -> None:
-    built: dict[str, HierarchyDataModule] = {}
-
     @hydra.main(config_path="conf", config_name="train", version_base="1.3")
     def _run(cfg: DictConfig) -> float:
-        return run_job(cfg, built)
+        return run_job(cfg)
 
-    run_checked(lambda overrides: precheck(overrides, built), _run, implied=rank_overrides)
+    run_checked(precheck, _run, implied=rank_overrides)
 
 
 if __name__ == "__main__":

@@ -767,22 +767,43 @@ def test_the_papers_augmentations():
 
 
 @pytest.mark.slow
-def test_the_early_check_builds_the_data_once(tmp_path, monkeypatch):
+def test_data_modules_read_metadata_not_images_until_setup(tmp_path, monkeypatch):
+    # Lightning's contract: __init__ opens no file; the tree comes from the metadata (for
+    # CIFAR-100 the meta file and the training labels) without converting any image; the
+    # early check keeps nothing, and the run reads the images once, in setup.
     from hierot.data import cifar
     from hierot.train import precheck, train
 
     write_cifar100(tmp_path, FINE, COARSE, PARENT)
-    reads = []
-    original = cifar.read_pickle
+    reads, images = [], []
+    read, to_images = cifar.read_pickle, cifar._images
     monkeypatch.setattr(cifar, "read_pickle", lambda path, *a: reads.append(path.name)
-                        or original(path, *a))  # fmt: skip
+                        or read(path, *a))  # fmt: skip
     overrides = ["data=cifar100", f"data.root={tmp_path}", *FAST]
-    built = {}
-    precheck(overrides, built)
-    assert reads.count("train") == 1 and len(built) == 1
-    train(compose_config([*overrides, f"output_dir={tmp_path / 'run'}"]), built)
-    assert reads.count("train") == 1 and built == {}  # the run took the checked module
+    dm = build(compose_config(overrides).data, "data")
+    assert reads == []
+    monkeypatch.setattr(cifar, "_images", lambda batch, path, what: images.append(path.name)
+                        or to_images(batch, path, what))  # fmt: skip
+    assert dm.hierarchy.leaves == FINE and dm.level_names == ["coarse"]
+    assert reads == ["meta", "train"] and images == [] and not hasattr(dm, "train_set")
+    dm.setup("fit")
+    assert reads[2:] == ["train", "test"] and images == ["train", "test"]
+    reads.clear()
+    precheck(overrides)
+    assert reads == ["meta", "train"]
+    train(compose_config([*overrides, f"output_dir={tmp_path / 'run'}"]))
+    assert reads[2:] == ["meta", "train", "train", "test"]
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder", "inat", "breeds"])
+def test_building_a_data_module_opens_no_file(tmp_path, dataset):
+    # a root that does not exist: building succeeds, the first use of the tree names it
+    extra = {"imagefolder": ["data.hierarchy=tree.json"], "breeds": ["data.info_dir=info"]}
+    overrides = [f"data={dataset}", f"data.root={tmp_path / 'nowhere'}", *extra.get(dataset, [])]
+    dm = build(compose_config(overrides).data, "data")
+    with pytest.raises(DataError, match=r"data\.root: no such folder: .*nowhere$"):
+        dm.hierarchy  # noqa: B018
 
 
 # ---------------------------------------------------------------- every objective

@@ -228,6 +228,31 @@ def paper_tree(
     return paths, [name for name in levels if name != "class"]
 
 
+def check_choice(
+    subset: str, classes: str, height: int, edges: Sequence[int] | None
+) -> tuple[int, int]:
+    """The BREEDS data options checked against each other (one-line ``DataError``s);
+    returns the ``edges`` to use (the paper's for ``subset`` when None)."""
+    if subset not in SUBSETS:
+        raise DataError(f"data.subset: unknown '{subset}'; available: {', '.join(SUBSETS)}")
+    if classes not in CLASS_KINDS:
+        raise DataError(f"data.classes: unknown '{classes}'; available: {', '.join(CLASS_KINDS)}")
+    check_height(height, HEIGHTS, "BREEDS")
+    if classes == "subclass" and height != 2:
+        raise DataError(
+            "data.height: with data.classes=subclass the tree is superclass -> ImageNet "
+            "class (height 2); heights 2 and 3 over the superclasses need "
+            "data.classes=superclass"
+        )
+    edges = tuple(PAPER_EDGES[subset] if edges is None else edges)
+    if len(edges) != 2 or not all(isinstance(e, int) and e >= 1 for e in edges):
+        raise DataError(
+            f"data.edges: expected [mid, coarse], edges up from a superclass (integers "
+            f">= 1), got {list(edges)}"
+        )
+    return edges  # type: ignore[return-value]
+
+
 class BreedsDataModule(FolderDataModule):
     """A BREEDS subset (``living17``, ``nonliving26``, ``entity13``, ``entity30``) read from an
     ImageNet ``train/`` and ``val/`` tree of ``<wnid>/`` folders, with the BREEDS files in
@@ -264,70 +289,57 @@ class BreedsDataModule(FolderDataModule):
     ) -> None:
         kwargs.setdefault("val_split", None)
         super().__init__(train_split=train_split, test_split=test_split, **kwargs)
-        if subset not in SUBSETS:
-            raise DataError(f"data.subset: unknown '{subset}'; available: {', '.join(SUBSETS)}")
-        if classes not in CLASS_KINDS:
-            raise DataError(
-                f"data.classes: unknown '{classes}'; available: {', '.join(CLASS_KINDS)}"
-            )
         self.split = check_split(split)
-        check_height(height, HEIGHTS, "BREEDS")
-        if classes == "subclass" and height != 2:
-            raise DataError(
-                "data.height: with data.classes=subclass the tree is superclass -> ImageNet "
-                "class (height 2); heights 2 and 3 over the superclasses need "
-                "data.classes=superclass"
-            )
-        if edges is None:
-            edges = PAPER_EDGES[subset]
-        edges = tuple(edges)
-        if len(edges) != 2 or not all(isinstance(e, int) and e >= 1 for e in edges):
-            raise DataError(
-                f"data.edges: expected [mid, coarse], edges up from a superclass (integers "
-                f">= 1), got {list(edges)}"
-            )
+        edges = check_choice(subset, classes, height, edges)
         if not info_dir:
             raise DataError("data.info_dir: not set (the folder with the BREEDS hierarchy files)")
-        tree = BreedsTree(info_dir)
+        self.info_dir = info_dir
+        self.subset_name = subset
+        self.class_kind = classes
+        self.height = height
+        self.edges = edges
         # level / ancestor / subclasses, when set, replace the named subset's own values.
         std_level, std_ancestor, std_n = SUBSETS[subset]
-        args = (
+        self.subset_args = (
             std_level if level is None else level,
             std_ancestor if ancestor is None else ancestor or None,
             std_n if subclasses is None else subclasses,
         )
-        if split == "all":
-            chosen = tree.subset(*args)
+
+    def read_tree(self) -> Hierarchy:
+        """The subset's superclasses and their ImageNet classes, from the BREEDS files, and
+        the tree over what ``classes`` makes the classes."""
+        tree = BreedsTree(self.info_dir)
+        if self.split == "all":
+            chosen = tree.subset(*self.subset_args)
         else:
-            halves = tree.split_subset(*args)
-            side = 1 if split == "source" else 2
+            halves = tree.split_subset(*self.subset_args)
+            side = 1 if self.split == "source" else 2
             chosen = [(h[0], h[side]) for h in halves]
-        self.subset_name = subset
-        self.class_kind = classes
         self.superclasses = [(tree.names.get(s, s), s) for s, _ in chosen]
-        source = str(Path(info_dir) / FILES[1])
-        if classes == "superclass":
-            paths, names = paper_tree(tree, [s for s, _ in chosen], edges, height)
-            self.hierarchy = Hierarchy.from_paths(paths, source=source)
-            # A top level with one node (every superclass under the same coarse ancestor)
-            # is the tree's root, not a level.
-            kept = self.hierarchy.depth - 1
-            if kept < 1:
-                raise DataError(
-                    f"BREEDS: all {len(chosen)} superclasses of data.subset={subset} share "
-                    f"their ancestor {paths[0][0]} ({edges[1]} edges up), so the tree cannot "
-                    "tell them apart; choose other data.edges or another subset"
-                )
-            self.folders = {w: i for i, (_, ws) in enumerate(chosen) for w in ws}
-            default_levels = names[len(names) - kept :]
-        else:
-            paths = [[tree.label(s), w] for s, ws in chosen for w in ws]
-            self.hierarchy = Hierarchy.from_paths(paths, source=source)
-            default_levels = ["superclass"]
         self.class_names = {w: tree.leaf_names.get(w, w) for _, ws in chosen for w in ws}
         self.only_classes = True
-        if self.level_names is None:
-            self.level_names = default_levels
+        source = str(Path(self.info_dir) / FILES[1])
+        if self.class_kind == "subclass":
+            paths = [[tree.label(s), w] for s, ws in chosen for w in ws]
+            if self._level_names is None:
+                self._level_names = ["superclass"]
+            return Hierarchy.from_paths(paths, source=source)
+        paths, names = paper_tree(tree, [s for s, _ in chosen], self.edges, self.height)
+        hierarchy = Hierarchy.from_paths(paths, source=source)
+        # A top level with one node (every superclass under the same coarse ancestor) is the
+        # tree's root, not a level.
+        kept = hierarchy.depth - 1
+        if kept < 1:
+            raise DataError(
+                f"BREEDS: all {len(chosen)} superclasses of data.subset={self.subset_name} "
+                f"share their ancestor {paths[0][0]} ({self.edges[1]} edges up), so the tree "
+                "cannot tell them apart; choose other data.edges or another subset"
+            )
+        self.folders = {w: i for i, (_, ws) in enumerate(chosen) for w in ws}
+        if self._level_names is None:
+            self._level_names = names[len(names) - kept :]
+        return hierarchy
 
     def description(self) -> dict[str, object]:
         """The folder description (with the ImageNet folders each superclass holds in this

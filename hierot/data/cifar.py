@@ -62,6 +62,15 @@ def _images(batch: Mapping[str, Any], path: Path, what: str) -> torch.Tensor:
     return data.view(-1, 3, 32, 32)
 
 
+def _count(batch: Mapping[str, Any], path: Path, what: str) -> int:
+    """The number of images in ``batch`` without converting them."""
+    try:
+        return len(batch["data"])
+    except TypeError:
+        message = f"{path}: not the official {what} python format (data has no length)"
+        raise DataError(message) from None
+
+
 def _labels(batch: Mapping[str, Any], key: str, n: int, k: int, path: Path, what: str):
     labels = torch.as_tensor(batch[key], dtype=torch.long)
     if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= k)):
@@ -179,59 +188,63 @@ class Cifar100DataModule(CifarDataModule):
         self, root: str | None = None, split: str = "all", height: int = 2, **kwargs: Any
     ) -> None:
         super().__init__(root=root, **kwargs)
-        check_split(split)
-        check_height(height, HEIGHTS, "CIFAR-100")
+        self.split = check_split(split)
+        self.height = check_height(height, HEIGHTS, "CIFAR-100")
         if height != 2 and self.hierarchy_file is not None:
             raise DataError("data.height: a data.hierarchy file brings its own tree; drop one")
-        self.split = split
-        folder = _root(root, CIFAR100_FOLDER)
-        self.folder = folder
-        meta = read_pickle(folder / "meta", self.what, ["fine_label_names", "coarse_label_names"])
+
+    def read_metadata(self) -> Hierarchy:
+        """The class names (``meta``) and each class's superclass, read off the training
+        labels (the training file is unpickled for them; its images are left unused)."""
+        self.folder = _root(self.root, CIFAR100_FOLDER)
+        meta = read_pickle(
+            self.folder / "meta", self.what, ["fine_label_names", "coarse_label_names"]
+        )
         all_classes = _names(meta["fine_label_names"])
-        self.classes = all_classes
         coarse_names = _names(meta["coarse_label_names"])
         self._n_coarse = len(coarse_names)
         self._n_fine = len(all_classes)  # the file's labels, before a split renumbers them
-        self._train = self._read("train", self._n_coarse)
-        _, y, coarse = self._train
-        # The superclass of each class, read off the training labels.
-        parent: dict[int, int] = {}
-        for f, c in zip(y.tolist(), coarse.tolist()):
-            if parent.setdefault(f, c) != c:
-                raise DataError(
-                    f"{folder / 'train'}: class '{all_classes[f]}' has two superclasses: "
-                    f"'{coarse_names[parent[f]]}' and '{coarse_names[c]}'"
-                )
+        _, y, coarse = self._read("train", images=False)
+        parent = self._superclasses(y, coarse, all_classes, coarse_names)
         missing = [n for i, n in enumerate(all_classes) if i not in parent]
-        if missing and (self.hierarchy_file is None or split != "all"):
-            raise DataError(f"{folder / 'train'}: class '{missing[0]}' has no training images")
+        if missing and (self.hierarchy_file is None or self.split != "all"):
+            raise DataError(f"{self.folder / 'train'}: class '{missing[0]}' has no training images")
         kept = list(range(len(all_classes)))
         target: set[int] = set()
         if not missing:
             superclass = [parent[i] for i in range(len(all_classes))]
             target = set(split_classes(superclass, "target"))
-            kept = split_classes(superclass, split)
-            self.classes = [all_classes[i] for i in kept]
+            kept = split_classes(superclass, self.split)
+        self.classes = [all_classes[i] for i in kept]
         # old class id -> new id (-1: not in this split)
         self._renumber = torch.full((len(all_classes),), -1, dtype=torch.long)
         self._renumber[torch.tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
-        self._train = self._select(self._train)
-        default = None
-        if self.hierarchy_file is None:
-            paths, names = paper_paths(
-                self.classes,
-                coarse_names,
-                [parent[i] for i in kept],
-                [i in target for i in kept],
-                height,
-            )
-            try:
-                default = Hierarchy.from_paths(paths, source=str(folder / "meta"))
-            except HierarchyError as e:
-                raise DataError(str(e)) from None
-            if self.level_names is None:
-                self.level_names = names
-        self.hierarchy = self._tree(self.classes, default)  # type: ignore[arg-type]
+        if self.hierarchy_file is not None:
+            return self._tree(self.classes, None)  # type: ignore[arg-type]
+        superclasses = [parent[i] for i in kept]
+        paths, names = paper_paths(
+            self.classes, coarse_names, superclasses, [i in target for i in kept], self.height
+        )
+        try:
+            tree = Hierarchy.from_paths(paths, source=str(self.folder / "meta"))
+        except HierarchyError as e:
+            raise DataError(str(e)) from None
+        if self._level_names is None:
+            self._level_names = names
+        return tree
+
+    def _superclasses(
+        self, y: torch.Tensor, coarse: torch.Tensor, classes: list[str], coarse_names: list[str]
+    ) -> dict[int, int]:
+        """Class id -> superclass id, read off the training labels (one per class)."""
+        parent: dict[int, int] = {}
+        for f, c in zip(y.tolist(), coarse.tolist()):
+            if parent.setdefault(f, c) != c:
+                raise DataError(
+                    f"{self.folder / 'train'}: class '{classes[f]}' has two superclasses: "
+                    f"'{coarse_names[parent[f]]}' and '{coarse_names[c]}'"
+                )
+        return parent
 
     def _select(self, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
         """The images of this split's classes, labels renumbered."""
@@ -240,18 +253,21 @@ class Cifar100DataModule(CifarDataModule):
         keep = new >= 0
         return x[keep], new[keep], coarse[keep]
 
-    def _read(self, split: str, n_coarse: int):
+    def _read(self, split: str, images: bool = True):
+        """(images or None, labels, superclass labels) of the ``split`` file."""
         path = self.folder / split
         batch = read_pickle(path, self.what, ["data", "fine_labels", "coarse_labels"])
-        x = _images(batch, path, self.what)
-        y = _labels(batch, "fine_labels", len(x), self._n_fine, path, self.what)
-        coarse = _labels(batch, "coarse_labels", len(x), n_coarse, path, self.what)
+        x = _images(batch, path, self.what) if images else None
+        n = len(x) if x is not None else _count(batch, path, self.what)
+        y = _labels(batch, "fine_labels", n, self._n_fine, path, self.what)
+        coarse = _labels(batch, "coarse_labels", n, self._n_coarse, path, self.what)
         return x, y, coarse
 
     def setup(self, stage: str | None = None) -> None:
         if not hasattr(self, "train_set"):
-            x, y, _ = self._train
-            xt, yt, _ = self._select(self._read("test", self._n_coarse))
+            self.hierarchy  # noqa: B018 -- the class ids of this split
+            x, y, _ = self._select(self._read("train"))
+            xt, yt, _ = self._select(self._read("test"))
             self._splits((x, y), (xt, yt))
 
 
@@ -278,33 +294,38 @@ class Cifar10DataModule(CifarDataModule):
     ) -> None:
         super().__init__(root=root, **kwargs)
         self.split = check_split(split)
-        folder = _root(root, CIFAR10_FOLDER)
-        self.folder = folder
+        self.tree = tree
+        self.target_classes = list(target_classes)
+
+    def read_metadata(self) -> Hierarchy:
+        """The class names (``batches.meta``) and the tree over them."""
+        self.folder = folder = _root(self.root, CIFAR10_FOLDER)
         meta = read_pickle(folder / "batches.meta", self.what, ["label_names"])
         every = _names(meta["label_names"])
-        unknown = [c for c in target_classes if c not in every]
+        unknown = [c for c in self.target_classes if c not in every]
         if unknown:
             raise DataError(
                 f"data.target_classes: '{unknown[0]}' is not a class of {folder / 'batches.meta'}"
             )
-        if split == "all":
+        if self.split == "all":
             self.classes = every
         else:
-            self.classes = [c for c in every if (c in target_classes) == (split == "target")]
+            target = self.split == "target"
+            self.classes = [c for c in every if (c in self.target_classes) == target]
         # old class id -> new id (-1: not in this split)
         self._renumber = torch.tensor([self.classes.index(c) if c in self.classes else -1
                                        for c in every])  # fmt: skip
         default = None
         if self.hierarchy_file is None:
-            if not tree:
+            if not self.tree:
                 raise DataError("data.tree: CIFAR-10 needs a tree (data.tree or data.hierarchy)")
             try:
-                default = Hierarchy.from_nested(dict(tree), source="data.tree")
+                default = Hierarchy.from_nested(dict(self.tree), source="data.tree")
                 default.check_classes(every)
                 default = default.with_classes(self.classes)
             except HierarchyError as e:
                 raise DataError(str(e)) from None
-        self.hierarchy = self._tree(self.classes, default)  # type: ignore[arg-type]
+        return self._tree(self.classes, default)  # type: ignore[arg-type]
 
     def _read(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
@@ -319,5 +340,6 @@ class Cifar10DataModule(CifarDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not hasattr(self, "train_set"):
+            self.hierarchy  # noqa: B018 -- the class ids of this split
             train = self._read([f"data_batch_{i}" for i in range(1, 6)])
             self._splits(train, self._read(["test_batch"]))

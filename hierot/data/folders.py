@@ -67,8 +67,9 @@ def scan_split(
 
 class FolderDataModule(HierarchyDataModule):
     """``root/<train>/``, ``root/<test>/`` and optionally ``root/<val>/``, one folder per class;
-    without a val folder a seeded ``val_fraction`` of train is held out. Subclasses set
-    ``hierarchy`` (leaves = the class names, in label order) in ``__init__``."""
+    without a val folder a seeded ``val_fraction`` of train is held out. Subclasses read
+    the tree (leaves = the class names, in label order) in ``read_tree``, from the folder
+    names and their own files, opening no image."""
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class FolderDataModule(HierarchyDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(image_size=image_size, **kwargs)
-        self.root = data_root(root, "the split folders")
+        self.root_arg = root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.only_classes = False  # subclasses that take a subset of the class folders set it
         # folder -> class id, for subclasses whose classes pool several folders; None: one
@@ -94,8 +95,17 @@ class FolderDataModule(HierarchyDataModule):
         self.split_seed = split_seed
         self.train_tf = train_transform(image_size, augment)
         self.eval_tf = eval_transform(image_size, eval_resize)
+
+    def read_metadata(self) -> Hierarchy:
+        self.root = data_root(self.root_arg, "the split folders")
         for name in ("train", "test"):
             class_folders(self.root / self.splits[name])  # fail now, before any training
+        return self.read_tree()
+
+    def read_tree(self) -> Hierarchy:
+        """The tree over the classes, from the class folders of ``root`` and the
+        subclass's own files; sets ``folders`` and ``only_classes`` where it needs them."""
+        raise NotImplementedError
 
     def description(self) -> dict[str, object]:
         """The base description, plus per class the folders it holds in this run where a
@@ -112,7 +122,8 @@ class FolderDataModule(HierarchyDataModule):
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
-        classes = self.folders if self.folders is not None else self.hierarchy.leaves
+        leaves = self.hierarchy.leaves  # reads the metadata, which may set ``folders``
+        classes = self.folders if self.folders is not None else leaves
 
         def scan(split: Path) -> tuple[list[str], list[int]]:
             return scan_split(split, classes, self.only_classes)
@@ -175,21 +186,25 @@ class ImageFolderDataModule(FolderDataModule):
         self.split = check_split(split)
         if not hierarchy:
             raise DataError("data.hierarchy: not set (a hierarchy file over the class folders)")
+        if split != "all" and not split_file:
+            raise DataError(
+                f"data.split_file: not set; data.split={split} needs a file marking each "
+                "class folder source or target"
+            )
+        self.hierarchy_file = hierarchy
+        self.split_file = split_file
+
+    def read_tree(self) -> Hierarchy:
         classes = class_folders(self.root / self.splits["train"])
-        tree = Hierarchy.from_file(hierarchy)
+        tree = Hierarchy.from_file(self.hierarchy_file)
         tree.check_classes(classes)
-        if split != "all":
-            if not split_file:
-                raise DataError(
-                    f"data.split_file: not set; data.split={split} needs a file marking each "
-                    "class folder source or target"
-                )
-            marks = read_split_file(split_file, classes)
-            classes = [c for c in classes if marks[c] == split]
+        if self.split != "all":
+            marks = read_split_file(self.split_file, classes)  # type: ignore[arg-type]
+            classes = [c for c in classes if marks[c] == self.split]
             if not classes:
-                raise DataError(f"{split_file}: no class folder is marked {split}")
+                raise DataError(f"{self.split_file}: no class folder is marked {self.split}")
             self.only_classes = True  # the other half's folders are skipped
-        self.hierarchy = tree.with_classes(classes)
+        return tree.with_classes(classes)
 
 
 # The OT-CPCC paper's iNaturalist split: in every parent with more than SMALL_PARENT classes
@@ -245,7 +260,12 @@ class INatDataModule(FolderDataModule):
                 f"data.ranks: {bad[0] if bad else 'none'} is not a rank above {fine_rank}; "
                 f"choose from {', '.join(above) or 'none'}"
             )
-        order = sorted(ranks, key=INAT_RANKS.index)
+        self.fine_rank = fine_rank
+        self.ranks = sorted(ranks, key=INAT_RANKS.index)
+
+    def read_tree(self) -> Hierarchy:
+        """The tree from the training split's folder names (one rank per name part)."""
+        fine_rank, order = self.fine_rank, self.ranks
         folder = self.root / self.splits["train"]
         names = class_folders(folder)
         # per class (in first-folder order): its label, its path of ancestors, its folders
@@ -268,16 +288,17 @@ class INatDataModule(FolderDataModule):
                 # Prefix each node with its rank so that equal names at two ranks stay distinct.
                 paths[label] = [f"{rank}:{taxa[rank]}" for rank in order]
             folders[name] = ids[label]
-        kept = inat_split([paths[c][-1] for c in labels], split)
+        kept = inat_split([paths[c][-1] for c in labels], self.split)
         if not kept:
-            raise DataError(f"data.split: no {fine_rank} is in the {split} split of {folder}")
+            raise DataError(f"data.split: no {fine_rank} is in the {self.split} split of {folder}")
         new_id = {old: new for new, old in enumerate(kept)}
-        self.hierarchy = Hierarchy.from_paths(
+        tree = Hierarchy.from_paths(
             [[*paths[labels[i]], labels[i]] for i in kept], source=str(folder)
         )
-        if fine_rank != "species" or split != "all":
+        if fine_rank != "species" or self.split != "all":
             self.folders = {f: new_id[c] for f, c in folders.items() if c in new_id}
             self.only_classes = True  # folders of classes outside the split are skipped
-        if self.level_names is None:
+        if self._level_names is None:
             # A rank with one taxon on top (all Animalia, say) becomes the root, not a level.
-            self.level_names = order[len(order) - (self.hierarchy.depth - 1) :]
+            self._level_names = order[len(order) - (tree.depth - 1) :]
+        return tree

@@ -107,9 +107,12 @@ def default_workers(cores: int | None = None) -> int:
 
 
 class HierarchyDataModule(L.LightningDataModule):
-    """Subclasses set ``hierarchy`` in ``__init__`` (the model is built from it before any data
-    is loaded) and ``train_set``/``val_set``/``test_set`` in ``setup``; each item is
-    ``(image, label)`` with a (C, H, W) uint8 or float image.
+    """Lightning's contract: ``__init__`` takes and checks arguments only (no file is
+    opened), ``setup`` reads the images into ``train_set``/``val_set``/``test_set``; each
+    item is ``(image, label)`` with a (C, H, W) uint8 or float image. The metadata (the
+    classes, the tree over them, the level names) is read on first use of ``hierarchy`` or
+    ``level_names`` by the subclass's ``read_metadata``, from the dataset's class lists and
+    tree files without its images: the model is built from it before any image is loaded.
 
     Args:
         batch_size: samples per batch (the CPCC regularizer sees the classes of one batch).
@@ -128,7 +131,6 @@ class HierarchyDataModule(L.LightningDataModule):
             heights recomputed from the tree; None: recomputed.
     """
 
-    hierarchy: Hierarchy
     train_set: Dataset
     val_set: Dataset
     test_set: Dataset
@@ -156,12 +158,40 @@ class HierarchyDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size
-        self.level_names = list(level_names) if level_names else None
+        self._hierarchy: Hierarchy | None = None
+        self._level_names = list(level_names) if level_names else None
         self.resnet_stem = resnet_stem
         self.vit_stem = vit_stem
         self.distances = distances
         self._mean = torch.tensor(mean).view(1, -1, 1, 1)
         self._std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def read_metadata(self) -> Hierarchy:
+        """The tree over the classes (its leaves are the classes in label order), read from
+        the dataset's metadata, never its images; sets the default ``_level_names`` where
+        the dataset has its own and they were not given. Called once, on first use."""
+        raise NotImplementedError
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        """The label tree (``read_metadata`` on first use)."""
+        if self._hierarchy is None:
+            self._hierarchy = self.read_metadata()
+        return self._hierarchy
+
+    @hierarchy.setter
+    def hierarchy(self, tree: Hierarchy) -> None:
+        self._hierarchy = tree
+
+    @property
+    def level_names(self) -> list[str] | None:
+        """Names of the coarse levels, top first (None: numbered); given or the dataset's."""
+        self.hierarchy  # noqa: B018 -- the metadata may name the levels
+        return self._level_names
+
+    @level_names.setter
+    def level_names(self, names: Sequence[str] | None) -> None:
+        self._level_names = list(names) if names else None
 
     def _world(self) -> tuple[int, int]:
         """(this process's rank, processes): from the trainer this module is attached to."""

@@ -281,8 +281,10 @@ class SyntheticDataModule(HierarchyDataModule):
             # every class needs an image of each mode it is drawn from
             require_integer(count, f"data.{name}_per_class", len(self.modes_used))
         self.seed = seed
-        self.hierarchy = synthetic_hierarchy(self.spec)
         self._made: dict[str, TensorDataset] = {}
+
+    def read_metadata(self) -> Hierarchy:
+        return synthetic_hierarchy(self.spec)
 
     def _split(self, name: str) -> TensorDataset:
         if name not in self._made:
