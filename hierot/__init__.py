@@ -1,5 +1,8 @@
 """hierot: hierarchy-aware classification with CPCC and optimal-transport class distances."""
 
+# Importing the components registers them: their distances, objectives and config checks
+# (``hierot.checks``), which the config check runs without importing any component.
+from hierot import data, metrics, models, objectives, resume, stopping  # noqa: F401
 from hierot.cpcc import CPCCLoss, cpcc
 from hierot.distances import class_distances, list_distances, register_distance
 from hierot.hierarchy import Hierarchy, HierarchyError

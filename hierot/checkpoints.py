@@ -8,17 +8,15 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hierot.errors import ConfigError
 from hierot.hierarchy import Hierarchy
+from hierot.models import HierarchyModule
 from hierot.overrides import keys, parse_overrides, set_values, sets, value_text
-
-if TYPE_CHECKING:
-    from hierot.models import HierarchyModule
 
 
 def check_checkpoint(value: object, key: str) -> Path:
@@ -96,8 +94,6 @@ def load_module(
     (default: the run's own tree, ``run_hierarchy``); no optimizer. ``kwargs`` override saved
     hyper-parameters. Weights that do not fit are a one-line error naming ``fits`` (the
     backbone and data the caller built)."""
-    from hierot.models import HierarchyModule  # the config check imports this module
-
     tree = hierarchy if hierarchy is not None else run_hierarchy(ckpt)
     if tree is None:
         raise ConfigError(

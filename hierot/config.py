@@ -20,10 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hierot.arguments import check_arguments
-from hierot.checkpoints import check_checkpoint
-from hierot.cpcc import NO_DISTANCE, check_nodes
-from hierot.data.module import device_batch
-from hierot.distances import check_memory, check_options, list_distances
+from hierot.checks import run_checks
 from hierot.errors import (
     ConfigError,
     DataError,
@@ -31,12 +28,7 @@ from hierot.errors import (
     require_integer,
     require_number,
 )
-from hierot.hierarchy import Hierarchy
-from hierot.metrics import check_val_cpcc
-from hierot.models.backbones import check_backbone
-from hierot.objectives import check_objective, get_objective, list_objectives
 from hierot.overrides import parse_overrides
-from hierot.resume import check_settings as check_resume_settings
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 
@@ -165,58 +157,12 @@ def _check(cfg: DictConfig) -> None:
         if not isinstance(cfg.get(key), DictConfig):
             raise ConfigError(f"{key}: missing config group (choose one with {key}=<option>)")
     check_model_aliases(cfg)
-    check_number(cfg, "lam", 0)
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
-    check_integer(cfg, "data.batch_size", 1)
-
-    method = cfg.dist.get("method")
-    known = [NO_DISTANCE, *list_distances()]
-    if method not in known:
-        raise ConfigError(f"dist.method: unknown distance {method!r}; available: {known}")
-    node = cfg.dist.get("options")
-    if node is not None and not isinstance(node, DictConfig):
-        raise ConfigError(f"dist.options must be a mapping, got {node!r}")
-    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    if method != NO_DISTANCE:
-        try:
-            check_options(method, options)  # type: ignore[arg-type]
-        except ValueError as e:
-            raise ConfigError(f"dist.options: {e}") from None
-    elif options:
-        raise ConfigError("dist.options: dist=none takes no options")
-
-    check_objective_config(cfg)
-
-    node = cfg.get("cpcc")
-    if not isinstance(node, DictConfig):
-        raise ConfigError("cpcc: missing section (memory_mb, val_every, val_classes)")
-    try:
-        check_memory(node.get("memory_mb"))
-        check_val_cpcc(node.get("val_every"), node.get("val_classes"))
-        check_nodes(node.get("nodes", "leaves"))
-        check_number(cfg, "cpcc.center", 0)
-    except ValueError as e:
-        prefixed = str(e).startswith(("memory_mb", "nodes"))
-        raise ConfigError(f"cpcc.{e}" if prefixed else str(e)) from None
-
-    backbone = cfg.backbone
-    check_backbone(backbone.get("name"), backbone.get("stem"), backbone.get("weights"))
-
+    run_checks(cfg)  # each component's own (``hierot.checks``)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_arguments(L.Trainer, trainer, "trainer", "lightning.Trainer")  # type: ignore[arg-type]
     check_optimization(cfg)
-    if cfg.get("ckpt_path") not in (None, "auto"):
-        check_checkpoint(cfg.ckpt_path, "ckpt_path")
-    check_resume_settings(cfg.get("checkpoint"))
-    devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)  # type: ignore[union-attr]
-    batch = cfg.data.get("batch_size")
-    if all(isinstance(v, int) and v > 0 for v in (devices, nodes, batch)):
-        device_batch(batch, devices * nodes)
-    for key in ("save_last", "weights_only"):
-        value = OmegaConf.select(cfg, f"checkpoint.{key}")
-        if not isinstance(value, bool):
-            raise ConfigError(f"checkpoint.{key} must be true or false, got {value!r}")
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise ConfigError(f"monitor_mode must be 'min' or 'max', got {cfg.get('monitor_mode')!r}")
     check_integer(cfg, "top_k", 1)
@@ -228,33 +174,6 @@ def _check(cfg: DictConfig) -> None:
     for name, node in (cfg.get("callbacks") or {}).items():
         if isinstance(node, DictConfig):
             check_target_arguments(node, f"callbacks.{name}")
-
-
-def check_objective_config(
-    cfg: DictConfig, hierarchy: Hierarchy | None = None, views: int | None = None
-) -> None:
-    """``objective.name`` and ``objective.options`` judged by the objective's own check;
-    with the data's ``hierarchy`` also what depends on the tree (one weight per level), and
-    with its ``views`` whether the data gives the objective the views it needs."""
-    name = cfg.objective.get("name")
-    if name not in list_objectives():
-        raise ConfigError(
-            f"objective.name: unknown objective {name!r}; available: {list_objectives()}"
-        )
-    node = cfg.objective.get("options")
-    if node is not None and not isinstance(node, DictConfig):
-        raise ConfigError(f"objective.options must be a mapping, got {node!r}")
-    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    try:
-        check_objective(name, options, hierarchy)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise ConfigError(f"objective.options: {e}") from None
-    needed = get_objective(name).views
-    if views is not None and views < needed:
-        raise ConfigError(
-            f"data.views: objective {name} needs {needed} augmented views of every training "
-            f"image, got data.views={views}"
-        )
 
 
 def check_target_arguments(node: DictConfig, key: str) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hierot.checks import config_check
 from hierot.distances import (
     DEFAULT_MEMORY_MB,
     check_memory,
     check_options,
     class_distance_chunks,
     class_distances,
+    list_distances,
 )
+from hierot.errors import ConfigError, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.shared import SharedTensor, attach
 
@@ -230,3 +234,34 @@ class CPCCLoss(nn.Module):
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
         nodes = "" if self.nodes == "leaves" else f", nodes={self.nodes!r}"
         return f"method={self.method!r}{nodes}{opts}"
+
+
+@config_check
+def check_regularizer_config(cfg: DictConfig) -> None:
+    """``lam``, ``dist`` (the distance and its options) and the ``cpcc`` section's own keys
+    (``memory_mb``, ``nodes``, ``center``), each a one-line error naming its key."""
+    require_number(cfg.get("lam"), "lam", 0)
+    method = cfg.dist.get("method")
+    known = [NO_DISTANCE, *list_distances()]
+    if method not in known:
+        raise ConfigError(f"dist.method: unknown distance {method!r}; available: {known}")
+    node = cfg.dist.get("options")
+    if node is not None and not isinstance(node, DictConfig):
+        raise ConfigError(f"dist.options must be a mapping, got {node!r}")
+    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    if method != NO_DISTANCE:
+        try:
+            check_options(method, options)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(f"dist.options: {e}") from None
+    elif options:
+        raise ConfigError("dist.options: dist=none takes no options")
+    node = cfg.get("cpcc")
+    if not isinstance(node, DictConfig):
+        raise ConfigError("cpcc: missing section (memory_mb, val_every, val_classes)")
+    try:
+        check_memory(node.get("memory_mb"))
+        check_nodes(node.get("nodes", "leaves"))
+    except ValueError as e:
+        raise ConfigError(f"cpcc.{e}") from None
+    require_number(node.get("center"), "cpcc.center", 0)

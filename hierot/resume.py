@@ -20,9 +20,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
 
+from hierot.checkpoints import check_checkpoint
+from hierot.checks import config_check
 from hierot.data.module import training_progress
-from hierot.errors import DiskFull
+from hierot.errors import ConfigError, DiskFull, require_integer, require_number
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +166,17 @@ def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(latest)
 
 
-def check_settings(node: Any) -> None:
-    """The ``checkpoint`` section's resume settings, each a one-line error naming its key."""
-    from hierot.errors import ConfigError, require_integer, require_number
-    from hierot.stopping import parse_signals
-
-    node = node or {}
+@config_check
+def check_resume_config(cfg: DictConfig) -> None:
+    """``ckpt_path`` (a checkpoint file, ``auto`` or null) and the ``checkpoint`` section's
+    saving settings, each a one-line error naming its key."""
+    if cfg.get("ckpt_path") not in (None, "auto"):
+        check_checkpoint(cfg.ckpt_path, "ckpt_path")
+    node = cfg.get("checkpoint") or {}
     if node.get("every_n_steps") is not None:
         require_integer(node.get("every_n_steps"), "checkpoint.every_n_steps", 1)
     if node.get("every_minutes") is not None:
         require_number(node.get("every_minutes"), "checkpoint.every_minutes", 0.01)
-    parse_signals(node.get("stop_signals", []))
-    if not isinstance(node.get("requeue", True), bool):
-        raise ConfigError(f"checkpoint.requeue must be true or false, got {node.get('requeue')!r}")
+    for key in ("save_last", "weights_only"):
+        if not isinstance(node.get(key), bool):
+            raise ConfigError(f"checkpoint.{key} must be true or false, got {node.get(key)!r}")

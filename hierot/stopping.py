@@ -24,7 +24,9 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+from omegaconf import DictConfig
 
+from hierot.checks import config_check
 from hierot.errors import ConfigError, Interrupted
 from hierot.resume import AtStepEnds
 
@@ -46,6 +48,15 @@ def parse_signals(names: Any, key: str = "checkpoint.stop_signals") -> list[sign
             raise ConfigError(f"{key}: {name!r} is not a signal a process can handle")
         found.append(sig)
     return found
+
+
+@config_check
+def check_stop_config(cfg: DictConfig) -> None:
+    """``checkpoint.stop_signals`` and ``checkpoint.requeue``."""
+    node = cfg.get("checkpoint") or {}
+    parse_signals(node.get("stop_signals", []))
+    if not isinstance(node.get("requeue", True), bool):
+        raise ConfigError(f"checkpoint.requeue must be true or false, got {node.get('requeue')!r}")
 
 
 def slurm_job_id() -> str | None:

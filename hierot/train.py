@@ -27,7 +27,6 @@ from hierot.config import (
     build,
     check_added_keys,
     check_config,
-    check_objective_config,
     compose_config,
     one_line,
     sweep_variants,
@@ -37,6 +36,7 @@ from hierot.errors import ConfigError, DiskFull, Diverged, Interrupted, RunStopp
 from hierot.hierarchy import Hierarchy
 from hierot.logs import EpochLog, progress_bar_wanted
 from hierot.models import HierarchyModule
+from hierot.objectives import check_objective_config
 from hierot.report import format_table, write_json, write_metrics
 from hierot.resume import (
     RESUME_NAME,

@@ -16,7 +16,7 @@ from hierot.config import compose_config
 from hierot.data.module import device_batch
 from hierot.data.sampling import ResumableSampler, rng_states, set_rng_states
 from hierot.errors import ConfigError, DiskFull, Diverged
-from hierot.resume import RESUME_NAME, check_settings, resume_path, write_atomic
+from hierot.resume import RESUME_NAME, resume_path, write_atomic
 from hierot.stopping import parse_signals
 
 
@@ -172,8 +172,12 @@ def test_resume_path_auto_takes_the_newest_and_starts_fresh_without_one(tmp_path
     ],
 )
 def test_checkpoint_settings_fail_in_one_line(key, value, message):
+    from hierot.config import check_config
+
+    cfg = compose_config()
+    cfg.checkpoint[key] = value
     with pytest.raises(ConfigError, match=message):
-        check_settings({key: value})
+        check_config(cfg)
 
 
 def test_signal_names_with_or_without_sig():

@@ -10,8 +10,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from hierot.checks import config_check
 from hierot.data.images import Views
 from hierot.data.sampling import ResumableSampler
 from hierot.errors import ConfigError, DataError, require_integer
@@ -82,6 +84,17 @@ def device_batch(batch_size: int, devices: int) -> int:
             f"of {devices}"
         )
     return batch_size // devices
+
+
+@config_check
+def check_batch_config(cfg: DictConfig) -> None:
+    """``data.batch_size``: an integer that splits evenly across the processes
+    (``trainer.devices x trainer.num_nodes``) when those are counts."""
+    batch = require_integer(cfg.data.get("batch_size"), "data.batch_size", 1)
+    trainer = cfg.get("trainer") or {}
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
+    if all(isinstance(v, int) and v > 0 for v in (devices, nodes)):
+        device_batch(batch, devices * nodes)
 
 
 def training_progress(trainer: L.Trainer) -> tuple[int, bool]:

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from hierot.checks import config_check
 from hierot.cpcc import cpcc
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory
-from hierot.errors import is_integer
+from hierot.errors import ConfigError, is_integer
 from hierot.shared import SharedTensor, attach
 
 
@@ -160,6 +162,17 @@ def check_val_cpcc(every: object, max_classes: object) -> None:
             f"cpcc.val_classes must be an integer >= 3 (a CPCC needs 3 classes) or null, "
             f"got {max_classes!r}"
         )
+
+
+@config_check
+def check_val_cpcc_config(cfg: DictConfig) -> None:
+    """``cpcc.val_every`` and ``cpcc.val_classes`` (the ``val/cpcc`` schedule)."""
+    node = cfg.get("cpcc")
+    if isinstance(node, DictConfig):
+        try:
+            check_val_cpcc(node.get("val_every"), node.get("val_classes"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def class_subsample(

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import timm
+from omegaconf import DictConfig
 from torch import nn
 
+from hierot.checks import config_check
 from hierot.errors import ConfigError, user_message
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,13 @@ def check_backbone(name: object, stem: object = None, weights: object = None) ->
         raise ConfigError(f"backbone.stem: unknown stem {stem!r}; available: {list_stems()}")
     if weights is not None and not Path(str(weights)).expanduser().is_file():
         raise ConfigError(f"backbone.weights: no such file: {Path(str(weights)).expanduser()}")
+
+
+@config_check
+def check_backbone_config(cfg: DictConfig) -> None:
+    """The ``backbone`` group's model name, stem and weights file."""
+    node = cfg.backbone
+    check_backbone(node.get("name"), node.get("stem"), node.get("weights"))
 
 
 def create_backbone(

@@ -11,9 +11,11 @@ import inspect
 from collections.abc import Callable, Mapping
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hierot.errors import reject_unknown_options
+from hierot.checks import config_check
+from hierot.errors import ConfigError, reject_unknown_options
 from hierot.hierarchy import Hierarchy
 
 
@@ -103,6 +105,34 @@ def check_objective(
     reject_unknown_options(f"objective '{name}'", known, options)
     if name in _CHECKS:
         _CHECKS[name](hierarchy, **{**known, **options})
+
+
+@config_check
+def check_objective_config(
+    cfg: DictConfig, hierarchy: Hierarchy | None = None, views: int | None = None
+) -> None:
+    """``objective.name`` and ``objective.options`` judged by the objective's own check;
+    with the data's ``hierarchy`` also what depends on the tree (one weight per level), and
+    with its ``views`` whether the data gives the objective the views it needs."""
+    name = cfg.objective.get("name")
+    if name not in _OBJECTIVES:
+        raise ConfigError(
+            f"objective.name: unknown objective {name!r}; available: {list_objectives()}"
+        )
+    node = cfg.objective.get("options")
+    if node is not None and not isinstance(node, DictConfig):
+        raise ConfigError(f"objective.options must be a mapping, got {node!r}")
+    options = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    try:
+        check_objective(name, options, hierarchy)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ConfigError(f"objective.options: {e}") from None
+    needed = get_objective(name).views
+    if views is not None and views < needed:
+        raise ConfigError(
+            f"data.views: objective {name} needs {needed} augmented views of every training "
+            f"image, got data.views={views}"
+        )
 
 
 def build_objective(
