@@ -30,11 +30,11 @@ from hierot.checkpoints import (
     run_group_overrides,
     use_run_groups,
 )
+from hierot.checks import run_checks
 from hierot.cli import one_line_errors, run_checked
 from hierot.config import (
     build,
     check_added_keys,
-    check_integer,
     check_target_arguments,
     compose_config,
     one_line,
@@ -42,16 +42,19 @@ from hierot.config import (
 )
 from hierot.cpcc import NO_DISTANCE, cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
-from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, class_distances
-from hierot.errors import ConfigError, require_integer
+from hierot.distances import DEFAULT_MEMORY_MB, class_distances
+from hierot.errors import ConfigError
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
 from hierot.logs import progress_bar_wanted
 from hierot.metrics import evaluate_features
-from hierot.metrics.decoding import check_decode
 from hierot.metrics.epoch import class_subsample
-from hierot.metrics.features import EXTRA_FAMILIES, NEEDS_TRAIN_FEATURES, feature_space_metrics
-from hierot.metrics.mistakes import CONVENTIONS
+from hierot.metrics.features import (
+    EXTRA_FAMILIES,
+    NEEDS_TRAIN_FEATURES,
+    feature_space_metrics,
+    require_integers,
+)
 from hierot.metrics.ood import ood_metrics
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
@@ -93,61 +96,14 @@ def load_model(ckpt: Path, cfg: DictConfig, datamodule: HierarchyDataModule) -> 
 
 
 def check_evaluate(cfg: DictConfig) -> Path:
-    """The checked checkpoint path; raises ``ConfigError`` on the first bad value."""
+    """The checked checkpoint path; raises ``ConfigError`` on the first bad value: the
+    metrics' own checks (``hierot.checks``, ``config="evaluate"``), then this entry
+    point's settings."""
     ckpt = check_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt, "ckpt")
-    if not isinstance(cfg.get("distances"), DictConfig) or not cfg.distances:
-        raise ConfigError("distances: give at least one distance, e.g. distances={l2: {}}")
-    for method, options in cfg.distances.items():
-        try:
-            check_options(str(method), OmegaConf.to_container(options))  # type: ignore[arg-type]
-        except ValueError as e:
-            raise ConfigError(f"distances.{method}: {e}") from None
-    try:
-        check_memory(cfg.memory_mb)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if OmegaConf.is_list(cfg.top_k):
-        for i, k in enumerate(cfg.top_k):
-            require_integer(k, f"top_k[{i}]", 1)
-    else:
-        check_integer(cfg, "top_k", 1)
-    if not OmegaConf.is_list(cfg.ahd_k) or not cfg.ahd_k:
-        raise ConfigError(f"ahd_k must be a non-empty list, e.g. [1, 5], got {cfg.ahd_k!r}")
-    for i, k in enumerate(cfg.ahd_k):
-        require_integer(k, f"ahd_k[{i}]", 1)
-    if isinstance(cfg.decode, str):
-        decodings, keys = [cfg.decode], ["decode"]
-    elif OmegaConf.is_list(cfg.decode) and cfg.decode:
-        decodings, keys = list(cfg.decode), [f"decode[{i}]" for i in range(len(cfg.decode))]
-    else:
-        raise ConfigError(f"decode must be argmax, crm or a list of them, got {cfg.decode!r}")
-    for way, key in zip(decodings, keys, strict=True):
-        try:
-            check_decode(way, key)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    families = [cfg.metrics] if isinstance(cfg.metrics, str) else cfg.metrics
-    if not OmegaConf.is_list(families) and not isinstance(families, list):
-        raise ConfigError(f"metrics must be a list of metric families, got {cfg.metrics!r}")
-    for i, family in enumerate(families):
-        if family not in (*EXTRA_FAMILIES, "all"):
-            raise ConfigError(
-                f"metrics[{i}]: unknown metric family {family!r}; available: "
-                f"{', '.join(EXTRA_FAMILIES)}, all"
-            )
-    check_integer(cfg, "knn_k", 1)
-    if not OmegaConf.is_list(cfg.ood_knn_k) or not cfg.ood_knn_k:
-        raise ConfigError(
-            f"ood_knn_k must be a non-empty list, e.g. [50, 200], got {cfg.ood_knn_k!r}"
-        )
-    for i, k in enumerate(cfg.ood_knn_k):
-        require_integer(k, f"ood_knn_k[{i}]", 1)
+    run_checks(cfg, "evaluate")
+    require_integers(cfg.ood_knn_k, "ood_knn_k", "[50, 200]")
     if cfg.get("ood") is not None:
         check_target_arguments(cfg.ood, "ood")
-    if cfg.crm_cost not in CONVENTIONS:
-        raise ConfigError(
-            f"crm_cost: unknown cost {cfg.crm_cost!r}; available: {', '.join(CONVENTIONS)}"
-        )
     if not isinstance(cfg.figures, bool):
         raise ConfigError(f"figures must be true or false, got {cfg.figures!r}")
     trainer = {k: cfg.get(k) for k in ("accelerator", "precision", "enable_progress_bar")}
@@ -204,6 +160,8 @@ def chosen_families(metrics: object) -> list[str]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, object]:
+    """Every configured metric of a checkpoint on its data's test split, written to
+    ``metrics.json`` (and the figures) in ``output_dir``; returns the metrics."""
     ckpt = check_evaluate(cfg)
     out = Path(cfg.output_dir)
     datamodule = build(cfg.data, "data")
@@ -211,10 +169,74 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     lca = datamodule.lca_heights()  # a shipped file is read (and its errors raised) first
     ood = build_ood(cfg, datamodule)
     model = load_model(ckpt, cfg, datamodule)
+    trainer = evaluation_trainer(cfg, out)
+    batches = trainer.predict(model, datamodule=datamodule)
+    z = torch.cat([b["z"] for b in batches])  # type: ignore[index]
+    logits = torch.cat([b["logits"] for b in batches])  # type: ignore[index]
+    y = torch.cat([b["y"] for b in batches])  # type: ignore[index]
+
+    hierarchy = datamodule.hierarchy
+    names = level_keys(hierarchy, datamodule.level_names)
+    distances = OmegaConf.to_container(cfg.distances, resolve=True)
+    metrics = split_metrics(cfg, z, logits, y, hierarchy, names, distances, lca)  # type: ignore[arg-type]
+    metrics.update(extra_metrics(cfg, trainer, model, datamodule, ood, z, y, names))
+    method, options = run_distance(model)
+    if distances.get(method) == options:  # type: ignore[union-attr]
+        metrics["test/cpcc"] = metrics[f"test/cpcc_{method}"]
+    else:
+        metrics["test/cpcc"] = float(
+            cpcc(z, y, hierarchy.tree_distances(), method, cfg.memory_mb, **options)
+        )
+    metrics.update(run_record(ckpt, model, int(y.numel())))
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.figures:
+        fine = names[max(hierarchy.levels)]
+        scores = (
+            f"acc_{fine} {metrics[f'test/acc_{fine}']:.3f}, "
+            f"TestCPCC ({method}) {metrics['test/cpcc']:.3f}"
+        )
+        write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb, scores)
+    write_metrics(out / "metrics.json", metrics)
+    log.info("%s", format_table(metrics))
+    log.info("outputs: %s", out)
+    return metrics
+
+
+def split_metrics(
+    cfg: DictConfig,
+    z: torch.Tensor,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    hierarchy: Hierarchy,
+    names: Mapping[int, str],
+    distances: Mapping[str, Mapping[str, object]],
+    lca: torch.Tensor,
+) -> dict[str, object]:
+    """The metrics every evaluation reports (``evaluate_features`` with the config's
+    settings): accuracies and mistakes per level, CPCC per distance, retrieval."""
+    top_k = OmegaConf.to_container(cfg.top_k) if OmegaConf.is_list(cfg.top_k) else cfg.top_k
+    return evaluate_features(
+        z,
+        logits,
+        y,
+        hierarchy,
+        names,
+        distances,
+        top_k,  # type: ignore[arg-type]
+        list(cfg.ahd_k),  # type: ignore[arg-type]
+        memory_mb=cfg.memory_mb,
+        decode=[cfg.decode] if isinstance(cfg.decode, str) else list(cfg.decode),
+        crm_cost=cfg.crm_cost,
+        lca=lca,
+    )
+
+
+def evaluation_trainer(cfg: DictConfig, out: Path) -> L.Trainer:
+    """A one-device trainer that only predicts (features of a whole split in one process)."""
     try:
-        trainer = L.Trainer(
+        return L.Trainer(
             accelerator=cfg.accelerator,
-            devices=1,  # features of the whole split in one process
+            devices=1,
             precision=cfg.precision,
             logger=False,
             enable_checkpointing=False,
@@ -224,29 +246,22 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         )
     except (ValueError, MisconfigurationException, ModuleNotFoundError) as e:
         raise ConfigError(one_line(e)) from None
-    batches = trainer.predict(model, datamodule=datamodule)
-    z = torch.cat([b["z"] for b in batches])  # type: ignore[index]
-    logits = torch.cat([b["logits"] for b in batches])  # type: ignore[index]
-    y = torch.cat([b["y"] for b in batches])  # type: ignore[index]
 
-    hierarchy = datamodule.hierarchy
-    names = level_keys(hierarchy, datamodule.level_names)
-    distances = OmegaConf.to_container(cfg.distances, resolve=True)
-    metrics: dict[str, object] = evaluate_features(
-        z,
-        logits,
-        y,
-        hierarchy,
-        names,
-        distances,
-        OmegaConf.to_container(cfg.top_k) if OmegaConf.is_list(cfg.top_k) else cfg.top_k,  # type: ignore[arg-type]
-        list(cfg.ahd_k),  # type: ignore[arg-type]
-        memory_mb=cfg.memory_mb,
-        decode=[cfg.decode] if isinstance(cfg.decode, str) else list(cfg.decode),
-        crm_cost=cfg.crm_cost,
-        lca=lca,
-    )
+
+def extra_metrics(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: HierarchyModule,
+    datamodule: HierarchyDataModule,
+    ood: HierarchyDataModule | None,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    names: Mapping[int, str],
+) -> dict[str, object]:
+    """The ``metrics=`` families (feature space, kNN, ...) and the ``ood=`` scores; the
+    training split's features are collected once, for whichever needs them."""
     families = chosen_families(cfg.metrics)
+    metrics: dict[str, object] = {}
     train = None
     if ood is not None or any(f in families for f in NEEDS_TRAIN_FEATURES):
         train = predict_split(trainer, model, datamodule, "train")
@@ -257,6 +272,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
                 raise ConfigError(
                     f"{key}: {k} neighbours, but the training split has {len(train[1])} images"
                 )
+    hierarchy = datamodule.hierarchy
     if families:
         metrics.update(
             feature_space_metrics(
@@ -271,44 +287,34 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         )  # fmt: skip
         metrics.update({f"ood/{key}": float(value) for key, value in numbers.items()})
         metrics.update({"ood_set": ood_name(cfg), "ood_samples": int(z_out.shape[0])})
-    # test/cpcc as training defines it: the run's distance with the run's options (which
-    # may differ from the shared options of the cpcc_<method> columns).
+    return metrics
+
+
+def run_distance(model: HierarchyModule) -> tuple[str, dict[str, object]]:
+    """The distance and options ``test/cpcc`` is measured with, as training defines it: the
+    run's own (which may differ from the shared options of the ``cpcc_<method>`` columns),
+    ``l2`` for a run without CPCC."""
     run_dist = model.hparams.get("dist", "l2")
-    method, options = (
-        ("l2", {}) if run_dist == NO_DISTANCE else (run_dist, model.hparams.get("dist_options", {}))
-    )
-    if method == "sinkhorn":
+    if run_dist == NO_DISTANCE:
+        return "l2", {}
+    options = dict(model.hparams.get("dist_options", {}))
+    if run_dist == "sinkhorn":
         # checkpoints from before reg_scale existed were trained with an absolute reg
         options = {"reg_scale": "none", **options}
-    if distances.get(method) == options:  # type: ignore[union-attr]
-        metrics["test/cpcc"] = metrics[f"test/cpcc_{method}"]
-    else:
-        metrics["test/cpcc"] = float(
-            cpcc(z, y, hierarchy.tree_distances(), method, cfg.memory_mb, **options)
-        )
+    return run_dist, options
+
+
+def run_record(ckpt: Path, model: HierarchyModule, samples: int) -> dict[str, object]:
+    """What was evaluated: the checkpoint, its run's objective, distance, weight and seed."""
     saved = run_config(ckpt)
-    metrics.update(
-        {
-            "checkpoint": str(ckpt),
-            "objective": model.hparams.get("objective", DEFAULT_OBJECTIVE),
-            "dist": run_dist,
-            "lam": model.hparams.get("lam"),
-            "seed": saved.get("seed") if saved is not None else None,  # the training run's
-            "test_samples": int(y.numel()),
-        }
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.figures:
-        fine = names[max(hierarchy.levels)]
-        scores = (
-            f"acc_{fine} {metrics[f'test/acc_{fine}']:.3f}, "
-            f"TestCPCC ({method}) {metrics['test/cpcc']:.3f}"
-        )
-        write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb, scores)
-    write_metrics(out / "metrics.json", metrics)
-    log.info("%s", format_table(metrics))
-    log.info("outputs: %s", out)
-    return metrics
+    return {
+        "checkpoint": str(ckpt),
+        "objective": model.hparams.get("objective", DEFAULT_OBJECTIVE),
+        "dist": model.hparams.get("dist", "l2"),
+        "lam": model.hparams.get("lam"),
+        "seed": saved.get("seed") if saved is not None else None,  # the training run's
+        "test_samples": samples,
+    }
 
 
 def figure_classes(y: torch.Tensor, limit: int = FIGURE_CLASSES) -> torch.Tensor | None:

@@ -328,3 +328,28 @@ def test_nested_export_reads_back_as_the_same_tree():
     assert not weighted.unit_weights
     lines = sorted(weighted.edge_list().splitlines())
     assert lines == ["p x 1", "p y 0.5", "r p 2"]
+
+
+def test_rooting_returns_new_mappings_and_leaves_its_arguments_alone():
+    from hierot.hierarchy.tree import VIRTUAL_ROOT, _rooted
+
+    # two top-level nodes: a virtual root above them
+    nodes = dict.fromkeys(["a", "b", "x", "y"])
+    parent, weight = {"x": "a", "y": "b"}, {"x": 1.0, "y": 2.0}
+    copies = (dict(nodes), dict(parent), dict(weight))
+    root, new_nodes, new_parent, new_weight = _rooted(nodes, parent, weight)
+    assert (nodes, parent, weight) == copies
+    assert root == VIRTUAL_ROOT and list(new_nodes) == [VIRTUAL_ROOT, "a", "b", "x", "y"]
+    assert new_parent == {"x": "a", "y": "b", "a": VIRTUAL_ROOT, "b": VIRTUAL_ROOT}
+    assert new_weight == {"x": 1.0, "y": 2.0, "a": 1.0, "b": 1.0}
+    # a virtual root above one concept with children (from paths): the concept is the root
+    nodes = dict.fromkeys([VIRTUAL_ROOT, "animal", "cat", "dog"])
+    parent = {"animal": VIRTUAL_ROOT, "cat": "animal", "dog": "animal"}
+    weight = dict.fromkeys(parent, 1.0)
+    copies = (dict(nodes), dict(parent), dict(weight))
+    root, new_nodes, new_parent, new_weight = _rooted(nodes, parent, weight)
+    assert (nodes, parent, weight) == copies
+    assert root == "animal" and list(new_nodes) == ["animal", "cat", "dog"]
+    assert new_parent == {"cat": "animal", "dog": "animal"} and set(new_weight) == {"cat", "dog"}
+    # every node with a parent: a cycle, left for the depth pass to name
+    assert _rooted(dict.fromkeys("ab"), {"a": "b", "b": "a"}, {"a": 1.0, "b": 1.0})[0] is None

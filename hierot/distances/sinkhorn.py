@@ -105,12 +105,7 @@ def sinkhorn_plans(
     tiny = torch.finfo(dtype).tiny
     log_a = torch.where(valid_a, target_a.clamp_min(tiny).log(), -math.inf)
     log_b = torch.where(valid_b, target_b.clamp_min(tiny).log(), -math.inf)
-    # The plan does not change when a pair's costs shift by a constant: starting them at 0
-    # keeps the exponents, and so the float32 rounding, as small as the cost range allows.
-    low = torch.where(valid, cost, math.inf).amin(dim=(1, 2))
-    high = torch.where(valid, cost, -math.inf).amax(dim=(1, 2))
-    shifted = torch.where(valid, cost - low[:, None, None], zero)
-    spread = high - low
+    shifted, spread = _shifted(cost, valid)
     u, v, annealed = _anneal(shifted, spread, reg, log_a, log_b, valid_a, valid_b)
     kernel = -shifted / reg[:, None, None]
     del shifted
@@ -123,15 +118,32 @@ def sinkhorn_plans(
     converged = torch.ones(p, dtype=torch.bool, device=device)
     converged[active] = False
     if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "sinkhorn: %d pairs, iterations median %d max %d (annealing %d), %d unconverged",
-            p,
-            int(iterations.median()) if p else 0,
-            int(iterations.max()) if p else 0,
-            int(annealed.max()) if p else 0,
-            active.numel(),
-        )
+        _log_iterations(iterations, annealed, active.numel())
     return SinkhornResult(plans, iterations, converged, error)
+
+
+def _shifted(cost: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, N, M) costs less each pair's smallest valid one (0 on padding), and (P,) each
+    pair's range. The plan does not change when a pair's costs shift by a constant: starting
+    them at 0 keeps the exponents, and so the float32 rounding, as small as the range allows."""
+    low = torch.where(valid, cost, math.inf).amin(dim=(1, 2))
+    high = torch.where(valid, cost, -math.inf).amax(dim=(1, 2))
+    shifted = torch.where(
+        valid, cost - low[:, None, None], torch.zeros((), dtype=cost.dtype, device=cost.device)
+    )
+    return shifted, high - low
+
+
+def _log_iterations(iterations: torch.Tensor, annealed: torch.Tensor, unconverged: int) -> None:
+    p = iterations.numel()
+    log.debug(
+        "sinkhorn: %d pairs, iterations median %d max %d (annealing %d), %d unconverged",
+        p,
+        int(iterations.median()) if p else 0,
+        int(iterations.max()) if p else 0,
+        int(annealed.max()) if p else 0,
+        unconverged,
+    )
 
 
 def _marginals(

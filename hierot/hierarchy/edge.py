@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Edge:
-    """One parent -> child link, with its weight and where it was read (for error messages)."""
+    """One parent -> child link, with its weight and the location it was read from
+    (``file:line``, for error messages)."""
 
     parent: str
     child: str
     weight: float = 1.0
-    where: str = ""
+    location: str = ""

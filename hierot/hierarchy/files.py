@@ -25,13 +25,13 @@ def detect_format(path: str | PathLike) -> str:
 @dataclass
 class TreeText:
     """A hierarchy file parsed but not yet a tree: ``nested`` (JSON/YAML), ``paths`` (CSV/TSV
-    rows, top level first, with ``wheres`` the ``file:line`` of each) or ``edges``."""
+    rows, top level first, with ``locations`` the ``file:line`` of each) or ``edges``."""
 
     kind: str
     name: str
     nested: object = None
     paths: list[list[str]] = field(default_factory=list)
-    wheres: list[str] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
 
 
@@ -59,8 +59,8 @@ def read_tree_file(path: str | PathLike, format: str | None = None) -> TreeText:
     if fmt == "yaml":
         return TreeText("nested", name, nested=_load_yaml(text, name))
     if fmt in ("csv", "tsv"):
-        paths, wheres = _read_table(text, name, "," if fmt == "csv" else "\t")
-        return TreeText("paths", name, paths=paths, wheres=wheres)
+        paths, locations = _read_table(text, name, "," if fmt == "csv" else "\t")
+        return TreeText("paths", name, paths=paths, locations=locations)
     return TreeText("edges", name, edges=_read_edges(text, name))
 
 
@@ -128,7 +128,7 @@ def _content_lines(text: str) -> list[tuple[int, str]]:
 
 def _read_table(text: str, name: str, delimiter: str) -> tuple[list[list[str]], list[str]]:
     lines = _content_lines(text)
-    paths, wheres = [], []
+    paths, locations = [], []
     reader = csv.reader((line for _, line in lines), delimiter=delimiter, strict=True)
     try:
         rows = list(reader)
@@ -148,18 +148,18 @@ def _read_table(text: str, name: str, delimiter: str) -> tuple[list[list[str]], 
                 "top level down to the leaf"
             )
         paths.append(cells)
-        wheres.append(f"{name}:{lineno}")
-    return paths, wheres
+        locations.append(f"{name}:{lineno}")
+    return paths, locations
 
 
 def _read_edges(text: str, name: str) -> list[Edge]:
     edges = []
     for lineno, line in _content_lines(text):
         parts = line.split()
-        where = f"{name}:{lineno}"
+        location = f"{name}:{lineno}"
         if len(parts) not in (2, 3):
             raise HierarchyError(
-                f"{where}: expected 'parent child [weight]', got {len(parts)} fields: "
+                f"{location}: expected 'parent child [weight]', got {len(parts)} fields: "
                 f"{line.strip()!r}"
             )
         weight = 1.0
@@ -167,6 +167,7 @@ def _read_edges(text: str, name: str) -> list[Edge]:
             try:
                 weight = float(parts[2])
             except ValueError:
-                raise HierarchyError(f"{where}: edge weight {parts[2]!r} is not a number") from None
-        edges.append(Edge(parts[0], parts[1], weight, where))
+                message = f"{location}: edge weight {parts[2]!r} is not a number"
+                raise HierarchyError(message) from None
+        edges.append(Edge(parts[0], parts[1], weight, location))
     return edges

@@ -17,8 +17,9 @@ from hierot.hierarchy.files import TreeText, read_tree_file
 VIRTUAL_ROOT = "<root>"
 
 
-def _at(where: str) -> str:
-    return f"{where}: " if where else ""
+def _prefix(location: str) -> str:
+    """``"<location>: "`` to start an error message, or nothing without a location."""
+    return f"{location}: " if location else ""
 
 
 class Hierarchy:
@@ -35,12 +36,13 @@ class Hierarchy:
         source: str = "",
     ) -> None:
         self.source = source
-        where = _at(source)
+        prefix = _prefix(source)
         if not edges:
-            raise HierarchyError(f"{where}empty hierarchy: no edges or leaves")
-        parent, weight, seen_at, nodes = _parent_map(edges, source)
-        depth = _depths(nodes, parent, seen_at, source)
-        self.root = _one_root(nodes, parent, weight, depth)
+            raise HierarchyError(f"{prefix}empty hierarchy: no edges or leaves")
+        parent, weight, first_location, nodes = _parent_map(edges, source)
+        root, nodes, parent, weight = _rooted(nodes, parent, weight)
+        depth = _depths(nodes, parent, first_location, source)  # raises on a cycle
+        self.root: str = root  # type: ignore[assignment]
         children: dict[str, list[str]] = {n: [] for n in nodes}
         for n in nodes:
             if n in parent:
@@ -51,8 +53,8 @@ class Hierarchy:
             leaves = list(classes)
             dup = _first_duplicate(leaves)
             if dup is not None:
-                raise HierarchyError(f"{where}class '{dup}' is listed twice in the class order")
-            _check_leaves(leaves, children, where)
+                raise HierarchyError(f"{prefix}class '{dup}' is listed twice in the class order")
+            _check_leaves(leaves, children, prefix)
             # Keep only the branches that lead to a listed class.
             keep = set()
             for leaf in leaves:
@@ -88,14 +90,14 @@ class Hierarchy:
                 continue
             if len(p) not in (2, 3):
                 raise HierarchyError(
-                    f"{_at(source)}edge #{i} {tuple(p)!r} is not (parent, child[, weight])"
+                    f"{_prefix(source)}edge #{i} {tuple(p)!r} is not (parent, child[, weight])"
                 )
             w = float(p[2]) if len(p) == 3 else 1.0
             edges.append(Edge(str(p[0]), str(p[1]), w))
         for e in edges:
             if VIRTUAL_ROOT in (e.parent, e.child):
                 raise HierarchyError(
-                    f"{_at(e.where or source)}node name '{VIRTUAL_ROOT}' is reserved"
+                    f"{_prefix(e.location or source)}node name '{VIRTUAL_ROOT}' is reserved"
                 )
         return cls(edges, classes=classes, source=source)
 
@@ -105,7 +107,7 @@ class Hierarchy:
         paths: Iterable[Sequence[str]],
         classes: Sequence[str] | None = None,
         source: str = "",
-        wheres: Sequence[str] | None = None,
+        locations: Sequence[str] | None = None,
     ) -> Hierarchy:
         """Build from root-to-leaf paths: each path lists the top level first, the leaf last.
 
@@ -113,35 +115,37 @@ class Hierarchy:
         different lengths give an unbalanced tree.
         """
         edges: list[Edge] = []
-        leaf_at: dict[str, str] = {}
-        inner_at: dict[str, str] = {}
+        leaf_location: dict[str, str] = {}
+        inner_location: dict[str, str] = {}
         for i, path in enumerate(paths):
-            where = wheres[i] if wheres is not None else (f"path #{i}" if not source else "")
-            here = where or source
+            location = locations[i] if locations is not None else ("" if source else f"path #{i}")
+            reported = location or source
             names = [str(x).strip() for x in path]
             if not names:
-                raise HierarchyError(f"{_at(here)}empty path")
+                raise HierarchyError(f"{_prefix(reported)}empty path")
             if any(not n for n in names):
-                raise HierarchyError(f"{_at(here)}empty name in path {names!r}")
+                raise HierarchyError(f"{_prefix(reported)}empty name in path {names!r}")
             leaf = names[-1]
-            if leaf in leaf_at:
+            if leaf in leaf_location:
                 raise HierarchyError(
-                    f"{_at(here)}duplicate leaf '{leaf}' "
-                    f"(also at {leaf_at[leaf] or 'an earlier path'})"
+                    f"{_prefix(reported)}duplicate leaf '{leaf}' "
+                    f"(also at {leaf_location[leaf] or 'an earlier path'})"
                 )
-            if leaf in inner_at:
+            if leaf in inner_location:
                 raise HierarchyError(
-                    f"{_at(here)}'{leaf}' is a leaf here but has children at {inner_at[leaf]}"
+                    f"{_prefix(reported)}'{leaf}' is a leaf here but has children at "
+                    f"{inner_location[leaf]}"
                 )
             for n in names[:-1]:
-                if n in leaf_at:
+                if n in leaf_location:
                     raise HierarchyError(
-                        f"{_at(here)}'{n}' has children here but is a leaf at {leaf_at[n]}"
+                        f"{_prefix(reported)}'{n}' has children here but is a leaf at "
+                        f"{leaf_location[n]}"
                     )
-                inner_at.setdefault(n, here)
-            leaf_at[leaf] = here
+                inner_location.setdefault(n, reported)
+            leaf_location[leaf] = reported
             chain = [VIRTUAL_ROOT, *names]
-            edges.extend(Edge(p, c, 1.0, where) for p, c in itertools.pairwise(chain))
+            edges.extend(Edge(p, c, 1.0, location) for p, c in itertools.pairwise(chain))
         return cls(edges, classes=classes, source=source)
 
     @classmethod
@@ -158,7 +162,7 @@ class Hierarchy:
         """
         if not isinstance(tree, Mapping):
             raise HierarchyError(
-                f"{_at(source)}expected a mapping of top-level nodes, got {type(tree).__name__}"
+                f"{_prefix(source)}expected a mapping of top-level nodes, got {type(tree).__name__}"
             )
         edges: list[Edge] = []
         leaf_seen: set[str] = set()
@@ -166,7 +170,7 @@ class Hierarchy:
         def visit(parent: str, value: object, trail: str) -> None:
             if value is None or (isinstance(value, (Mapping, list)) and not value):
                 if parent in leaf_seen:
-                    raise HierarchyError(f"{_at(source)}duplicate leaf '{parent}' (at {trail})")
+                    raise HierarchyError(f"{_prefix(source)}duplicate leaf '{parent}' (at {trail})")
                 leaf_seen.add(parent)
                 return
             if isinstance(value, Mapping):
@@ -182,13 +186,13 @@ class Hierarchy:
                     name = _node_name(item, trail, source)
                     if name in leaf_seen:
                         raise HierarchyError(
-                            f"{_at(source)}duplicate leaf '{name}' (at {trail}/{name})"
+                            f"{_prefix(source)}duplicate leaf '{name}' (at {trail}/{name})"
                         )
                     leaf_seen.add(name)
                     edges.append(Edge(parent, name, 1.0, ""))
             else:
                 raise HierarchyError(
-                    f"{_at(source)}node '{parent}' (at {trail}): expected a mapping, a list of "
+                    f"{_prefix(source)}node '{parent}' (at {trail}): expected a mapping, a list of "
                     f"leaf names or null, got {type(value).__name__} {value!r}"
                 )
 
@@ -216,7 +220,9 @@ class Hierarchy:
         if text.kind == "nested":
             return cls.from_nested(text.nested, classes=classes, source=text.name)
         if text.kind == "paths":
-            return cls.from_paths(text.paths, classes=classes, source=text.name, wheres=text.wheres)
+            return cls.from_paths(
+                text.paths, classes=classes, source=text.name, locations=text.locations
+            )
         return cls.from_edges(text.edges, classes=classes, source=text.name)
 
     # ------------------------------------------------------------------ queries
@@ -237,7 +243,7 @@ class Hierarchy:
             return self._index[name]
         except KeyError:
             raise HierarchyError(
-                f"{_at(self.source)}'{name}' is not a class of the hierarchy"
+                f"{_prefix(self.source)}'{name}' is not a class of the hierarchy"
             ) from None
 
     def parent(self, node: str) -> str | None:
@@ -435,7 +441,7 @@ class Hierarchy:
 
     def check_classes(self, names: Iterable[str]) -> None:
         """Raise ``HierarchyError`` naming the dataset classes that are not leaves of the tree."""
-        _check_leaves(list(names), self._children, _at(self.source), self.leaves)
+        _check_leaves(list(names), self._children, _prefix(self.source), self.leaves)
 
     def with_classes(self, names: Sequence[str]) -> Hierarchy:
         """The same tree restricted to ``names`` (all leaves), with class ``i`` = ``names[i]``."""
@@ -446,41 +452,41 @@ class Hierarchy:
 def _parent_map(
     edges: Sequence[Edge], source: str
 ) -> tuple[dict[str, str], dict[str, float], dict[str, str], dict[str, None]]:
-    """``(parent, weight, first_seen_at, nodes)`` of checked edges: named nodes, no self
+    """``(parent, weight, first_first_location, nodes)`` of checked edges: named nodes, no self
     loops, positive weights, one parent per node; ``nodes`` is an insertion-ordered set."""
     parent: dict[str, str] = {}
     weight: dict[str, float] = {}
-    seen_at: dict[str, str] = {}
+    first_location: dict[str, str] = {}
     nodes: dict[str, None] = {}
     for e in edges:
         if not e.parent or not e.child:
-            raise HierarchyError(f"{_at(e.where or source)}empty node name")
+            raise HierarchyError(f"{_prefix(e.location or source)}empty node name")
         if e.parent == e.child:
             raise HierarchyError(
-                f"{_at(e.where or source)}cycle: node '{e.child}' is its own parent"
+                f"{_prefix(e.location or source)}cycle: node '{e.child}' is its own parent"
             )
         if not e.weight > 0:
             raise HierarchyError(
-                f"{_at(e.where or source)}edge '{e.parent}' -> '{e.child}' has weight "
+                f"{_prefix(e.location or source)}edge '{e.parent}' -> '{e.child}' has weight "
                 f"{e.weight}; weights must be positive"
             )
         old = parent.get(e.child)
         if old is not None and old != e.parent:
-            first = f" (first at {seen_at[e.child]})" if seen_at[e.child] else ""
+            first = f" (first at {first_location[e.child]})" if first_location[e.child] else ""
             raise HierarchyError(
-                f"{_at(e.where or source)}node '{e.child}' has two parents: "
+                f"{_prefix(e.location or source)}node '{e.child}' has two parents: "
                 f"{_show(old)}{first} and {_show(e.parent)}"
             )
         parent[e.child] = e.parent
         weight[e.child] = float(e.weight)
-        seen_at.setdefault(e.child, e.where)
+        first_location.setdefault(e.child, e.location)
         nodes.setdefault(e.parent)
         nodes.setdefault(e.child)
-    return parent, weight, seen_at, nodes
+    return parent, weight, first_location, nodes
 
 
 def _depths(
-    nodes: dict[str, None], parent: dict[str, str], seen_at: dict[str, str], source: str
+    nodes: dict[str, None], parent: dict[str, str], first_location: dict[str, str], source: str
 ) -> dict[str, int]:
     """Depth of every node below its root; a node that cannot reach a root by following
     parents lies on a cycle, which is an error naming it."""
@@ -492,7 +498,7 @@ def _depths(
             if cur in chain:
                 loop = [*chain[chain.index(cur) :], cur]
                 raise HierarchyError(
-                    f"{_at(seen_at.get(cur, '') or source)}cycle: "
+                    f"{_prefix(first_location.get(cur, '') or source)}cycle: "
                     + " -> ".join(f"'{c}'" for c in reversed(loop))
                 )
             chain.append(cur)
@@ -502,36 +508,31 @@ def _depths(
     return depth
 
 
-def _one_root(
-    nodes: dict[str, None],
-    parent: dict[str, str],
-    weight: dict[str, float],
-    depth: dict[str, int],
-) -> str:
-    """The root: several top-level nodes get a ``VIRTUAL_ROOT`` above them, and a virtual
-    root (from the path constructors) above one top-level concept with children gives way
-    to that concept. The arguments are updated in place."""
+def _rooted(
+    nodes: dict[str, None], parent: dict[str, str], weight: dict[str, float]
+) -> tuple[str | None, dict[str, None], dict[str, str], dict[str, float]]:
+    """``(root, nodes, parent, weight)`` of the tree with one root: several top-level nodes
+    get a ``VIRTUAL_ROOT`` above them, and a virtual root (from the path constructors) above
+    one top-level concept with children gives way to that concept. New mappings; the
+    arguments are left as they are. The root is None when every node has a parent (a
+    cycle, which ``_depths`` names)."""
     roots = [n for n in nodes if n not in parent]
+    if not roots:
+        return None, nodes, parent, weight
     if len(roots) > 1:
-        for r in roots:
-            parent[r] = VIRTUAL_ROOT
-            weight[r] = 1.0
-        for n in depth:
-            depth[n] += 1
-        depth[VIRTUAL_ROOT] = 0
-        items = list(nodes)
-        nodes.clear()
-        nodes.update(dict.fromkeys([VIRTUAL_ROOT, *items]))
+        parent = {**parent, **dict.fromkeys(roots, VIRTUAL_ROOT)}
+        weight = {**weight, **dict.fromkeys(roots, 1.0)}
+        nodes = dict.fromkeys([VIRTUAL_ROOT, *nodes])
         roots = [VIRTUAL_ROOT]
     root = roots[0]
     top = [n for n in nodes if parent.get(n) == root]
     if root == VIRTUAL_ROOT and len(top) == 1 and any(parent.get(n) == top[0] for n in nodes):
         # A single top-level concept is the root itself; no need for an artificial one.
-        del nodes[VIRTUAL_ROOT], parent[top[0]], weight[top[0]], depth[VIRTUAL_ROOT]
-        for n in depth:
-            depth[n] -= 1
+        nodes = {n: None for n in nodes if n != VIRTUAL_ROOT}
+        parent = {c: p for c, p in parent.items() if c != top[0]}
+        weight = {c: w for c, w in weight.items() if c != top[0]}
         root = top[0]
-    return root
+    return root, nodes, parent, weight
 
 
 def _first_duplicate(names: Sequence[str]) -> str | None:
@@ -546,9 +547,11 @@ def _first_duplicate(names: Sequence[str]) -> str | None:
 def _check_leaves(
     names: list[str],
     children: Mapping[str, list[str]],
-    where: str,
+    prefix: str,
     leaves: Sequence[str] | None = None,
 ) -> None:
+    """A one-line error (starting with ``prefix``) naming the ``names`` that are not
+    leaves: absent from the tree, or inner nodes."""
     leaf_set = set(leaves) if leaves is not None else {n for n, c in children.items() if not c}
     missing = [n for n in names if n not in leaf_set]
     if not missing:
@@ -563,18 +566,18 @@ def _check_leaves(
     if inner:
         shown = ", ".join(f"'{n}'" for n in inner[:5])
         parts.append(f"{shown} is an inner node, not a leaf")
-    raise HierarchyError(where + "; ".join(parts))
+    raise HierarchyError(prefix + "; ".join(parts))
 
 
 def _node_name(value: object, trail: str, source: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise HierarchyError(
-            f"{_at(source)}under '{trail or '/'}': node name must be a string, got "
+            f"{_prefix(source)}under '{trail or '/'}': node name must be a string, got "
             f"{type(value).__name__} {value!r}"
         )
     name = str(value).strip()
     if not name:
-        raise HierarchyError(f"{_at(source)}under '{trail or '/'}': empty node name")
+        raise HierarchyError(f"{_prefix(source)}under '{trail or '/'}': empty node name")
     return name
 
 

@@ -7,15 +7,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from hierot.checks import config_check
 from hierot.cpcc import cpcc
-from hierot.distances import DEFAULT_MEMORY_MB
+from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options
+from hierot.errors import ConfigError, require_integer
 from hierot.hierarchy import Hierarchy
 from hierot.metrics.calibration import calibration_errors
-from hierot.metrics.decoding import marginal_predictions, ranked_classes
+from hierot.metrics.decoding import check_decode, marginal_predictions, ranked_classes
 from hierot.metrics.epoch import LevelAccuracy, MistakeSeverity
 from hierot.metrics.feature_space import knn_accuracy, prototype_retrieval, silhouette
-from hierot.metrics.mistakes import mistake_metrics, top_k_accuracy
+from hierot.metrics.mistakes import CONVENTIONS, mistake_metrics, top_k_accuracy
 
 
 def average_hierarchical_distance(
@@ -173,3 +176,63 @@ def evaluate_features(
                 out.update({head + key: value for key, value in table.items()})
         out.update(calibration_errors(logits, target, memory_mb=memory_mb))
     return {prefix + name: float(value) for name, value in out.items()}
+
+
+def require_integers(node: object, key: str, example: str) -> None:
+    """``node``: a non-empty list of integers >= 1 (``key[i]`` named on a bad one)."""
+    if not OmegaConf.is_list(node) or not node:
+        raise ConfigError(f"{key} must be a non-empty list, e.g. {example}, got {node!r}")
+    for i, k in enumerate(node):  # type: ignore[arg-type]
+        require_integer(k, f"{key}[{i}]", 1)
+
+
+@config_check(config="evaluate")
+def check_feature_metrics_config(cfg: DictConfig) -> None:
+    """What ``evaluate_features`` and ``feature_space_metrics`` take in an evaluation:
+    ``distances``, ``memory_mb``, ``top_k``, ``ahd_k``, ``crm_cost``, ``metrics``, ``knn_k``."""
+    if not isinstance(cfg.get("distances"), DictConfig) or not cfg.distances:
+        raise ConfigError("distances: give at least one distance, e.g. distances={l2: {}}")
+    for method, options in cfg.distances.items():
+        try:
+            check_options(str(method), OmegaConf.to_container(options))  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(f"distances.{method}: {e}") from None
+    try:
+        check_memory(cfg.memory_mb)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if OmegaConf.is_list(cfg.top_k):
+        require_integers(cfg.top_k, "top_k", "[1, 5]")
+    else:
+        require_integer(cfg.top_k, "top_k", 1)
+    require_integers(cfg.ahd_k, "ahd_k", "[1, 5]")
+    if cfg.crm_cost not in CONVENTIONS:
+        raise ConfigError(
+            f"crm_cost: unknown cost {cfg.crm_cost!r}; available: {', '.join(CONVENTIONS)}"
+        )
+    families = [cfg.metrics] if isinstance(cfg.metrics, str) else cfg.metrics
+    if not OmegaConf.is_list(families) and not isinstance(families, list):
+        raise ConfigError(f"metrics must be a list of metric families, got {cfg.metrics!r}")
+    for i, family in enumerate(families):
+        if family not in (*EXTRA_FAMILIES, "all"):
+            raise ConfigError(
+                f"metrics[{i}]: unknown metric family {family!r}; available: "
+                f"{', '.join(EXTRA_FAMILIES)}, all"
+            )
+    require_integer(cfg.knn_k, "knn_k", 1)
+
+
+@config_check(config="evaluate")
+def check_decode_config(cfg: DictConfig) -> None:
+    """``decode``: ``argmax``, ``crm`` or a non-empty list of them."""
+    if isinstance(cfg.decode, str):
+        decodings, keys = [cfg.decode], ["decode"]
+    elif OmegaConf.is_list(cfg.decode) and cfg.decode:
+        decodings, keys = list(cfg.decode), [f"decode[{i}]" for i in range(len(cfg.decode))]
+    else:
+        raise ConfigError(f"decode must be argmax, crm or a list of them, got {cfg.decode!r}")
+    for way, key in zip(decodings, keys, strict=True):
+        try:
+            check_decode(way, key)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

@@ -46,6 +46,21 @@ def level_keys(hierarchy: Hierarchy, level_names: Sequence[str] | None = None) -
     return keys
 
 
+def split_metrics(
+    split: str, hierarchy: Hierarchy, keys: Mapping[int, str], k: int, tree_dist: SharedTensor
+) -> MetricCollection:
+    """A split's metrics: accuracy at every level, and outside training the top-``k``
+    accuracy and the mistake severity (on the run's shared tree distances)."""
+    metrics: dict[str, nn.Module] = {
+        f"acc_{keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1]) for lvl in hierarchy.levels
+    }
+    if split != "train":
+        metrics[f"acc_top{k}"] = MulticlassAccuracy(hierarchy.num_classes, top_k=k, average="micro")
+        metrics["mistake_severity"] = MistakeSeverity(tree_dist)
+    # Compute groups would merge levels whose counts agree on the first batch.
+    return MetricCollection(metrics, prefix=f"{split}/", compute_groups=False)
+
+
 class HierarchyModule(L.LightningModule):
     """Classifier trained with ``objective(z, head(z), y) + lam * (1 - CPCC(z, y))`` on pooled
     features z.
@@ -100,26 +115,31 @@ class HierarchyModule(L.LightningModule):
         center: float = 0.0,
     ) -> None:
         super().__init__()
+        # Checked and normalized first: save_hyperparameters saves these locals' values.
         lam = require_number(lam, "lam", 0)  # the config check calls the same
+        center = require_number(center, "cpcc.center", 0)
         if head_weight_decay is not None:
             require_number(head_weight_decay, "model.head_weight_decay", 0)
-        self.head_weight_decay = head_weight_decay
+        check_val_cpcc(val_cpcc_every, val_cpcc_classes)
+        dist_options = dict(dist_options or {})
+        objective_options = dict(objective_options or {})
+        level_names = list(level_names) if level_names else None
+        top_k = min(top_k, hierarchy.num_classes)
+        # every hyper-parameter but the objects passed in (checkpoints.load_module)
+        self.save_hyperparameters(ignore=["backbone", "hierarchy", "optimizer", "scheduler"])
+        self.lam, self.center, self.head_weight_decay = lam, center, head_weight_decay
+        self.dist, self.dist_options, self.val_cpcc_every = dist, dist_options, val_cpcc_every
         # the objective's stage this epoch, and the stage the optimizer was built for
         self._stage: int | None = None
         self._optimizer_stage: int | None = None
-        self.center = require_number(center, "cpcc.center", 0)
-        check_val_cpcc(val_cpcc_every, val_cpcc_classes)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
-        self.lam = float(lam)
         self.objective_name = objective
-        objective_options = dict(objective_options or {})
         self.objective = build_objective(
             objective, hierarchy, backbone.num_features, objective_options
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        options = dict(dist_options or {})
         # The class tree distances, one copy that the loss and every metric read (and that
         # moves once with .to(device)).
         self.tree_dist = SharedTensor(hierarchy.tree_distances().float())
@@ -127,54 +147,32 @@ class HierarchyModule(L.LightningModule):
             None
             if dist == NO_DISTANCE
             else CPCCLoss(
-                hierarchy, dist, memory_mb, nodes=cpcc_nodes, tree_dist=self.tree_dist, **options
+                hierarchy, dist, memory_mb, nodes=cpcc_nodes, tree_dist=self.tree_dist,
+                **dist_options,
             )
-        )
-        self.dist = dist
-        self.dist_options = options
-        self.val_cpcc_every = val_cpcc_every
-        eval_methods = {"cpcc": ("l2", {}) if dist == NO_DISTANCE else (dist, options)}
-        eval_methods["cpcc_l2"] = ("l2", {})
+        )  # fmt: skip
+        self._build_metrics(hierarchy, level_names, top_k, memory_mb, val_cpcc_classes)
+
+    def _build_metrics(
+        self,
+        hierarchy: Hierarchy,
+        level_names: Sequence[str] | None,
+        top_k: int,
+        memory_mb: float,
+        val_cpcc_classes: int | None,
+    ) -> None:
+        """Each split's metrics, and the split CPCCs: the run's distance (``l2`` without
+        CPCC) and ``l2``, ``val/cpcc`` over a fixed class subset."""
+        dist, options = self.dist, self.dist_options
+        methods = {"cpcc": ("l2", {}) if dist == NO_DISTANCE else (dist, options)}
+        methods["cpcc_l2"] = ("l2", {})
         keys = level_keys(hierarchy, level_names)
-        tree_dist = self.tree_dist
-        k = min(top_k, hierarchy.num_classes)
-
-        def split_metrics(split: str) -> MetricCollection:
-            metrics: dict[str, nn.Module] = {
-                f"acc_{keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1])
-                for lvl in hierarchy.levels
-            }
-            if split != "train":
-                metrics[f"acc_top{k}"] = MulticlassAccuracy(
-                    hierarchy.num_classes, top_k=k, average="micro"
-                )
-                metrics["mistake_severity"] = MistakeSeverity(tree_dist)
-            # Compute groups would merge levels whose counts agree on the first batch.
-            return MetricCollection(metrics, prefix=f"{split}/", compute_groups=False)
-
-        self.train_metrics = split_metrics("train")
-        self.val_metrics = split_metrics("val")
-        self.test_metrics = split_metrics("test")
+        self.train_metrics = split_metrics("train", hierarchy, keys, top_k, self.tree_dist)
+        self.val_metrics = split_metrics("val", hierarchy, keys, top_k, self.tree_dist)
+        self.test_metrics = split_metrics("test", hierarchy, keys, top_k, self.tree_dist)
         val_classes = class_subsample(hierarchy.num_classes, val_cpcc_classes)
-        self.val_cpcc = SplitCPCC(tree_dist, eval_methods, memory_mb, classes=val_classes)
-        self.test_cpcc = SplitCPCC(tree_dist, eval_methods, memory_mb)
-        self.save_hyperparameters(
-            {
-                "dist": dist,
-                "dist_options": options,
-                "lam": self.lam,
-                "top_k": k,
-                "memory_mb": memory_mb,
-                "objective": objective,
-                "objective_options": objective_options,
-                "cpcc_nodes": cpcc_nodes,
-                "center": self.center,
-                "level_names": list(level_names) if level_names else None,
-                "head_weight_decay": head_weight_decay,
-                "val_cpcc_every": val_cpcc_every,
-                "val_cpcc_classes": val_cpcc_classes,
-            }
-        )
+        self.val_cpcc = SplitCPCC(self.tree_dist, methods, memory_mb, classes=val_classes)
+        self.test_cpcc = SplitCPCC(self.tree_dist, methods, memory_mb)
 
     def monitorable(self) -> set[str]:
         """The metrics logged at the end of every epoch, which a checkpoint or early
