@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from hierot.writes import write_json
 
 
 def as_number(value: object) -> float | int | str | None:
@@ -26,14 +27,6 @@ def finite_float(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write atomically, so a reader (or a sweep summary) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def write_metrics(path: Path, metrics: Mapping[str, object]) -> None:

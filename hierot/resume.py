@@ -8,11 +8,9 @@ resumed from it takes the steps the uninterrupted run would have taken.
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,42 +23,13 @@ from omegaconf import DictConfig
 from hierot.checkpoints import check_checkpoint
 from hierot.checks import config_check
 from hierot.data.module import training_progress
-from hierot.errors import ConfigError, DiskFull, require_integer, require_number
+from hierot.errors import ConfigError, require_integer, require_number
+from hierot.writes import write_atomic
 
 log = logging.getLogger(__name__)
 
 # The checkpoint that periodic saves and a graceful stop overwrite, in <run>/checkpoints/.
 RESUME_NAME = "resume.ckpt"
-
-
-def no_space(path: Path, needed: int) -> DiskFull:
-    """The one-line error of a write of ``needed`` bytes to ``path`` that ran out of space."""
-    try:
-        free = f"{shutil.disk_usage(path.parent).free} bytes free"
-    except OSError:
-        free = "free space unknown"
-    return DiskFull(
-        f"no space left on the device of {path}: writing it needs {needed} bytes ({free})"
-    )
-
-
-def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it
-    over ``path``: a kill at any instant leaves either the old file or the new one, whole.
-    Lack of space is a ``DiskFull`` naming the path and the bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise no_space(path, len(data)) from None
-        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -12,10 +12,8 @@ error, not a lost sweep. The Hydra callback that writes it during a sweep is
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from hierot.errors import ConfigError, user_message
 from hierot.figures import save_summary_figure
 from hierot.overrides import parse_overrides
 from hierot.report import finite_float, write_metrics
+from hierot.writes import write_rows
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +116,8 @@ def _header(name: str) -> str:
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
     names = columns(rows)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
-        writer.writerow({n: _header(n) for n in names})
-        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
     # Jobs on a cluster may finish together: each writes whole files, the last one wins.
-    os.replace(tmp, path)
+    write_rows(path, names, rows, [_header(n) for n in names])
 
 
 def _is_metric(key: str) -> bool:
@@ -175,12 +169,7 @@ def write_seed_summary(path: Path, rows: Sequence[Mapping[str, object]]) -> None
     names: dict[str, None] = {}
     for row in rows:
         names.update(dict.fromkeys(row))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(names))
-        writer.writeheader()
-        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
-    os.replace(tmp, path)
+    write_rows(path, list(names), rows, list(names))
 
 
 def format_seed_summary(rows: Sequence[Mapping[str, object]], limit: int = 6) -> str:

@@ -37,7 +37,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.logs import EpochLog, progress_bar_wanted
 from hierot.models import HierarchyModule
 from hierot.objectives import check_objective_config
-from hierot.report import format_table, write_json, write_metrics
+from hierot.report import format_table, write_metrics
 from hierot.resume import (
     RESUME_NAME,
     AtomicCheckpointIO,
@@ -47,6 +47,7 @@ from hierot.resume import (
 )
 from hierot.stopping import GracefulStop
 from hierot.sweep import record_failure
+from hierot.writes import write_json
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,8 @@
 writes, finding the checkpoint to resume from, the settings' checks, the divergence stop.
 The faults injected into real processes are in ``test_faults.py``."""
 
+import csv
+import json
 import os
 import random
 import signal
@@ -16,8 +18,9 @@ from hierot.config import compose_config
 from hierot.data.module import device_batch
 from hierot.data.sampling import ResumableSampler, rng_states, set_rng_states
 from hierot.errors import ConfigError, DiskFull, Diverged
-from hierot.resume import RESUME_NAME, resume_path, write_atomic
+from hierot.resume import RESUME_NAME, resume_path
 from hierot.stopping import parse_signals
+from hierot.writes import write_atomic
 
 
 def batches(sampler: ResumableSampler) -> list[list[int]]:
@@ -120,6 +123,25 @@ def test_write_atomic_replaces_whole_or_reports_the_bytes(tmp_path):
     write_atomic(path, b"old")
     write_atomic(path, b"new!")
     assert path.read_bytes() == b"new!" and [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
+
+
+def test_json_and_csv_are_written_through_the_same_atomic_write(tmp_path, monkeypatch):
+    from hierot import writes
+    from hierot.report import write_metrics
+    from hierot.sweep import write_csv
+
+    written = []
+    real = writes.write_atomic
+    monkeypatch.setattr(writes, "write_atomic", lambda p, d: written.append(p.name) or real(p, d))
+    write_metrics(tmp_path / "metrics.json", {"test/cpcc": float("nan"), "steps": 3})
+    rows = [{"job": 0, "status": "completed", "lam": 0.5, "test/cpcc": None}]
+    write_csv(tmp_path / "summary.csv", rows)
+    assert written == ["metrics.json", "summary.csv"]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/cpcc": None, "steps": 3}
+    with open(tmp_path / "summary.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert [row[k] for k in ("job", "status", "lam", "test/cpcc")] == ["0", "completed", "0.5", ""]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "summary.csv"]
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
