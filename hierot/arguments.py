@@ -8,6 +8,7 @@ some other class (a ``Strategy``, a ``timedelta``) takes any value, and the call
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import types
 import typing
@@ -82,7 +83,9 @@ def check_arguments(
     unknown = sorted(set(values) - names)
     if unknown and not more:
         where = f"{key}: " if key else ""
-        raise ConfigError(f"{where}{callee} takes no argument {', '.join(unknown)}")
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{where}{callee} takes no argument {', '.join(unknown)}{hint}")
     for name, value in values.items():
         if name in hints and not _matches(value, hints[name]):
             kinds = list(dict.fromkeys(_describe(hints[name])))

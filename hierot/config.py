@@ -4,6 +4,7 @@ line that names the key, raised before the run directory is created."""
 from __future__ import annotations
 
 import difflib
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from hierot.errors import (
     require_integer,
     require_number,
 )
-from hierot.overrides import parse_overrides
+from hierot.overrides import keys, parse_overrides
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 
@@ -63,9 +64,32 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             return compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(one_line(e)) from None
+        message = one_line(e)
     finally:
         GlobalHydra.instance().clear()
+    raise ConfigError(nearest_key_hint(message, overrides, config_name) or message)
+
+
+def nearest_key_hint(message: str, overrides: Sequence[str], config_name: str) -> str | None:
+    """For Hydra's "Could not override 'a.b'" (a key the config does not have): the key of
+    the same section that is nearest to ``b``, where one is near, instead of Hydra's advice
+    to add ``+a.b`` (which would reach the component as an argument it does not take)."""
+    match = re.match(r"Could not override '([\w.]+)'", message)
+    if match is None:
+        return None
+    key = match.group(1)
+    section, _, name = key.rpartition(".")
+    rest = [o for o in overrides if keys([o]) != {key}]
+    try:
+        cfg = compose_config(rest, config_name)
+    except ConfigError:
+        return None
+    node = OmegaConf.select(cfg, section) if section else cfg
+    known = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(name, known, n=1)
+    if not close:
+        return None
+    return f"{key}: unknown key (did you mean {f'{section}.' if section else ''}{close[0]}?)"
 
 
 def _as_line(o: Override, value: str | None = None) -> str:

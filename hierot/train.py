@@ -19,7 +19,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, run_checked
@@ -80,6 +80,11 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
     callbacks = build_callbacks(
         cfg, validates, logged=logger is not False, logs=model.monitorable()
     )
+    if trainer_kwargs.get("fast_dev_run"):  # type: ignore[union-attr]
+        # A dry run writes no checkpoint (Lightning's ModelCheckpoint would save last.ckpt
+        # at the end of one even so).
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        trainer_kwargs["enable_checkpointing"] = False  # type: ignore[index]
     callbacks += resume_callbacks(cfg)
     trainer_kwargs["enable_progress_bar"] = progress_bar_wanted(  # type: ignore[index]
         trainer_kwargs.get("enable_progress_bar")  # type: ignore[union-attr]

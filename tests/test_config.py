@@ -304,3 +304,23 @@ def test_command_line_error_is_one_line_and_leaves_no_run_dir(tmp_path):
     assert sweep.returncode == 2
     assert sweep.stderr.strip() == "hierot: error: lam must be a number >= 0, got -1"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epoch=1", "trainer.max_epoch: unknown key (did you mean "
+                                "trainer.max_epochs?)"),
+        ("data.batchsize=8", "data.batchsize: unknown key (did you mean data.batch_size?)"),
+        ("lamda=1", "lamda: unknown key (did you mean lam?)"),
+        ("trainer.zzz=1", "Could not override 'trainer.zzz'. To append to your config use "
+                          "+trainer.zzz=1"),
+        # following Hydra's advice reaches the component, which names its nearest argument
+        ("+trainer.max_epoch=1", "trainer: lightning.Trainer takes no argument max_epoch (did "
+                                 "you mean max_epochs?)"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_key_gets_the_nearest_one_on_the_first_error(override, message):
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_config([override]))
+    assert str(error.value) == message

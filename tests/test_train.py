@@ -75,6 +75,7 @@ def test_fast_dev_run_every_distance(make_cfg, tmp_path, dist):
     result = train(make_cfg(f"dist={dist}", "trainer.fast_dev_run=true"))
     metrics = read_metrics(tmp_path / "run")
     assert metrics["dist"] == dist and result == pytest.approx(metrics["test/cpcc"])
+    assert list((tmp_path / "run").rglob("*.ckpt")) == []  # a dry run writes no checkpoint
     assert {
         "test/cpcc",
         "test/cpcc_l2",
