@@ -226,7 +226,7 @@ def test_arguments_are_checked_against_the_callee_type_hints():
         ({"sizes": 4}, "x.sizes must be a list or null, got 4"),
         ({"table": [1]}, "x.table must be a mapping or null, got [1]"),
         ({"flag": 0}, "x.flag must be true/false, got 0"),
-        ({"mood": 1, "moon": 2}, "x: callee takes no argument mood, moon"),
+        ({"mood": 1, "moon": 2}, "x: callee takes no argument mood, moon (did you mean mode?)"),
     ]:
         with pytest.raises(ConfigError) as info:
             check_arguments(callee, values, "x", "callee")
