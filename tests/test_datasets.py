@@ -161,6 +161,24 @@ def test_image_folder_resizes_and_trains(tmp_path):
     assert "test/acc_level1" in metrics
 
 
+def test_tree_leaves_without_data_are_named_and_a_csv_header_is_suspected(tmp_path, caplog):
+    root, _ = folder_tree(tmp_path)
+    tree = tmp_path / "tree.csv"
+    tree.write_text("tier,class\nanimal,cat\nanimal,dog\nvehicle,car\nvehicle,bus\n")
+    dm = build(compose_config(["data=imagefolder", f"data.root={root}",
+                               f"data.hierarchy={tree}"]).data, "data")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert dm.hierarchy.leaves == ["bus", "car", "cat", "dog"]
+    assert f"{tree}: 1 leaf has no data and is left out: 'class' (a header row?" in caplog.text
+    caplog.clear()
+    tree.write_text("animal,cat\nanimal,dog\nvehicle,car\nvehicle,bus\n")
+    dm = build(compose_config(["data=imagefolder", f"data.root={root}",
+                               f"data.hierarchy={tree}"]).data, "data")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        dm.hierarchy  # noqa: B018
+    assert caplog.text == ""
+
+
 def test_image_folder_split_file_marks_source_and_target_classes(tmp_path):
     root, tree = folder_tree(tmp_path)
     marks = tmp_path / "split.txt"

@@ -22,6 +22,7 @@ from hierot.data.module import (
     check_split,
     data_root,
     split_by_parent,
+    warn_leaves_without_data,
 )
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
@@ -105,11 +106,16 @@ class CifarDataModule(HierarchyDataModule):
         self.augment = augment
         self.train_tf = train_transform(image_size, augment)
 
-    def _tree(self, classes: list[str], default: Hierarchy) -> Hierarchy:
+    def _tree(
+        self, classes: list[str], default: Hierarchy, every: Sequence[str] | None = None
+    ) -> Hierarchy:
+        """``default``, or the ``data.hierarchy`` file's tree over ``classes`` (a warning for
+        its leaves that are none of ``every`` class of the dataset)."""
         if self.hierarchy_file is None:
             return default
         tree = Hierarchy.from_file(self.hierarchy_file)
         tree.check_classes(classes)
+        warn_leaves_without_data(tree, classes if every is None else every)
         return tree.with_classes(classes)
 
     def _splits(self, train: tuple[torch.Tensor, torch.Tensor], test: tuple) -> None:
@@ -220,7 +226,7 @@ class Cifar100DataModule(CifarDataModule):
         self._renumber = torch.full((len(all_classes),), -1, dtype=torch.long)
         self._renumber[torch.tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
         if self.hierarchy_file is not None:
-            return self._tree(self.classes, None)  # type: ignore[arg-type]
+            return self._tree(self.classes, None, all_classes)  # type: ignore[arg-type]
         superclasses = [parent[i] for i in kept]
         paths, names = paper_paths(
             self.classes, coarse_names, superclasses, [i in target for i in kept], self.height
@@ -325,7 +331,7 @@ class Cifar10DataModule(CifarDataModule):
                 default = default.with_classes(self.classes)
             except HierarchyError as e:
                 raise DataError(str(e)) from None
-        return self._tree(self.classes, default)  # type: ignore[arg-type]
+        return self._tree(self.classes, default, every)  # type: ignore[arg-type]
 
     def _read(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []

@@ -16,7 +16,13 @@ from hierot.data.images import (
     eval_transform,
     train_transform,
 )
-from hierot.data.module import HierarchyDataModule, check_split, data_root, split_by_parent
+from hierot.data.module import (
+    HierarchyDataModule,
+    check_split,
+    data_root,
+    split_by_parent,
+    warn_leaves_without_data,
+)
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
 
@@ -198,6 +204,7 @@ class ImageFolderDataModule(FolderDataModule):
         classes = class_folders(self.root / self.splits["train"])
         tree = Hierarchy.from_file(self.hierarchy_file)
         tree.check_classes(classes)
+        warn_leaves_without_data(tree, classes)
         if self.split != "all":
             marks = read_split_file(self.split_file, classes)  # type: ignore[arg-type]
             classes = [c for c in classes if marks[c] == self.split]

@@ -3,6 +3,7 @@ the device (a quarter of the host-to-device traffic of float32)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from hierot.errors import ConfigError, DataError, require_integer
 from hierot.hierarchy import Hierarchy
 from hierot.hierarchy.distance_files import read_class_distances
 
+log = logging.getLogger(__name__)
+
 
 def data_root(root: str | None, holds: str) -> Path:
     """``data.root`` as an existing folder; ``holds`` says what it should contain."""
@@ -29,6 +32,26 @@ def data_root(root: str | None, holds: str) -> Path:
     if not path.is_dir():
         raise DataError(f"data.root: no such folder: {path}")
     return path
+
+
+def warn_leaves_without_data(tree: Hierarchy, classes: Sequence[str]) -> list[str]:
+    """Log (and return) the leaves of a tree file that no class of the data matches: they
+    are left out of the run, which is usually a typo, or a CSV/TSV header row read as a
+    path (those files have none: every row is a path, top level first)."""
+    known = set(classes)
+    missing = [leaf for leaf in tree.leaves if leaf not in known]
+    if missing:
+        shown = ", ".join(f"'{n}'" for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        hint = ""
+        if tree.source.lower().endswith((".csv", ".tsv")):
+            hint = " (a header row? hierarchy CSV/TSV files have none: every row is a path)"
+        count = "1 leaf has" if len(missing) == 1 else f"{len(missing)} leaves have"
+        log.warning(
+            "%s: %s no data and %s left out: %s%s%s", tree.source or "the hierarchy", count,
+            "is" if len(missing) == 1 else "are", shown, more, hint,
+        )  # fmt: skip
+    return missing
 
 
 def check_height(height: object, heights: Sequence[int], dataset: str) -> int:
