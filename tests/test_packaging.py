@@ -66,3 +66,15 @@ def test_pyproject_holds_ranges_that_the_pinned_versions_satisfy():
         if req.name.lower() in pins:
             assert req.specifier.contains(pins[req.name.lower()]), (req, pins[req.name.lower()])
     assert {"torch", "torchvision", "pot", "timm", "lightning"} <= set(pins)
+
+
+def test_every_output_folder_of_the_entry_points_is_ignored_by_git():
+    import re
+
+    root = Path(__file__).parent.parent
+    ignored = set((root / ".gitignore").read_text().split())
+    folders = set()
+    for config in (root / "hierot" / "conf").glob("*.yaml"):
+        folders |= set(re.findall(r"HIEROT_OUTPUTS,\.\}/(\w+)/", config.read_text()))
+    assert folders >= {"outputs", "multirun", "evaluations", "transfers"}
+    assert {f"{f}/" for f in folders} <= ignored
