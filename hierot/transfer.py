@@ -11,6 +11,7 @@ the head trains in milliseconds. Writes ``metrics.json`` (``transfer/acc_<level>
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -101,14 +102,25 @@ def kshot_indices(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def features(
-    encoder: nn.Module, dataset: Dataset, datamodule: HierarchyDataModule, device: str
+    encoder: nn.Module,
+    dataset: Dataset,
+    datamodule: HierarchyDataModule,
+    device: str,
+    split: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """((N, d) features, (N,) labels) of a dataset, in order, the encoder in eval mode."""
+    """((N, d) features, (N,) labels) of a dataset, in order, the encoder in eval mode;
+    progress is logged about every tenth of the way (``split`` names it)."""
     loader = DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False)
     zs, ys = [], []
-    for x, y in loader:
+    total, done, start = len(dataset), 0, time.perf_counter()  # type: ignore[arg-type]
+    every = max(1, len(loader) // 10)
+    for i, (x, y) in enumerate(loader, start=1):
         zs.append(encoder(datamodule.normalize(x.to(device))).float().cpu())
         ys.append(torch.as_tensor(y))
+        done += len(x)
+        if i % every == 0 or i == len(loader):
+            took = time.perf_counter() - start
+            log.info("features of the %s split: %d/%d images (%.0f s)", split, done, total, took)
     return torch.cat(zs), torch.cat(ys)
 
 
@@ -123,11 +135,16 @@ def fit_head(
         weight_decay=head["weight_decay"],
     )  # fmt: skip
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, int(head["step"]), head["gamma"])
-    for _ in range(int(head["epochs"])):
+    epochs = int(head["epochs"])
+    every = max(1, epochs // 5)
+    for epoch in range(1, epochs + 1):
         optimizer.zero_grad()
-        F.cross_entropy(linear(z), y).backward()
+        loss = F.cross_entropy(linear(z), y)
+        loss.backward()
         optimizer.step()
         schedule.step()
+        if epoch % every == 0 or epoch == epochs:
+            log.info("linear head: epoch %d/%d, loss %.4f", epoch, epochs, float(loss))
     return linear
 
 
@@ -158,8 +175,8 @@ def transfer(cfg: DictConfig) -> dict[str, object]:
     encoder = load_encoder(ckpt, cfg).to(device)
     datamodule.setup("fit")
     datamodule.setup("test")
-    z_train, y_train = features(encoder, datamodule.plain_train_set(), datamodule, device)
-    z_test, y_test = features(encoder, datamodule.test_set, datamodule, device)
+    z_train, y_train = features(encoder, datamodule.plain_train_set(), datamodule, device, "train")
+    z_test, y_test = features(encoder, datamodule.test_set, datamodule, device, "test")
     y_train, y_test = fine_to_level[y_train], fine_to_level[y_test]
     chosen = kshot_indices(y_train, cfg.shots, cfg.seed)
     head = fit_head(z_train[chosen], y_train[chosen], len(level_names), cfg.head, cfg.seed)

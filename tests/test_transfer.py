@@ -72,6 +72,10 @@ def test_transfer_sweeps_seeds_and_shots_on_the_target_split(source_run, tmp_pat
         spread = abs(accs[0] - accs[1]) / 2**0.5  # the sample std of two values
         assert float(row["transfer/acc_fine_std"]) == pytest.approx(spread, abs=1e-9)
     assert "mean over seed of each setting:" in run.stdout
+    # progress on the long parts: the features of each split, the head's epochs
+    assert "features of the train split: 96/96 images" in run.stdout
+    assert "features of the test split: 48/48 images" in run.stdout
+    assert "linear head: epoch" in run.stdout
 
 
 @pytest.mark.slow
