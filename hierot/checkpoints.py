@@ -10,9 +10,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hierot.data.module import HierarchyDataModule
 from hierot.errors import ConfigError
 from hierot.hierarchy import Hierarchy
 from hierot.models import HierarchyModule
@@ -124,6 +127,36 @@ def run_config(ckpt: Path) -> DictConfig | None:
     """The training run's saved config, when the checkpoint sits in ``<run>/checkpoints/``."""
     path = run_file(ckpt, "config.yaml")
     return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
+
+
+def run_datamodule(ckpt: str | Path) -> HierarchyDataModule:
+    """The data module of the checkpoint's run, from its ``config.yaml``: cheap (it reads
+    no file until its tree or images are asked for); ``normalize`` turns images into the
+    model's input."""
+    ckpt = check_checkpoint(ckpt, "ckpt")
+    cfg = run_config(ckpt)
+    if cfg is None:
+        raise ConfigError(f"ckpt: {ckpt} has no config.yaml of its run (<run>/checkpoints/)")
+    return instantiate(cfg.data, _convert_="all")
+
+
+def load_trained(ckpt: str | Path, device: str | torch.device = "cpu") -> HierarchyModule:
+    """The trained module of a run's checkpoint, for inference in Python, in eval mode on
+    ``device``: its backbone rebuilt from the run's ``config.yaml`` (no weights downloaded:
+    the checkpoint holds them), its tree and hyper-parameters the run's.
+
+    ``module(x)`` maps images normalized as the run's data are
+    (``run_datamodule(ckpt).normalize(images)``) to ``((B, d) features, (B, K) logits)``;
+    logit ``i`` is the class ``run_hierarchy(ckpt).leaves[i]``."""
+    ckpt = check_checkpoint(ckpt, "ckpt")
+    cfg = run_config(ckpt)
+    if cfg is None:
+        raise ConfigError(f"ckpt: {ckpt} has no config.yaml of its run (<run>/checkpoints/)")
+    unloaded = {"pretrained": False, "weights": None}  # the checkpoint's weights replace them
+    node = OmegaConf.merge(cfg.backbone, {k: v for k, v in unloaded.items() if k in cfg.backbone})
+    backbone = instantiate(node, _convert_="all")
+    module = load_module(ckpt, "ckpt", backbone, fits=f"backbone={cfg.backbone.get('name')}")
+    return module.to(device).eval()
 
 
 def run_group_overrides(overrides: list[str]) -> list[str]:

@@ -418,6 +418,26 @@ def test_model_copies_of_top_level_settings_are_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_trained_run_loads_in_python_and_reproduces_its_test_accuracy(make_cfg, tmp_path):
+    import hierot
+
+    train(make_cfg())
+    metrics = read_metrics(tmp_path / "run")
+    model = hierot.load_trained(metrics["best_checkpoint"])
+    assert not model.training
+    data = hierot.run_datamodule(metrics["best_checkpoint"])
+    data.setup("test")
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in data.test_dataloader():
+            z, logits = model(data.normalize(images))
+            correct += int((logits.argmax(1) == labels).sum())
+            total += len(labels)
+    assert z.shape[1] == model.backbone.num_features and logits.shape[1] == 24
+    assert correct / total == pytest.approx(metrics["test/acc_fine"], abs=1e-6)
+
+
 def test_one_way_to_load_a_trained_module(make_cfg, tmp_path):
     """evaluate and transfer load through checkpoints.load_module: Lightning's
     load_from_checkpoint with the saved hyper-parameters, the run's own tree, no optimizer."""
