@@ -17,10 +17,12 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -146,6 +148,36 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class MLFlowLogger(LightningMLFlowLogger):
+    """``lightning.pytorch.loggers.MLFlowLogger`` that may log to a local ``file:`` store:
+    MLflow 3 keeps that store but refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set, and
+    its database store needs the full ``mlflow`` package. A run then logs without a server."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        uri = kwargs.get("tracking_uri")
+        if uri is None or str(uri).startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        super().__init__(**kwargs)
+
+    def log_hyperparams(self, params: Any) -> None:
+        """Nested settings as ``dist.method`` rather than Lightning's ``dist/method``: in a
+        file store a ``/`` makes a folder, which clashes with a setting of the same name
+        (the model's ``dist`` beside the config's ``dist/method``)."""
+        params = vars(params) if not isinstance(params, Mapping) else params
+        super().log_hyperparams(flatten(params))
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 class LogFileHandler(logging.FileHandler):

@@ -155,6 +155,21 @@ def test_tensorboard_logger(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
+def test_mlflow_logger_writes_a_local_store_without_a_server(make_cfg, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train(make_cfg("logger=mlflow", "trainer.max_epochs=1"))
+    metrics = read_metrics(tmp_path / "run")
+    client = mlflow.tracking.MlflowClient(f"file:{tmp_path / 'run' / 'mlruns'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "hierot"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["test/cpcc"] == pytest.approx(metrics["test/cpcc"], abs=1e-6)
+    # the command line's settings and the model's, side by side without clashing
+    assert run.data.params["dist.method"] == "fastft" and run.data.params["dist"] == "fastft"
+
+
+@pytest.mark.slow
 def test_bad_value_inside_train_is_a_config_error(make_cfg):
     with pytest.raises(ConfigError, match="lam must be a number >= 0"):
         train(make_cfg("lam=-1"))
