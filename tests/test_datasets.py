@@ -814,6 +814,41 @@ def test_data_modules_read_metadata_not_images_until_setup(tmp_path, monkeypatch
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_cifar_downloads_through_torchvision_from_a_local_server(tmp_path, monkeypatch):
+    import hashlib
+    import tarfile
+
+    import torchvision
+
+    from helpers.http import serve
+
+    write_cifar100(tmp_path / "release", FINE, COARSE, PARENT)
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "release" / "cifar-100-python", arcname="cifar-100-python")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    release = torchvision.datasets.CIFAR100
+    with serve(served) as url:
+        monkeypatch.setattr(release, "url", f"{url}/cifar-100-python.tar.gz")
+        monkeypatch.setattr(release, "tgz_md5", md5)
+        root = tmp_path / "data"
+        dm = data_module("data=cifar100", f"data.root={root}", "data.download=true")
+        assert dm.hierarchy.leaves == FINE and len(dm.test_set) == 4 * len(FINE)
+        assert (root / "cifar-100-python" / "meta").is_file()
+        # a second run finds the release and downloads nothing
+        monkeypatch.setattr(release, "url", f"{url}/nothing-here.tar.gz")
+        assert data_module("data=cifar100", f"data.root={root}", "data.download=true")
+        # a corrupt download is one line naming the URL
+        monkeypatch.setattr(release, "url", f"{url}/cifar-100-python.tar.gz")
+        monkeypatch.setattr(release, "tgz_md5", "0" * 32)
+        with pytest.raises(DataError, match=r"^data\.download: http://127\.0\.0\.1:\d+/cifar-100"):
+            data_module("data=cifar100", f"data.root={tmp_path / 'other'}", "data.download=true")
+    with pytest.raises(DataError, match=r"data\.root: no such folder"):
+        data_module("data=cifar100", f"data.root={tmp_path / 'other2'}")  # download=false
+
+
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder", "inat", "breeds"])
 def test_building_a_data_module_opens_no_file(tmp_path, dataset):
     # a root that does not exist: building succeeds, the first use of the tree names it

@@ -8,12 +8,15 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
+from torchvision.datasets.utils import download_and_extract_archive
 
 from hierot.data.images import TensorImages, carve_validation, eval_transform, train_transform
 from hierot.data.module import (
@@ -26,6 +29,8 @@ from hierot.data.module import (
 )
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
+
+log = logging.getLogger(__name__)
 
 CIFAR100_FOLDER = "cifar-100-python"
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -86,7 +91,14 @@ def _root(root: str | None, folder: str) -> Path:
 
 
 class CifarDataModule(HierarchyDataModule):
-    """Shared by CIFAR-10/100: splits in memory, validation carved from train with a seed."""
+    """Shared by CIFAR-10/100: splits in memory, validation carved from train with a seed.
+
+    ``download``: fetch the official archive into ``root`` when its folder is missing,
+    through torchvision's downloader (its URL and checksum), before the metadata is read."""
+
+    # torchvision's dataset class whose url, filename and tgz_md5 name the archive
+    release: type[torchvision.datasets.CIFAR10]
+    folder_name: str
 
     def __init__(
         self,
@@ -96,15 +108,40 @@ class CifarDataModule(HierarchyDataModule):
         split_seed: int = 0,
         augment: str = "crop_flip",
         image_size: int = 32,
+        download: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_size=image_size, **kwargs)
+        if not isinstance(download, bool):
+            raise DataError(f"data.download must be true or false, got {download!r}")
+        if download and not root:
+            raise DataError("data.root: not set (the folder to download the release into)")
         self.root = root
+        self.download = download
         self.hierarchy_file = hierarchy
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.augment = augment
         self.train_tf = train_transform(image_size, augment)
+
+    def prepare_data(self) -> None:
+        """With ``download``: the official archive, downloaded, checked and extracted into
+        ``root`` unless its folder is there. Lightning calls it on one process per node;
+        the metadata read calls it first, as the model is built from the tree before."""
+        if not self.download:
+            return
+        root = Path(str(self.root)).expanduser()
+        if (root / self.folder_name).is_dir() or root.name == self.folder_name:
+            return
+        release = self.release
+        log.info("downloading %s into %s", release.url, root)
+        try:
+            download_and_extract_archive(
+                release.url, root, filename=release.filename, md5=release.tgz_md5
+            )
+        except (OSError, RuntimeError) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise DataError(f"data.download: {release.url} into {root} failed ({reason})") from None
 
     def _tree(
         self, classes: list[str], default: Hierarchy, every: Sequence[str] | None = None
@@ -189,6 +226,8 @@ class Cifar100DataModule(CifarDataModule):
     """
 
     what = "CIFAR-100"
+    release = torchvision.datasets.CIFAR100
+    folder_name = CIFAR100_FOLDER
 
     def __init__(
         self, root: str | None = None, split: str = "all", height: int = 2, **kwargs: Any
@@ -202,6 +241,7 @@ class Cifar100DataModule(CifarDataModule):
     def read_metadata(self) -> Hierarchy:
         """The class names (``meta``) and each class's superclass, read off the training
         labels (the training file is unpickled for them; its images are left unused)."""
+        self.prepare_data()
         self.folder = _root(self.root, CIFAR100_FOLDER)
         meta = read_pickle(
             self.folder / "meta", self.what, ["fine_label_names", "coarse_label_names"]
@@ -289,6 +329,8 @@ class Cifar10DataModule(CifarDataModule):
     (``source``) ones, in class-id order, for train and test alike."""
 
     what = "CIFAR-10"
+    release = torchvision.datasets.CIFAR10
+    folder_name = CIFAR10_FOLDER
 
     def __init__(
         self,
@@ -305,6 +347,7 @@ class Cifar10DataModule(CifarDataModule):
 
     def read_metadata(self) -> Hierarchy:
         """The class names (``batches.meta``) and the tree over them."""
+        self.prepare_data()
         self.folder = folder = _root(self.root, CIFAR10_FOLDER)
         meta = read_pickle(folder / "batches.meta", self.what, ["label_names"])
         every = _names(meta["label_names"])
