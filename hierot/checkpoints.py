@@ -54,7 +54,7 @@ def run_file(ckpt: Path, name: str) -> Path:
 
 def run_data(ckpt: Path) -> dict[str, Any] | None:
     """The ``data.json`` of the checkpoint's run, or None when there is no readable one
-    (runs from before hierot wrote it, checkpoints moved out of their run)."""
+    (a checkpoint moved out of its run)."""
     try:
         data = json.loads(run_file(ckpt, "data.json").read_text())
     except (OSError, ValueError):

@@ -69,7 +69,7 @@ FIGURE_CLASSES = 200
 
 def check_run_classes(ckpt: Path, classes: list[str]) -> None:
     """The classes about to be evaluated are those the checkpoint's run trained on, in the
-    same order (its ``data.json``; runs from before it existed are not checked)."""
+    same order (its ``data.json``; a checkpoint moved out of its run is not checked)."""
     trained = (run_data(ckpt) or {}).get("classes")
     if not isinstance(trained, list) or trained == classes:
         return
@@ -297,11 +297,7 @@ def run_distance(model: HierarchyModule) -> tuple[str, dict[str, object]]:
     run_dist = model.hparams.get("dist", "l2")
     if run_dist == NO_DISTANCE:
         return "l2", {}
-    options = dict(model.hparams.get("dist_options", {}))
-    if run_dist == "sinkhorn":
-        # checkpoints from before reg_scale existed were trained with an absolute reg
-        options = {"reg_scale": "none", **options}
-    return run_dist, options
+    return run_dist, dict(model.hparams.get("dist_options", {}))
 
 
 def run_record(ckpt: Path, model: HierarchyModule, samples: int) -> dict[str, object]:

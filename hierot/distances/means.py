@@ -24,8 +24,8 @@ def mean_distances(batch: ClassBatch, p: float) -> torch.Tensor:
         # gathering a (P, d) tensor of mean differences.
         return torch.nn.functional.pdist(means, p=p)
     # A chunk is a run of pairs in triu order: rows a0..a1 against the classes after a0.
-    # One cdist block and a gather are ~60x faster than gathering (P, d) mean differences
-    # (5e7 pairs of 10 000 classes: 90 s that way on the development CPU).
+    # One cdist block and a gather read each mean once; gathering (P, d) mean differences
+    # would move P x d numbers (``scripts/bench_scale.py`` times this path).
     a0, a1 = int(batch.pair_a[0]), int(batch.pair_a[-1])
     centred = means - means.mean(0, keepdim=True)  # keeps the GEMM's cancellation small
     block = torch.cdist(centred[a0 : a1 + 1], centred[a0 + 1 :], p=p)

@@ -2,8 +2,8 @@
 
 Both are ``torch.autograd.Function``s because autograd's own routes are slow here:
 ``torch.cdist``'s backward costs two B x B x d products, and gathering the rows of chosen
-pairs moves ``2 M d`` numbers through memory (about 1 s for the 89 000 pairs of ``fastft`` at
-B = 1024, d = 512 on the development CPU). The gradient of ``||z_u - z_v||`` is
+pairs moves ``2 M d`` numbers through memory (``scripts/bench_cpcc.py`` measures both). The
+gradient of ``||z_u - z_v||`` is
 ``(z_u - z_v) / ||z_u - z_v||``, so for any weights ``W`` on the pairs the whole backward is
 ``rowsum(S) * z - S @ z`` with ``S = W + W^T``: one dense or sparse product.
 """
@@ -14,9 +14,9 @@ import warnings
 
 import torch
 
-# Below this fraction of chosen pairs (M / B^2) the sparse route is faster on CPU: measured
-# on the 2-core development machine with d = 512, dense wins at B = 1024 / 100 classes
-# (density 0.085) and sparse at B = 2048 (0.045).
+# Below this fraction of chosen pairs (M / B^2) the sparse route is faster on CPU: the
+# crossing point of the two routes at d = 512 (``scripts/bench_cpcc.py``), between the
+# densities of B = 1024 and B = 2048 samples over 100 classes (0.085 and 0.045).
 SPARSE_BELOW_DENSITY = 0.06
 # GPUs run the B x B GEMM so fast that only its memory matters; past this many entries
 # (1 GiB in float32) the sparse route is used there too.

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 REG_SCALES = ("mean", "none")
 # exp() below e^-80 (< 2e-35) is clamped to e^-80: float32 would otherwise produce denormals,
-# which made exp and sum 7x slower on the development CPU and stalled small-reg runs.
+# which many CPUs compute far more slowly than normal numbers (and which carry no mass).
 _EXP_FLOOR = -80.0
 # Rounding floor of the marginal error, in units of eps(dtype) * range / reg; 8 left pairs
 # at reg = 0.1 (float32, d = 512) fluctuating at 2-5x the floor, so it is 64.

@@ -326,8 +326,8 @@ class Hierarchy:
 
     @staticmethod
     def _row_blocks(k: int) -> Iterable[tuple[int, int]]:
-        # Rows in blocks, so the work beside a (K, K) result stays ~100 MB: at 10 000
-        # classes the whole matrix at once peaked at 3.2 GB for a 400 MB result.
+        # Rows in blocks of ~4M entries, so the temporaries beside a (K, K) result stay
+        # about 100 MB whatever K (all rows at once would need several times the result).
         rows = max(1, 2**22 // max(k, 1))
         for start in range(0, k, rows):
             yield start, min(start + rows, k)
