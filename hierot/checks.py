@@ -1,6 +1,6 @@
 """The registry of config checks: each component declares the check of the settings it reads
 where it is defined, and the entry points run them all without knowing any
-(``hierot.config.check_config`` for ``train``, ``hierot.evaluate`` for ``evaluate``).
+(``hierot.config.check_config`` for ``train``, ``hierot.evaluate`` for ``evaluate``)::
 
     @config_check
     def check_backbone_config(cfg: DictConfig) -> None:

@@ -1,8 +1,9 @@
 """Time and peak memory of class distances and TestCPCC at dataset scale (no gradient).
 
 Every row runs in a fresh Python process, so its peak RSS is its own; that peak includes the
-process's baseline (the torch import, printed as the ``baseline`` row). Features are N(0, 1), every class has the same number of samples, the tree
-is the 3-level one of ``bench_cpcc.py`` (groups of 10, then of 100).
+process's baseline (the torch import, printed as the ``baseline`` row). Features are N(0, 1),
+every class has the same number of samples, the tree is the 3-level one of ``bench_cpcc.py``
+(groups of 10, then of 100).
 
     python scripts/bench_scale.py                      # the issue's rows (several minutes)
     python scripts/bench_scale.py --rows fastft:2000x10 cpcc-l2:10000x10 --memory-mb 512

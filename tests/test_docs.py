@@ -1,0 +1,115 @@
+"""The documentation is checked like code: the site builds with warnings as errors, and every
+``python -m hierot.*`` command line in the README and ``docs/`` is composed and checked by the
+project's own config check, so a renamed key fails here rather than for a reader. (The
+Python blocks run through sybil: ``conftest.py`` at the repository root.)"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hierot.checks import run_checks
+from hierot.config import check_added_keys, check_config, compose_config, sweep_variants
+from hierot.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted([ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").rglob("*.md")])
+PAGES = [p for p in PAGES if "_build" not in p.parts and "generated" not in p.parts]
+ENTRY = re.compile(r"python -m hierot\.(train|evaluate|transfer)\b(.*)")
+
+
+def fenced_commands(text: str) -> list[str]:
+    """Command lines of the ``bash`` blocks (continuations joined, comments dropped)."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("python -m hierot."):
+                commands.append(line)
+    return commands
+
+
+def inline_commands(text: str) -> list[str]:
+    return re.findall(r"`(python -m hierot\.[^`]+)`", text)
+
+
+def commands() -> list[tuple[str, str]]:
+    """(page, command line) of every train, evaluate and transfer command in the docs."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for command in dict.fromkeys(fenced_commands(text) + inline_commands(text)):
+            if ENTRY.match(command):
+                found.append((str(page.relative_to(ROOT)), " ".join(command.split())))
+    return found
+
+
+def check_command(command: str) -> None:
+    """The command's config composed and checked as its entry point would (each value of a
+    sweep). What a reader fills in is left out: ``key=...`` and ``<...>`` placeholders, and
+    for evaluate and transfer the ``data.*``/``backbone.*`` keys, which apply to the groups
+    of the checkpoint's run (unknown here) unless the command names the group."""
+    entry, rest = ENTRY.match(command).groups()  # type: ignore[union-attr]
+    args = shlex.split(re.sub(r"<[^>]*>", "X", rest))
+    if "--cfg" in args or "--help" in args:
+        return
+    overrides = [a for a in args if a not in ("-m", "--multirun") and not a.endswith("=...")]
+    if entry != "train":
+        named = {a.split("=", 1)[0] for a in overrides}
+        overrides = [
+            a for a in overrides
+            if not (a.startswith(("data.", "backbone.")) and a.split(".", 1)[0] not in named)
+        ]  # fmt: skip
+    for job in sweep_variants(overrides):
+        cfg = compose_config(job, config_name=entry)
+        check_added_keys(job, cfg)
+        if entry == "train":
+            check_config(cfg)
+        elif entry == "evaluate":
+            run_checks(cfg, "evaluate")
+
+
+@pytest.mark.slow  # about 80 compositions: the docs lane, not the everyday one
+@pytest.mark.parametrize(("page", "command"), commands())
+def test_every_command_line_in_the_docs_passes_the_config_check(page, command):
+    check_command(command)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python -m hierot.train lamda=1",  # a renamed or misspelt key
+        "python -m hierot.train -m lam=0,-1",  # one bad value of a sweep
+        "python -m hierot.evaluate ckpt=x decode=greedy",
+    ],
+)
+def test_a_command_line_with_a_wrong_key_or_value_fails_the_check(command):
+    with pytest.raises(ConfigError):
+        check_command(command)
+
+
+def test_the_command_lines_are_found():
+    found = commands()
+    assert len(found) > 40 and {c.split()[2] for _, c in found} >= {
+        "hierot.train", "hierot.evaluate", "hierot.transfer"
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_site_builds_with_warnings_as_errors(tmp_path):
+    pytest.importorskip("sphinx")
+    run = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+         str(ROOT / "docs"), str(tmp_path / "html")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "html" / "configuration.html").is_file()
+    # the config-group table is generated from hierot/conf at every build
+    table = (ROOT / "docs" / "generated" / "config_groups.md").read_text()
+    assert "| `logger` | `mlflow` |" in table and "| `dist` | `fastft` (default) |" in table
