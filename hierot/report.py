@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from hierot.results import environment
 from hierot.writes import write_json
 
 
@@ -61,33 +61,7 @@ def format_table(
 
 
 def provenance(repo: Path | None = None) -> str:
-    """One line naming where and when a measurement was made: the CPU (and GPU, if any),
-    the core count, torch's version, the git commit of ``repo`` (``+dirty`` with uncommitted
-    changes) and the UTC date. Generated results start with it."""
-    import datetime
-    import platform
-    import subprocess
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    commit = "unknown commit"
-    where = repo or Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        commit = f"commit {sha}{'+dirty' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{cpu} ({os.cpu_count()} cores{gpu}), torch {torch.__version__}, {commit}, {date}"
+    """One line naming where and when a measurement was made (``results.environment``):
+    the CPU (and GPU) with its core count, torch's version, the git commit, the UTC date."""
+    env = environment(repo)
+    return f"{env['machine']}, torch {env['torch']}, commit {env['commit']}, {env['date']}"

@@ -3,7 +3,8 @@
 For each batch size B, features z (B, d) and labels drawn uniformly from C classes, it times
 forward + backward of ``CPCCLoss`` for every method, the same math computed one class pair
 at a time (one POT call or one greedy loop per pair, as the authors' research code does), and
-one ``torch.cdist(z, z)`` forward + backward. Prints a markdown table.
+one ``torch.cdist(z, z)`` forward + backward. Prints a markdown table; ``--csv`` writes it as a
+results CSV (``hierot.results``) for ``docs/results/`` (``scripts/render_results.py``).
 
     python scripts/bench_cpcc.py                       # CPU, B = 128 512 1024, 100 classes
     python scripts/bench_cpcc.py --device cuda --sizes 1024 2048 4096 --classes 1000 --no-loop
@@ -27,6 +28,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import ot
@@ -37,6 +39,7 @@ from hierot.cpcc import pearson
 from hierot.distances import pairwise
 from hierot.distances.batch import all_pairs, group_by_class
 from hierot.distances.sinkhorn import pair_regularization, sinkhorn_plans
+from hierot.results import PrintedTable
 
 METHODS = ["l2", "emd", "sinkhorn", "swd", "fastft"]
 
@@ -207,6 +210,7 @@ def main() -> None:
     )
     parser.add_argument("--projections", type=int, default=50, help="swd directions")
     parser.add_argument("--route", choices=["auto", "sparse", "dense"], default="auto")
+    parser.add_argument("--csv", type=Path, help="write the table as a results CSV here")
     args = parser.parse_args()
 
     if args.route == "sparse":
@@ -233,18 +237,19 @@ def main() -> None:
         else:
             runs.append((method, {"swd": {"projections": theta}}.get(method, {})))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(
-        f"# CPCC loss forward+backward, float32, d={args.dim}, labels uniform over "
+    note = (
+        f"CPCC loss forward+backward, float32, d={args.dim}, labels uniform over "
         f"{args.classes} classes, device={name}, torch threads={torch.get_num_threads()}; "
         f"sinkhorn reg_scale={args.reg_scale}, swd L={args.projections}; pair-distance route "
-        f"{args.route}; median ms"
+        f"{args.route}; median of {args.repeats}, ms"
     )
-    print()
-    print(
+    print(f"# {note}\n")
+    table = PrintedTable()
+    table.print(
         "| B | classes present | pairs | method | batched ms | per-pair loop ms | speed-up "
         "| x cdist floor | sinkhorn iterations mean / max | max rel. error vs POT |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    table.print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         z0 = torch.randn(size, args.dim, generator=gen).to(device)
         y = torch.randint(0, args.classes, (size,), generator=gen).to(device)
@@ -252,7 +257,7 @@ def main() -> None:
         pairs = k * (k - 1) // 2
         z = z0.clone().requires_grad_()
         floor_ms = timed(step_floor, device, args.repeats, z)
-        print(f"| {size} | {k} | {pairs} | cdist floor | {floor_ms:.2f} | | | 1.0 | | |")
+        table.print(f"| {size} | {k} | {pairs} | cdist floor | {floor_ms:.2f} | | | 1.0 | | |")
         for method, opts in runs:
             loss_fn = CPCCLoss(hierarchy, method, **opts).to(device)
             ms = timed(step_batched, device, args.repeats, loss_fn, z, y)
@@ -267,11 +272,11 @@ def main() -> None:
                 name = f"sinkhorn reg={opts['reg']:g}" + (
                     " x mean cost" if opts["reg_scale"] == "mean" else ""
                 )
-            print(
+            table.print(
                 f"| {size} | {k} | {pairs} | {name} | {ms:.2f} | {loop_cell} | {speed_cell} "
-                f"| {ms / floor_ms:.1f} | {its_cell} | {error_cell} |",
-                flush=True,
+                f"| {ms / floor_ms:.1f} | {its_cell} | {error_cell} |"
             )
+    table.write(args.csv, notes=[note])
 
 
 if __name__ == "__main__":

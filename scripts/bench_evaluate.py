@@ -3,17 +3,18 @@ peak memory of each, the model's forward pass excluded.
 
 Features are Gaussian clusters (N test and M training samples of K classes on a 3-level
 tree, d dimensions), logits a noisy copy of the labels. Each family runs in a fresh process,
-so its peak resident memory is its own (minus the features, measured before). Writes a CSV
-(--csv) and a markdown table (--write) that start with the machine, torch, commit and date.
+so its peak resident memory is its own (minus the features, measured before). ``--csv``
+writes a results CSV (``hierot.results``: the machine, torch, commit and date first), which
+``scripts/render_results.py`` renders into ``docs/results/evaluate_benchmark.md``.
 
-    python scripts/bench_evaluate.py                                  # N = 2400, K = 24
-    python scripts/bench_evaluate.py --test 20000 --train 20000 --classes 1000
+    python scripts/bench_evaluate.py --csv docs/results/evaluate_benchmark_2400x24.csv
+    python scripts/bench_evaluate.py --test 5000 --train 10000 --classes 200 \
+        --csv docs/results/evaluate_benchmark_5000x200.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import multiprocessing as mp
 import resource
 import time
@@ -24,9 +25,10 @@ import torch
 from hierot.hierarchy import Hierarchy
 from hierot.metrics.features import evaluate_features, feature_space_metrics
 from hierot.metrics.ood import ood_metrics
-from hierot.report import provenance
+from hierot.results import command_line, write_results
 
 FAMILIES = ("default", "silhouette", "knn", "prototypes", "ood")
+MEMORY = "peak memory beyond the features (MB)"
 
 
 def tree(num_classes: int) -> Hierarchy:
@@ -71,11 +73,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512, help="d")
     parser.add_argument("--memory-mb", type=float, default=256)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    parser.add_argument("--csv", type=Path)
-    parser.add_argument("--write", type=Path, help="append a markdown table to this file")
+    parser.add_argument("--csv", type=Path, help="write the results CSV here")
     args = parser.parse_args()
 
-    where = provenance()
     rows = []
     ctx = mp.get_context("spawn")
     for family in args.families:
@@ -84,29 +84,14 @@ def main() -> None:
         proc.start()
         seconds, extra_mb = queue.get()
         proc.join()
-        rows.append({"family": family, "seconds": round(seconds, 2), "extra_mb": round(extra_mb)})
+        rows.append({"family": family, "seconds": round(seconds, 2), MEMORY: round(extra_mb)})
         print(f"{family:<11} {seconds:8.2f} s {extra_mb:8.0f} MB", flush=True)
     size = (
         f"N = {args.test} test and M = {args.train} training samples, K = {args.classes} "
         f"classes, d = {args.dim}, memory_mb = {args.memory_mb:g}"
     )
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with args.csv.open("w", newline="") as f:
-            f.write(f"# {where}\n# {size}\n")
-            writer = csv.DictWriter(f, fieldnames=["family", "seconds", "extra_mb"])
-            writer.writeheader()
-            writer.writerows(rows)
-    if args.write:
-        lines = [
-            f"\n## {size}\n",
-            f"Measured on {where}.\n",
-            "| family | seconds | peak memory beyond the features (MB) |",
-            "|---|---|---|",
-            *(f"| {r['family']} | {r['seconds']} | {r['extra_mb']} |" for r in rows),
-        ]
-        with args.write.open("a") as f:
-            f.write("\n".join(lines) + "\n")
+        write_results(args.csv, rows, command_line(), notes=[size])
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ cross-entropy step and of a whole ResNet-18 training step.
 
 Labels on a 3-level tree (``--classes`` leaves in groups of 10, then groups of those),
 B = ``--batch`` samples, d = 512 features (ResNet-18's). Every objective gets the same z and
-logits; the times are medians over ``--repeats`` calls after a warm-up. Writes a markdown
-table that starts with the machine, torch version, commit and date.
+logits; the times are medians over ``--repeats`` calls after a warm-up. Prints the table;
+``--csv`` writes it as a results CSV (``hierot.results``: the machine, torch, commit and
+date first), which ``scripts/render_results.py`` renders into
+``docs/results/objectives_benchmark.md``.
 
-    python scripts/bench_objectives.py                        # B = 512, K = 100, CPU
-    python scripts/bench_objectives.py --write docs/results/objectives_benchmark.md
-    python scripts/bench_objectives.py --classes 1000 --reference marginal quadruplet
+    python scripts/bench_objectives.py --csv docs/results/objectives_benchmark_k100.csv
+    python scripts/bench_objectives.py --classes 1000 --reference marginal quadruplet hxe \
+        soft_labels --csv docs/results/objectives_benchmark_k1000.csv
     python scripts/bench_objectives.py --device cuda --batch 2048 --classes 1000 --reference
 """
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 from hierot.hierarchy import Hierarchy
 from hierot.objectives import build_objective, list_objectives
-from hierot.report import provenance
+from hierot.results import command_line, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_cpcc import timed
@@ -107,7 +109,7 @@ def main() -> None:
         help="the objectives timed against their reference (default: all that have one; "
         "none: --reference with no name)",
     )  # fmt: skip
-    parser.add_argument("--write", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--csv", type=Path, default=None, help="write the results CSV here")
     args = parser.parse_args()
     device = torch.device(args.device)
     hierarchy = tree(args.classes)
@@ -121,34 +123,31 @@ def main() -> None:
     ce_ms = timed(step, device, args.repeats, lambda z, lg, y: F.cross_entropy(lg, y), z, logits, y)
     resnet_ms = resnet18_step_ms(args.batch, device, max(2, args.repeats // 5))
 
-    lines = [
-        f"Measured on {provenance()}: `python scripts/bench_objectives.py "
-        f"{' '.join(sys.argv[1:])}`. "
-        f"B = {args.batch}, K = {args.classes} on a 3-level tree, d = {args.dim}; forward + "
-        f"backward, median of {args.repeats}. Cross-entropy alone: {ce_ms:.2f} ms; a ResNet-18 "
-        f"training step (32 x 32 images, SGD): {resnet_ms:.0f} ms.",
-        "",
-        "| objective | hierot (ms) | minus CE (ms) | share of a ResNet-18 step "
-        "| reference (ms) | speed-up |",
-        "|---|---|---|---|---|---|",
-    ]
+    note = (
+        f"B = {args.batch}, K = {args.classes} on a 3-level tree, d = {args.dim}, "
+        f"{args.device}; forward + backward, median of {args.repeats}. Cross-entropy alone: "
+        f"{ce_ms:.2f} ms; a ResNet-18 training step (32 x 32 images, SGD): {resnet_ms:.0f} ms."
+    )
+    rows = []
     for name in list_objectives():
         objective = build_objective(name, hierarchy, args.dim, {}).to(device)
         ours = timed(step, device, args.repeats, objective, z, logits, y)
         extra = max(ours - ce_ms, 0.0)
+        ref = None
         if name in loops:
             ref = timed(step, device, max(2, args.repeats // 5), loops[name], z, logits, y)
-            ref_cells = f"{ref:.1f} | {ref / ours:.0f}x"
-        else:
-            ref_cells = "— | —"
-        lines.append(
-            f"| {name} | {ours:.2f} | {extra:.2f} | {100 * extra / resnet_ms:.2f} % | {ref_cells} |"
-        )
-    text = "\n".join(lines)
-    print(text)
-    if args.write is not None:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text + "\n")
+        rows.append({
+            "objective": name,
+            "hierot (ms)": f"{ours:.2f}",
+            "minus CE (ms)": f"{extra:.2f}",
+            "share of a ResNet-18 step": f"{100 * extra / resnet_ms:.2f} %",
+            "reference (ms)": "—" if ref is None else f"{ref:.1f}",
+            "speed-up": "—" if ref is None else f"{ref / ours:.0f}x",
+        })  # fmt: skip
+        print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
+    print(note)
+    if args.csv is not None:
+        write_results(args.csv, rows, command_line(), notes=[note])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 DEFAULT_ROWS = [
     "fastft:2000x10",
@@ -86,33 +87,38 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=float, default=256.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--csv", type=Path, help="write the table as a results CSV here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_row(args.child, args.dim, args.memory_mb, args.device, args.threads)))
         return
-    print(
-        f"# no gradient, d={args.dim}, memory_mb={args.memory_mb:g}, device={args.device}, "
+    # here, not at the top: the child processes measure their memory without hierot's imports
+    from hierot.results import PrintedTable
+
+    note = (
+        f"no gradient, d={args.dim}, memory_mb={args.memory_mb:g}, device={args.device}, "
         f"torch threads={args.threads}; peak RSS of the whole process"
     )
-    print()
-    print("| row | pairs | seconds | peak RSS MB | GPU peak MB |")
-    print("|---|---|---|---|---|")
+    print(f"# {note}\n")
+    table = PrintedTable()
+    table.print("| row | pairs | seconds | peak RSS MB | GPU peak MB |")
+    table.print("|---|---|---|---|---|")
     for row in ["baseline", *args.rows]:
         cmd = [sys.executable, __file__, "--child", row, "--dim", str(args.dim)]
         cmd += ["--memory-mb", str(args.memory_mb), "--device", args.device]
         cmd += ["--threads", str(args.threads)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"| {row} | failed: {done.stderr.strip().splitlines()[-1]} | | | |", flush=True)
+            table.print(f"| {row} | failed: {done.stderr.strip().splitlines()[-1]} | | | |")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         gpu = f"{r['gpu_peak_mb']:.0f}" if "gpu_peak_mb" in r else ""
-        print(
+        table.print(
             f"| {r['row']} | {r.get('pairs', '')} | {r['seconds']:.1f} | {r['peak_mb']:.0f} "
-            f"| {gpu} |",
-            flush=True,
+            f"| {gpu} |"
         )
+    table.write(args.csv, notes=[note])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Compare hierot's training objectives and CPCC distances over paired seeds.
 
 Each method runs as one Hydra multirun over the seeds (``<out>/<method>/<job>``), on the data
-you choose; the script then prints two tables and writes them to ``<out>/comparison.md``:
+you choose; the script then prints two tables and writes them to ``<out>/comparison.md`` and
+as results CSVs, ``<out>/means.csv`` and ``<out>/paired.csv`` (``hierot.results``; copied
+into ``docs/results/`` they are rendered there by ``scripts/render_results.py``):
 every method's mean +- std over its seeds, and every method against a baseline (default
 ``ce``, flat cross-entropy): the mean difference over the seeds both completed, its 95 %
 confidence interval (Student's t) and the paired t-test's p-value, marked with ``*`` only
@@ -37,7 +39,8 @@ from pathlib import Path
 
 from scipy import stats
 
-from hierot.report import provenance
+from hierot.results import command_line, environment, rows_from_markdown, write_results
+from hierot.writes import write_json
 
 CONF = Path(__file__).resolve().parents[1] / "hierot" / "conf"
 DISTANCES = sorted(p.stem for p in (CONF / "dist").glob("*.yaml") if p.stem != "none")
@@ -246,14 +249,21 @@ def paired_table(rows: list[dict[str, str]], baseline: str) -> str:
     return "\n".join(lines)
 
 
+PAIRED_NOTE = (
+    "Paired differences against {} (method minus baseline, same seeds; 95 % t interval, "
+    "paired t-test p; * where the interval excludes 0)."
+)
+
+
 def report(rows: list[dict[str, str]], baseline: str, measured: str = "") -> str:
     return (
         (f"Measured on {measured}.\n\n" if measured else "")
         + "Mean ± std over seeds:\n\n"
         + table(rows)
-        + f"\n\nPaired differences against {SHOWN.get(baseline, baseline)} (method minus "
-        "baseline, same seeds; 95 % t interval, paired t-test p; * where the interval "
-        "excludes 0):\n\n" + paired_table(rows, baseline)
+        + "\n\n"
+        + PAIRED_NOTE.format(SHOWN.get(baseline, baseline))
+        + "\n\n"
+        + paired_table(rows, baseline)
     )
 
 
@@ -315,7 +325,7 @@ def main() -> None:
     if args.summary is None:
         out = fresh_out(args.out, datetime.now())
         out.mkdir(parents=True, exist_ok=True)
-        (out / "provenance.txt").write_text(provenance() + "\n")
+        write_json(out / "environment.json", environment())
         if args.transfer and not any(o.startswith("data.split=") for o in args.overrides):
             args.overrides.append("data.split=source")
         for label in dict.fromkeys([baseline, *labels]):
@@ -330,10 +340,17 @@ def main() -> None:
     files = [f for f in files if f.is_file()]
     if not files:
         sys.exit(f"compare_methods: error: no summary.csv under {out}")
-    record = out / "provenance.txt"
-    measured = record.read_text().strip() if record.is_file() else ""
-    text = report([row for f in files for row in read_rows(f)], baseline, measured)
+    record = out / "environment.json"
+    env = json.loads(record.read_text()) if record.is_file() else environment()
+    rows = [row for f in files for row in read_rows(f)]
+    measured = f"{env['machine']}, torch {env['torch']}, commit {env['commit']}, {env['date']}"
+    text = report(rows, baseline, measured)
     (out / "comparison.md").write_text(text + "\n")
+    write_results(out / "means.csv", rows_from_markdown(table(rows)), command_line(),
+                  notes=["Mean ± std over seeds."], env=env)  # fmt: skip
+    write_results(out / "paired.csv", rows_from_markdown(paired_table(rows, baseline)),
+                  command_line(), notes=[PAIRED_NOTE.format(SHOWN.get(baseline, baseline))],
+                  env=env)  # fmt: skip
     print(text)
 
 

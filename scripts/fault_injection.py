@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from hierot.report import provenance
+from hierot.results import command_line, render_page, write_results
 from hierot.resume import latest_checkpoint
 
 # A run of 135 steps (3 epochs of 45) in ~15 s on two CPU cores, deterministic on CPU, its
@@ -368,27 +368,24 @@ COLUMNS = [
 ]
 
 
-def write_results(rows: list[dict], folder: Path, command: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "reliability.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "# Reliability: faults injected into real runs",
-        "",
-        f"Written by `{command}` ({provenance()}).",
-        "",
-        "Runs: `" + " ".join(RUN) + "`. Work lost is in optimizer steps (the step the run had",
-        "logged when the fault hit, minus the step of the checkpoint it resumed from); the",
-        "final-metric difference is the largest |difference| of any `test/*` or `val/*`",
-        "metric against the uninterrupted run with the same seed.",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
-    (folder / "reliability.md").write_text("\n".join(lines) + "\n")
+PAGE = """# Reliability: faults injected into real runs
+
+Written by `scripts/fault_injection.py`. Every run: `{run}`. Work lost is in optimizer steps
+(the step the run had reached when the fault hit, minus the step of the checkpoint it resumed
+from); the final-metric difference is the largest |difference| of any `test/*` or `val/*`
+metric against the uninterrupted run with the same seed.
+
+<!-- table: reliability.csv -->
+<!-- end table -->
+"""
+
+
+def write_page(rows: list[dict], folder: Path, command: str) -> None:
+    """``reliability.csv`` (a results CSV) and ``reliability.md`` rendered from it."""
+    table = [{c: row.get(c, "") for c in COLUMNS} for row in rows]
+    write_results(folder / "reliability.csv", table, command)
+    page = PAGE.format(run=" ".join(RUN))
+    (folder / "reliability.md").write_text(render_page(page, folder))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -409,8 +406,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         row = FAULTS[name](out, extra, args)
         print(f"{name}: {row} ({time.monotonic() - start_time:.0f} s)", flush=True)
         rows.append(row)
-    command = "python scripts/fault_injection.py " + " ".join(sys.argv[1:])
-    write_results(rows, args.results, command.strip())
+    write_page(rows, args.results, command_line())
     print(f"wrote {args.results / 'reliability.md'}")
 
 

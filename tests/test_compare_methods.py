@@ -142,3 +142,10 @@ def test_transfer_column_after_a_source_sweep(tmp_path):
         "Paired differences against flat (CE only)"
         in (tmp_path / "sweep" / "comparison.md").read_text()
     )
+    # the same tables as results CSVs, which render into a page
+    from hierot.results import read_results, render_table
+
+    meta, columns, rows = read_results(tmp_path / "sweep" / "means.csv")
+    assert meta["command"].startswith("python ") and columns[0] == "method"
+    assert [r["method"] for r in rows] == ["flat (CE only)", "fastft", "l2"]
+    assert "| method - flat (CE only) |" in render_table(tmp_path / "sweep" / "paired.csv")

@@ -127,10 +127,11 @@ def test_runs_started_at_the_same_instant_get_their_own_directories(tmp_path):
 
 def test_the_results_table_names_every_column(tmp_path):
     rows = [{"fault": "x", "injected": 1, "detail": "d"}]
-    faults.write_results(rows, tmp_path, "python scripts/fault_injection.py")
+    faults.write_page(rows, tmp_path, "python scripts/fault_injection.py")
     table = (tmp_path / "reliability.md").read_text()
     assert "| x | 1 |" in table and "torch " in table
-    assert (tmp_path / "reliability.csv").read_text().startswith("fault,injected,resumed")
+    lines = (tmp_path / "reliability.csv").read_text().splitlines()
+    assert lines[0].startswith("# machine: ") and f"{','.join(faults.COLUMNS)}" in lines
 
 
 def test_logged_step_reads_the_last_training_step(tmp_path):
