@@ -21,6 +21,7 @@ from hierot.config import (
 from hierot.errors import ConfigError
 
 
+@pytest.mark.slow  # composes every option of every group
 def test_every_group_option_is_shipped_and_composes():
     # a new option (one yaml) is picked up here without editing this test
     groups = sorted(

@@ -74,6 +74,7 @@ def test_ordering_properties(seed):
 
 # At reg 0.02 one pair stops a little short of tol=1e-10 after 50 000 iterations
 # (marginal error ~1e-8); the gaps asserted are far larger than that.
+@pytest.mark.slow  # 50 000 iterations at the smallest reg
 @pytest.mark.filterwarnings("ignore:sinkhorn. 1 of .* did not converge:RuntimeWarning")
 def test_sinkhorn_tends_to_emd_as_reg_shrinks():
     z, y = multimodal_batch(seed=5)
