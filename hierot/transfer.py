@@ -144,7 +144,7 @@ def fit_head(
         optimizer.step()
         schedule.step()
         if epoch % every == 0 or epoch == epochs:
-            log.info("linear head: epoch %d/%d, loss %.4f", epoch, epochs, float(loss))
+            log.info("linear head: epoch %d/%d, loss %.4f", epoch, epochs, float(loss.detach()))
     return linear
 
 
