@@ -75,6 +75,47 @@ def check_command(command: str) -> None:
             run_checks(cfg, "evaluate")
 
 
+SCRIPT = re.compile(r"python (scripts/\w+\.py)\b(.*)")
+
+
+def script_commands() -> list[tuple[str, str]]:
+    """(page, command line) of every ``python scripts/...`` command in the docs."""
+    found = []
+    for page in PAGES:
+        text = re.sub(r"<!-- table: .*?<!-- end table -->", "", page.read_text(), flags=re.S)
+        lines = fenced_commands_of(text, "python scripts/") + re.findall(
+            r"`(python scripts/[^`]+)`", text
+        )
+        for command in dict.fromkeys(" ".join(c.split()) for c in lines):
+            found.append((str(page.relative_to(ROOT)), command))
+    return found
+
+
+def fenced_commands_of(text: str, prefix: str) -> list[str]:
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith(prefix):
+                commands.append(line)
+    return commands
+
+
+@pytest.mark.slow  # one process per command
+@pytest.mark.parametrize(("page", "command"), script_commands())
+def test_every_script_command_line_in_the_docs_parses(page, command):
+    # --help after the options: argparse judges every option before it and exits 0, so a
+    # renamed or removed option fails here; arguments after "--" are the jobs' own
+    script, rest = SCRIPT.match(command).groups()  # type: ignore[union-attr]
+    args = shlex.split(rest)
+    cut = args.index("--") if "--" in args else len(args)
+    run = subprocess.run(
+        [sys.executable, script, *args[:cut], "--help", *args[cut:]],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 @pytest.mark.slow  # about 80 compositions: the docs lane, not the everyday one
 @pytest.mark.parametrize(("page", "command"), commands())
 def test_every_command_line_in_the_docs_passes_the_config_check(page, command):
