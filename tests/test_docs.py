@@ -87,7 +87,8 @@ def script_commands() -> list[tuple[str, str]]:
             r"`(python scripts/[^`]+)`", text
         )
         for command in dict.fromkeys(" ".join(c.split()) for c in lines):
-            found.append((str(page.relative_to(ROOT)), command))
+            if SCRIPT.match(command):  # not prose such as `python scripts/...`
+                found.append((str(page.relative_to(ROOT)), command))
     return found
 
 
