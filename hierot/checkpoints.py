@@ -129,15 +129,21 @@ def run_config(ckpt: Path) -> DictConfig | None:
     return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
 
 
+def saved_config(ckpt: str | Path) -> tuple[Path, DictConfig]:
+    """The checked checkpoint path and its run's ``config.yaml``; a one-line error when the
+    checkpoint is not one or sits outside its run."""
+    path = check_checkpoint(ckpt, "ckpt")
+    cfg = run_config(path)
+    if cfg is None:
+        raise ConfigError(f"ckpt: {path} has no config.yaml of its run (<run>/checkpoints/)")
+    return path, cfg
+
+
 def run_datamodule(ckpt: str | Path) -> HierarchyDataModule:
     """The data module of the checkpoint's run, from its ``config.yaml``: cheap (it reads
     no file until its tree or images are asked for); ``normalize`` turns images into the
     model's input."""
-    ckpt = check_checkpoint(ckpt, "ckpt")
-    cfg = run_config(ckpt)
-    if cfg is None:
-        raise ConfigError(f"ckpt: {ckpt} has no config.yaml of its run (<run>/checkpoints/)")
-    return instantiate(cfg.data, _convert_="all")
+    return instantiate(saved_config(ckpt)[1].data, _convert_="all")
 
 
 def load_trained(ckpt: str | Path, device: str | torch.device = "cpu") -> HierarchyModule:
@@ -148,10 +154,7 @@ def load_trained(ckpt: str | Path, device: str | torch.device = "cpu") -> Hierar
     ``module(x)`` maps images normalized as the run's data are
     (``run_datamodule(ckpt).normalize(images)``) to ``((B, d) features, (B, K) logits)``;
     logit ``i`` is the class ``run_hierarchy(ckpt).leaves[i]``."""
-    ckpt = check_checkpoint(ckpt, "ckpt")
-    cfg = run_config(ckpt)
-    if cfg is None:
-        raise ConfigError(f"ckpt: {ckpt} has no config.yaml of its run (<run>/checkpoints/)")
+    ckpt, cfg = saved_config(ckpt)
     unloaded = {"pretrained": False, "weights": None}  # the checkpoint's weights replace them
     node = OmegaConf.merge(cfg.backbone, {k: v for k, v in unloaded.items() if k in cfg.backbone})
     backbone = instantiate(node, _convert_="all")

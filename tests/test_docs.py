@@ -23,31 +23,35 @@ PAGES = [p for p in PAGES if "_build" not in p.parts and "generated" not in p.pa
 ENTRY = re.compile(r"python -m hierot\.(train|evaluate|transfer)\b(.*)")
 
 
-def fenced_commands(text: str) -> list[str]:
-    """Command lines of the ``bash`` blocks (continuations joined, comments dropped)."""
+def fenced_commands(text: str, prefix: str) -> list[str]:
+    """Command lines starting with ``prefix`` in the ``bash`` blocks (continuations joined,
+    comments dropped)."""
     commands = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
-            if line.startswith("python -m hierot."):
+            if line.startswith(prefix):
                 commands.append(line)
     return commands
 
 
-def inline_commands(text: str) -> list[str]:
-    return re.findall(r"`(python -m hierot\.[^`]+)`", text)
-
-
-def commands() -> list[tuple[str, str]]:
-    """(page, command line) of every train, evaluate and transfer command in the docs."""
+def documented_commands(prefix: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    """(page, command line) of every command starting with ``prefix``, in a ``bash`` block
+    or inline, that ``pattern`` matches (not prose such as `python scripts/...`)."""
     found = []
     for page in PAGES:
         # a rendered results table records the command that measured it, not one to type
         text = re.sub(r"<!-- table: .*?<!-- end table -->", "", page.read_text(), flags=re.S)
-        for command in dict.fromkeys(fenced_commands(text) + inline_commands(text)):
-            if ENTRY.match(command):
-                found.append((str(page.relative_to(ROOT)), " ".join(command.split())))
+        lines = fenced_commands(text, prefix) + re.findall(rf"`({re.escape(prefix)}[^`]+)`", text)
+        for command in dict.fromkeys(" ".join(c.split()) for c in lines):
+            if pattern.match(command):
+                found.append((str(page.relative_to(ROOT)), command))
     return found
+
+
+def commands() -> list[tuple[str, str]]:
+    """Every train, evaluate and transfer command in the docs."""
+    return documented_commands("python -m hierot.", ENTRY)
 
 
 def check_command(command: str) -> None:
@@ -79,27 +83,8 @@ SCRIPT = re.compile(r"python (scripts/\w+\.py)\b(.*)")
 
 
 def script_commands() -> list[tuple[str, str]]:
-    """(page, command line) of every ``python scripts/...`` command in the docs."""
-    found = []
-    for page in PAGES:
-        text = re.sub(r"<!-- table: .*?<!-- end table -->", "", page.read_text(), flags=re.S)
-        lines = fenced_commands_of(text, "python scripts/") + re.findall(
-            r"`(python scripts/[^`]+)`", text
-        )
-        for command in dict.fromkeys(" ".join(c.split()) for c in lines):
-            if SCRIPT.match(command):  # not prose such as `python scripts/...`
-                found.append((str(page.relative_to(ROOT)), command))
-    return found
-
-
-def fenced_commands_of(text: str, prefix: str) -> list[str]:
-    commands = []
-    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #", 1)[0].strip()
-            if line.startswith(prefix):
-                commands.append(line)
-    return commands
+    """Every ``python scripts/...`` command in the docs."""
+    return documented_commands("python scripts/", SCRIPT)
 
 
 @pytest.mark.slow  # one process per command

@@ -143,6 +143,11 @@ class CifarDataModule(HierarchyDataModule):
             reason = " ".join(str(e).split()) or type(e).__name__
             raise DataError(f"data.download: {release.url} into {root} failed ({reason})") from None
 
+    def _release_folder(self) -> Path:
+        """The release's folder under ``root``, downloaded first with ``download``."""
+        self.prepare_data()
+        return _root(self.root, self.folder_name)
+
     def _tree(
         self, classes: list[str], default: Hierarchy, every: Sequence[str] | None = None
     ) -> Hierarchy:
@@ -241,8 +246,7 @@ class Cifar100DataModule(CifarDataModule):
     def read_metadata(self) -> Hierarchy:
         """The class names (``meta``) and each class's superclass, read off the training
         labels (the training file is unpickled for them; its images are left unused)."""
-        self.prepare_data()
-        self.folder = _root(self.root, CIFAR100_FOLDER)
+        self.folder = self._release_folder()
         meta = read_pickle(
             self.folder / "meta", self.what, ["fine_label_names", "coarse_label_names"]
         )
@@ -347,8 +351,7 @@ class Cifar10DataModule(CifarDataModule):
 
     def read_metadata(self) -> Hierarchy:
         """The class names (``batches.meta``) and the tree over them."""
-        self.prepare_data()
-        self.folder = folder = _root(self.root, CIFAR10_FOLDER)
+        self.folder = folder = self._release_folder()
         meta = read_pickle(folder / "batches.meta", self.what, ["label_names"])
         every = _names(meta["label_names"])
         unknown = [c for c in self.target_classes if c not in every]
