@@ -2,7 +2,7 @@
 
 # Importing the components registers them: their distances, objectives and config checks
 # (``hierot.checks``), which the config check runs without importing any component.
-from hierot import data, metrics, models, objectives, resume, stopping  # noqa: F401
+from hierot import data, metrics, models, objectives, resume, speed, stopping  # noqa: F401
 from hierot.checkpoints import load_trained, run_datamodule
 from hierot.cpcc import CPCCLoss, cpcc
 from hierot.distances import class_distances, list_distances, register_distance

@@ -45,13 +45,18 @@ def pearson(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _check_labels(classes: torch.Tensor, tree_dist: torch.Tensor) -> None:
-    k = classes.numel()
-    if k and int(classes[-1]) >= tree_dist.shape[0]:
-        raise ValueError(
-            f"label {int(classes[-1])} is outside the hierarchy's {tree_dist.shape[0]} classes"
-        )
-    if k and int(classes[0]) < 0:
-        raise ValueError(f"label {int(classes[0])} is negative")
+    """Labels (sorted ``classes``) within the tree's classes, checked on the device: a GPU
+    asserts without the host waiting (a failure ends the process); on the CPU a failure
+    names the label."""
+    k, size = classes.numel(), tree_dist.shape[0]
+    if k == 0:
+        return
+    try:
+        torch._assert_async((classes[0] >= 0) & (classes[-1] < size), "label out of range")
+    except RuntimeError:
+        label = int(classes[0]) if int(classes[0]) < 0 else int(classes[-1])
+        where = "negative" if label < 0 else f"outside the hierarchy's {size} classes"
+        raise ValueError(f"label {label} is {where}") from None
 
 
 def present_tree_distances(

@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -65,6 +66,40 @@ def progress_bar_wanted(setting: bool | None) -> bool:
     return sys.stdout.isatty() if setting is None else bool(setting)
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the training loss and CPCC as last logged: read from
+    the device every ``log_every_n_steps`` steps, as the logger reads them (a metric logged
+    with ``prog_bar=True`` is read every step, which makes a GPU wait)."""
+
+    SHOWN = ("train/loss", "train/cpcc")
+
+    def __init__(self, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self._shown: dict[str, float] = {}
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        every = trainer.log_every_n_steps
+        if every and trainer.global_step % every == 0:
+            logged = trainer.callback_metrics
+            shown = [k for k in self.SHOWN if k in logged]
+            if shown:
+                values = torch.stack([logged[k].detach().reshape(()) for k in shown]).tolist()
+                self._shown = dict(zip(shown, values))
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        return {**super().get_metrics(trainer, pl_module), **self._shown}
+
+
 def format_metrics(metrics: Mapping[str, object]) -> str:
     parts = []
     for key in sorted(metrics):
@@ -83,7 +118,7 @@ class EpochLog(L.Callback):
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, torch.Tensor] = {}
         self._batches = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -105,10 +140,12 @@ class EpochLog(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object
     ) -> None:
+        # Summed on the device: read once, at the end of the epoch.
         self._batches += 1
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/") and value.numel() == 1:
-                self._sums[key] = self._sums.get(key, 0.0) + float(value)
+                value = value.detach().reshape(())
+                self._sums[key] = self._sums[key] + value if key in self._sums else value
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
@@ -117,7 +154,9 @@ class EpochLog(L.Callback):
         metrics: dict[str, object] = {
             k: v for k, v in trainer.callback_metrics.items() if not k.startswith("train/")
         }
-        metrics.update({k: v / max(self._batches, 1) for k, v in self._sums.items()})
+        if self._sums:
+            means = (torch.stack(list(self._sums.values())).double() / self._batches).tolist()
+            metrics.update(zip(self._sums, means))
         log.info(
             "epoch %d/%d (%.0f s): %s",
             trainer.current_epoch + 1,

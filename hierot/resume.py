@@ -55,6 +55,10 @@ class AtStepEnds(L.Callback):
     never between an epoch's last step and its validation, which a run resumed from there
     would skip."""
 
+    # Under DDP ``due`` is a collective (the ranks agree): asked every this many steps,
+    # and after every epoch.
+    poll_every: int = 1
+
     def due(self, trainer: L.Trainer) -> bool:
         raise NotImplementedError
 
@@ -62,7 +66,11 @@ class AtStepEnds(L.Callback):
         raise NotImplementedError
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not epoch_trained(trainer) and self.due(trainer):
+        if epoch_trained(trainer):
+            return
+        if trainer.world_size > 1 and trainer.global_step % self.poll_every:
+            return
+        if self.due(trainer):
             self.act(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -73,10 +81,18 @@ class AtStepEnds(L.Callback):
 class PeriodicCheckpoint(AtStepEnds):
     """Saves ``path`` (a full, resumable checkpoint) every ``every_n_steps`` optimizer steps
     and every ``every_minutes`` minutes of training, whichever comes first (None: never).
-    A kill loses at most one interval of work."""
+    A kill loses at most one interval of work. Under DDP rank 0's clock decides, asked
+    every ``poll_every`` steps."""
 
-    def __init__(self, path: Path, every_n_steps: int | None, every_minutes: float | None):
+    def __init__(
+        self,
+        path: Path,
+        every_n_steps: int | None,
+        every_minutes: float | None,
+        poll_every: int = 1,
+    ):
         self.path = Path(path)
+        self.poll_every = poll_every
         self.every_n_steps = every_n_steps
         self.every_seconds = None if every_minutes is None else 60.0 * every_minutes
         self._step = 0

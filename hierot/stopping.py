@@ -86,10 +86,18 @@ def requeue_slurm_job() -> bool:
 class GracefulStop(AtStepEnds):
     """Stops training at the end of the step in which one of ``signals`` arrived, after
     saving ``path``; raises ``Interrupted``. Under DDP a signal to any rank stops every rank
-    at the same step. ``requeue``: requeue the SLURM job after saving (see the module)."""
+    at the same step, within ``poll_every`` steps (the ranks agree in a collective).
+    ``requeue``: requeue the SLURM job after saving (see the module)."""
 
-    def __init__(self, path: Path, signals: Any = DEFAULT_SIGNALS, requeue: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        signals: Any = DEFAULT_SIGNALS,
+        requeue: bool = True,
+        poll_every: int = 1,
+    ):
         self.path = Path(path)
+        self.poll_every = poll_every
         self.signals = parse_signals(signals)
         self.requeue = requeue
         self.received: int | None = None

@@ -34,7 +34,7 @@ from hierot.config import (
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError, DiskFull, Diverged, Interrupted, RunStopped, user_message
 from hierot.hierarchy import Hierarchy
-from hierot.logs import EpochLog, progress_bar_wanted
+from hierot.logs import EpochLog, ProgressBar, progress_bar_wanted
 from hierot.models import HierarchyModule
 from hierot.objectives import check_objective_config
 from hierot.report import format_table, write_metrics
@@ -45,6 +45,7 @@ from hierot.resume import (
     latest_checkpoint,
     resume_path,
 )
+from hierot.speed import apply_speed
 from hierot.stopping import GracefulStop
 from hierot.sweep import record_failure
 from hierot.writes import write_json
@@ -86,9 +87,10 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         trainer_kwargs["enable_checkpointing"] = False  # type: ignore[index]
     callbacks += resume_callbacks(cfg)
-    trainer_kwargs["enable_progress_bar"] = progress_bar_wanted(  # type: ignore[index]
-        trainer_kwargs.get("enable_progress_bar")  # type: ignore[union-attr]
-    )
+    bar = progress_bar_wanted(trainer_kwargs.get("enable_progress_bar"))  # type: ignore[union-attr]
+    trainer_kwargs["enable_progress_bar"] = bar  # type: ignore[index]
+    if bar:
+        callbacks.append(ProgressBar())
     try:
         trainer = L.Trainer(
             **trainer_kwargs,  # type: ignore[arg-type]
@@ -99,6 +101,7 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
         )
     except (ValueError, TypeError, MisconfigurationException, ModuleNotFoundError) as e:
         raise ConfigError(f"trainer: {one_line(e)}") from None
+    apply_speed(cfg.speed, model, trainer)
     return datamodule, model, trainer
 
 
@@ -132,9 +135,10 @@ def resume_callbacks(cfg: DictConfig) -> list[L.Callback]:
     ``checkpoints/resume.ckpt``, from the ``checkpoint`` section."""
     node = cfg.checkpoint
     path = Path(cfg.output_dir) / "checkpoints" / RESUME_NAME
+    poll = cfg.speed.check_every_n_steps
     return [
-        PeriodicCheckpoint(path, node.get("every_n_steps"), node.get("every_minutes")),
-        GracefulStop(path, node.get("stop_signals", ()), node.get("requeue", True)),
+        PeriodicCheckpoint(path, node.get("every_n_steps"), node.get("every_minutes"), poll),
+        GracefulStop(path, node.get("stop_signals", ()), node.get("requeue", True), poll),
     ]
 
 

@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -207,8 +208,8 @@ def sigterm(out: Path, extra: Sequence[str], name: str = "SIGTERM", seed: int = 
 
 def divergence(out: Path, extra: Sequence[str], cause: str = "optimizer.lr=1e4") -> dict:
     """``cause`` (a learning rate or a CPCC weight far too high): the first non-finite loss
-    stops the run; the checkpoint of the step before it (saved every step here) is intact
-    and finite."""
+    stops the run; the checkpoint of the step before it (saved every step here, and each
+    save first reads the divergence record) is intact and finite."""
     run_dir = out / f"divergence_{cause.split('=')[0].replace('.', '_')}"
     rc = wait(start(run_dir, *RUN, *extra, cause, "checkpoint.every_n_steps=1"))
     line = last_error(run_dir)
@@ -216,7 +217,9 @@ def divergence(out: Path, extra: Sequence[str], cause: str = "optimizer.lr=1e4")
     checkpoint = torch.load(result["resume_checkpoint"], map_location="cpu", weights_only=False)
     finite = all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
     assert rc == 1 and result["status"] == "diverged" and "diverged at step" in line, line
-    assert checkpoint["global_step"] == result["steps"] and finite
+    # the checkpoint is the last one before the step whose loss was not finite
+    bad_step = int(re.search(r"diverged at step (\d+)", line).group(1))  # the first of a range
+    assert checkpoint["global_step"] == bad_step and finite, (checkpoint["global_step"], line)
     return {
         "fault": f"non-finite loss ({cause})",
         "injected": 1,

@@ -18,6 +18,7 @@ def test_each_component_registers_its_own_check():
         "hierot.models.backbones",
         "hierot.objectives.registry",
         "hierot.resume",
+        "hierot.speed",
         "hierot.stopping",
     }
 
@@ -45,6 +46,9 @@ def test_a_new_components_check_runs_with_the_others(monkeypatch):
         ("objective.name=nope", r"^objective\.name: unknown objective 'nope'"),
         ("checkpoint.save_last=yes", r"^checkpoint\.save_last must be true or false"),
         ("checkpoint.requeue=1", r"^checkpoint\.requeue must be true or false, got 1$"),
+        ("speed.compile=maybe", r"^speed\.compile must be true, false or auto, got 'maybe'$"),
+        ("speed.matmul_precision=low", r"^speed\.matmul_precision must be one of auto, highest"),
+        ("speed.check_every_n_steps=0", r"^speed\.check_every_n_steps must be an integer >= 1"),
     ],
 )
 def test_each_registered_check_is_run(override, message):

@@ -20,6 +20,7 @@ from hierot.data.sampling import ResumableSampler, rng_states, set_rng_states
 from hierot.errors import ConfigError, DiskFull, Diverged
 from hierot.resume import RESUME_NAME, resume_path
 from hierot.stopping import parse_signals
+from hierot.syncs import SyncCounter
 from hierot.writes import write_atomic
 
 
@@ -231,20 +232,32 @@ def make_module():
     )
 
 
-def test_non_finite_loss_names_the_term_and_takes_no_step():
+def test_a_non_finite_loss_is_recorded_on_the_device_and_raised_at_the_next_read():
     module = make_module()
     one = torch.tensor(1.0)
     nan = torch.tensor(float("nan"))
     x = torch.zeros(2, 3, 4, 4)
-    module._check_finite(one, one, one, x, 0)  # finite: nothing happens
-    with pytest.raises(Diverged, match=r"step 0 .*batch 3\): cpcc not finite \(ce 1, cpcc nan\)"):
+    module._check_finite(one, one, one, x, 0)
+    module.raise_if_diverged()  # finite: nothing happens
+    with SyncCounter() as syncs:  # the step's check reads nothing
         module._check_finite(nan, one, nan, x, 3)
-    with pytest.raises(Diverged, match=r"ce not finite .*non-finite pixels"):
-        module._check_finite(nan, nan, None, torch.full((2, 3, 4, 4), float("inf")), 0)
+        module._check_finite(one, one, one, x, 4)  # a later good step keeps the first
+    assert syncs.total == 0
+    with pytest.raises(Diverged, match=r"step 0 .*batch 3\): cpcc not finite \(ce 1, cpcc nan\)"):
+        module.raise_if_diverged()
+    module = make_module()
+    module._check_finite(nan, nan, None, torch.full((2, 3, 4, 4), float("inf")), 0)
+    with pytest.raises(Diverged, match=r"ce not finite \(ce nan\); .*non-finite pixels"):
+        module.raise_if_diverged()
     # a finite loss, but the forward pass overflowed a batch-norm statistic
+    module = make_module()
+    module._check_finite(one, one, one, x, 0)
     module.backbone.bn1.running_var[0] = float("inf")
     with pytest.raises(Diverged, match=r"backbone.bn1.running_var not finite \(1 statistics"):
-        module._check_finite(one, one, one, x, 0)
+        module.raise_if_diverged()
+    # and no checkpoint is made of such weights
+    with pytest.raises(Diverged):
+        module.on_save_checkpoint({})
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from hierot.distances.pairwise import (
@@ -48,6 +49,7 @@ class ClassBatch:
         pair_a, pair_b: (P,) class positions of the pairs a < b this batch holds, in
             ``torch.triu_indices(k, k, 1)`` order (all of them, or one chunk's).
         memory_bytes: the budget the distance functions stay within.
+        sizes: (k,) ``counts`` on the host (numpy); span: the pairs held, ``[lo, hi)``.
     """
 
     z: torch.Tensor
@@ -59,6 +61,12 @@ class ClassBatch:
     pair_a: torch.Tensor
     pair_b: torch.Tensor
     memory_bytes: int = int(DEFAULT_MEMORY_MB * 2**20)
+    # The host's copy of ``counts`` (the one value read of a batch: ``group_by_class``), and
+    # the range ``[lo, hi)`` of the pairs this batch holds, in ``triu_indices`` order: every
+    # size that the data decides (padding, coupling lengths, chunk cuts) is read from them,
+    # so the distances queue their kernels without waiting for the device.
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    span: tuple[int, int] = (0, 0)
     # Shared by a batch and its chunks (dataclasses.replace passes the same dict on): the
     # B x B sample distances are computed once for all chunks.
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -70,6 +78,35 @@ class ClassBatch:
     @property
     def num_classes(self) -> int:
         return self.classes.numel()
+
+    @property
+    def host_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pair_a, pair_b)`` on the host (numpy), computed there from ``span``."""
+        if self._cache.get("host_span") != self.span:
+            self._cache["host_pairs"] = host_triu_pairs(self.num_classes, *self.span)
+            self._cache["host_span"] = self.span
+        return self._cache["host_pairs"]
+
+    @property
+    def pad(self) -> int:
+        """N: the largest class among this batch's pairs (the padded width of their
+        tables), read on the host."""
+        if self.num_pairs == 0:
+            return 0
+        if self.span == (0, self.total_pairs):
+            return int(self.sizes.max())
+        a, b = self.host_pairs
+        return int(max(self.sizes[a].max(), self.sizes[b].max()))
+
+    def span_rows(self) -> tuple[int, int]:
+        """The first and last class position ``a`` of this batch's pairs, on the host."""
+        a = self.host_pairs[0]
+        return int(a[0]), int(a[-1])
+
+    def pair_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) sample counts of each pair's two classes, on the host."""
+        a, b = self.host_pairs
+        return self.sizes[a], self.sizes[b]
 
     @property
     def total_pairs(self) -> int:
@@ -108,7 +145,7 @@ class ClassBatch:
         """(P, N, N) ground costs between the samples of each pair's classes, with gradient,
         0 on padding (rows beyond ``counts[pair_a]``, columns beyond ``counts[pair_b]``).
         N is the largest class of this batch's pairs."""
-        n = int(torch.maximum(self.counts[self.pair_a], self.counts[self.pair_b]).max())
+        n = self.pad
         ma, mb = self.members[self.pair_a, :n], self.members[self.pair_b, :n]
         valid = self.mask[self.pair_a, :n, None] & self.mask[self.pair_b, None, :n]
         if self.dense_fits:
@@ -141,51 +178,44 @@ class ClassBatch:
         if memory is None or k < 2:
             yield all_pairs(self)
             return
-        device = self.counts.device
         # what the pairs may use beside the B x B matrix, if there is one
         budget = self.memory_bytes - (self.dense_bytes if self.dense_fits else 0)
         budget = max(budget, self.memory_bytes // 4)
-        # A training batch fits at once by far: skip the per-row sums (a dozen small ops that
-        # are a visible part of a step at B = 512).
-        n = float(self.counts.max())
+        # A training batch fits at once by far: skip the per-row sums.
+        n = float(self.sizes.max())
         per_pair = memory.entry * n * n + (memory.sample + memory.coupling) * 2 * n + memory.pair
         if self.total_pairs * per_pair <= budget:
             yield all_pairs(self)
             return
-        # Per row a (the pairs (a, b), b > a): how many pairs, and a bound on their bytes.
-        counts = self.counts
-        rows = torch.arange(k - 1, 0, -1, device=device).double()
-        rows = torch.cat([rows, rows.new_zeros(1)])
-        suffix_max = counts.flip(0).cummax(0).values.flip(0)
-        later_max = torch.cat([suffix_max[1:], suffix_max.new_zeros(1)])
-        pad = torch.maximum(counts, later_max).double()
-        later_sum = (counts.flip(0).cumsum(0).flip(0) - counts).double()
+        # Per row a (the pairs (a, b), b > a): how many pairs, and a bound on their bytes;
+        # on the host (numpy), where the cuts are used.
+        counts = self.sizes.astype(np.float64)
+        rows = np.append(np.arange(k - 1, 0, -1, dtype=np.float64), 0.0)
+        suffix_max = np.maximum.accumulate(counts[::-1])[::-1]
+        pad = np.maximum(counts, np.append(suffix_max[1:], 0.0))
+        later_sum = np.cumsum(counts[::-1])[::-1] - counts
         row_bytes = rows * (
             memory.entry * pad**2 + memory.sample * 2 * pad + memory.pair
-        ) + memory.coupling * (rows * counts.double() + later_sum)
+        ) + memory.coupling * (rows * counts + later_sum)
         total = float(row_bytes.sum())
         if total <= budget:
             yield all_pairs(self)
             return
         # Cut the cumulative bytes at multiples of the budget, spreading each row's bytes
         # evenly over its pairs.
-        row_start = torch.cumsum(rows, 0) - rows
-        cum_bytes = torch.cumsum(row_bytes, 0)
-        n_chunks = int(total // budget) + 1
-        marks = torch.arange(1, n_chunks, device=device, dtype=torch.float64) * budget
-        row = torch.searchsorted(cum_bytes, marks, right=True).clamp_max(k - 1)
-        before = torch.where(row > 0, cum_bytes[(row - 1).clamp_min(0)], torch.zeros_like(marks))
-        inside = ((marks - before) / row_bytes[row].clamp_min(1e-30) * rows[row]).floor()
-        cuts = (row_start[row] + inside.clamp(0, None)).long()
-        bounds = torch.unique(torch.cat([cuts, torch.tensor([0, self.total_pairs])]))
-        starts = row_start.long()
+        row_start = np.cumsum(rows) - rows
+        cum_bytes = np.cumsum(row_bytes)
+        marks = np.arange(1, int(total // budget) + 1, dtype=np.float64) * budget
+        row = np.minimum(np.searchsorted(cum_bytes, marks, side="right"), k - 1)
+        before = np.where(row > 0, cum_bytes[np.maximum(row - 1, 0)], 0.0)
+        inside = np.floor((marks - before) / np.maximum(row_bytes[row], 1e-30) * rows[row])
+        cuts = (row_start[row] + np.maximum(inside, 0)).astype(np.int64)
+        bounds = np.unique(np.concatenate([cuts, [0, self.total_pairs]]))
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             if hi <= lo:
                 continue
-            p = torch.arange(lo, hi, device=device)
-            a = torch.searchsorted(starts, p, right=True) - 1
-            b = a + 1 + (p - starts[a])
-            yield dataclasses.replace(self, pair_a=a, pair_b=b)
+            a, b = triu_pairs(k, lo, hi, self.z.device)
+            yield dataclasses.replace(self, pair_a=a, pair_b=b, span=(lo, hi))
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -211,26 +241,62 @@ def group_by_class(
     check_memory(memory_mb)
     z = z.to(compute_dtype(z.dtype))
     y = y.to(device=z.device, dtype=torch.long)
-    classes, inverse, counts = torch.unique(y, sorted=True, return_inverse=True, return_counts=True)
-    k = classes.numel()
-    n_max = int(counts.max()) if k else 0
-    order = torch.argsort(inverse, stable=True)
+    device, size = z.device, y.numel()
+    # Sorted (stably, so each class keeps batch order), the samples of a class are a run;
+    # run g's length is counts_all[g] (0 beyond the k runs), found without a sync.
+    sorted_y, order = torch.sort(y, stable=True)
+    starts_run = torch.ones(size, dtype=torch.bool, device=device)
+    starts_run[1:] = sorted_y[1:] != sorted_y[:-1]
+    group = torch.cumsum(starts_run, 0) - 1  # (B,) class position of each sorted sample
+    ids = torch.arange(size, device=device)
+    counts_all = torch.searchsorted(group, ids, right=True) - torch.searchsorted(group, ids)
+    # The one value read of a batch: which classes it holds and how many samples each, the
+    # sizes of everything after (a GPU waits here once per batch).
+    sizes = counts_all.cpu().numpy()
+    k = int(np.count_nonzero(sizes))
+    sizes, counts = sizes[:k], counts_all[:k]
+    n_max = int(sizes.max()) if k else 0
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(y.numel(), device=z.device) - starts[inverse[order]]
-    members = torch.zeros(k, n_max, dtype=torch.long, device=z.device)
-    members[inverse[order], rank] = order
-    mask = torch.arange(n_max, device=z.device) < counts[:, None]
+    classes = sorted_y[starts]
+    inverse = torch.empty_like(group)
+    inverse[order] = group
+    members = torch.zeros(k, n_max, dtype=torch.long, device=device)
+    members[group, ids - starts[group]] = order
+    mask = torch.arange(n_max, device=device) < counts[:, None]
     # The full pair list is built lazily per chunk: k = 10 000 classes have 5e7 pairs.
-    empty = torch.zeros(0, dtype=torch.long, device=z.device)
+    empty = torch.zeros(0, dtype=torch.long, device=device)
     memory_bytes = int(memory_mb * 2**20)
-    return ClassBatch(z, inverse, classes, counts, members, mask, empty, empty, memory_bytes)
+    return ClassBatch(
+        z, inverse, classes, counts, members, mask, empty, empty, memory_bytes, sizes=sizes
+    )
+
+
+def host_triu_pairs(k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """``triu_pairs`` on the host, as numpy arrays."""
+    starts = np.cumsum(np.arange(k - 1, 0, -1)) - np.arange(k - 1, 0, -1)
+    p = np.arange(lo, hi)
+    a = np.searchsorted(starts, p, side="right") - 1
+    return a, a + 1 + (p - starts[a])
+
+
+def triu_pairs(k: int, lo: int, hi: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)``: the pairs ``lo .. hi - 1`` of ``torch.triu_indices(k, k, 1)``, (hi - lo,)
+    each, without the others."""
+    if (lo, hi) == (0, k * (k - 1) // 2):
+        pair_a, pair_b = torch.triu_indices(k, k, 1, device=device)
+        return pair_a, pair_b
+    rows = torch.arange(k - 1, 0, -1, device=device)
+    starts = torch.cumsum(rows, 0) - rows
+    p = torch.arange(lo, hi, device=device)
+    a = torch.searchsorted(starts, p, right=True) - 1
+    return a, a + 1 + (p - starts[a])
 
 
 def all_pairs(batch: ClassBatch) -> ClassBatch:
     """``batch`` holding every pair (k (k - 1) / 2 of them), in one piece."""
     k = batch.num_classes
     pair_a, pair_b = torch.triu_indices(k, k, 1, device=batch.z.device)
-    return dataclasses.replace(batch, pair_a=pair_a, pair_b=pair_b)
+    return dataclasses.replace(batch, pair_a=pair_a, pair_b=pair_b, span=(0, batch.total_pairs))
 
 
 def check_memory(memory_mb: object) -> None:

@@ -44,8 +44,8 @@ def _solve(
 
 def emd_plans(
     cost: torch.Tensor,
-    n_a: torch.Tensor,
-    n_b: torch.Tensor,
+    n_a: torch.Tensor | np.ndarray,
+    n_b: torch.Tensor | np.ndarray,
     max_iter: int = 100_000,
     num_threads: int | None = None,
     weights_a: torch.Tensor | None = None,
@@ -55,12 +55,14 @@ def emd_plans(
     and ``n_b[p]`` columns, with uniform weights or ``weights_a`` (P, N) and ``weights_b``
     (P, M); returns (P, N, M) plans on ``cost``'s device.
 
-    Only the costs go to host memory; the solver runs in C++ without the GIL, so chunks of
-    pairs are solved on ``num_threads`` threads (default: torch's intra-op thread count).
+    ``n_a``, ``n_b`` may be host arrays (``ClassBatch.pair_sizes``). Only the costs go to
+    host memory (POT's network simplex runs on the CPU: a GPU waits for them); the solver
+    runs in C++ without the GIL, so chunks of pairs are solved on ``num_threads`` threads
+    (default: torch's intra-op thread count).
     """
-    host = cost.detach().to("cpu", torch.float64).numpy()
-    na = n_a.cpu().numpy()
-    nb = n_b.cpu().numpy()
+    host = cost.detach().cpu().to(torch.float64).numpy()  # the host waits here, once
+    na = n_a.cpu().numpy() if isinstance(n_a, torch.Tensor) else np.asarray(n_a)
+    nb = n_b.cpu().numpy() if isinstance(n_b, torch.Tensor) else np.asarray(n_b)
     wa = wb = None
     if weights_a is not None and weights_b is not None:
         wa = weights_a.detach().to("cpu", torch.float64).numpy()
@@ -100,13 +102,13 @@ def emd_distance(
 ) -> torch.Tensor:
     """Exact W1 between the classes' distributions over their samples (``weights``: see
     ``hierot.distances.weights``), ``ot.emd2`` per pair; (P,). Envelope gradient: the plan
-    is a constant, ``sum(P * M)`` carries the gradient."""
+    is a constant, ``sum(P * M)`` carries the gradient. The host waits for the devices
+    once more than the other distances: for the cost matrices, which POT's solver reads on
+    the CPU."""
     cost = batch.pair_cost_matrices()
     w_a = w_b = None
     if weights != "uniform":
         w_a, w_b = pair_weights(batch, weights, cost.shape[1])
-    plans = emd_plans(
-        cost, batch.counts[batch.pair_a], batch.counts[batch.pair_b], max_iter=max_iter,
-        weights_a=w_a, weights_b=w_b,
-    )  # fmt: skip
+    n_a, n_b = batch.pair_sizes()
+    plans = emd_plans(cost, n_a, n_b, max_iter=max_iter, weights_a=w_a, weights_b=w_b)
     return (plans * cost).sum(dim=(1, 2))

@@ -37,10 +37,11 @@ def fastft_distance(batch: ClassBatch, weights: str = "uniform") -> torch.Tensor
     marginals are not the weights. Here any weights give the north-west-corner plan."""
     pa, pb = batch.pair_a, batch.pair_b
     if weights == "uniform":
-        pair, r, s, mass = monotone_coupling(batch.counts[pa], batch.counts[pb], batch.z.dtype)
+        pair, r, s, mass = monotone_coupling(
+            batch.counts[pa], batch.counts[pb], batch.z.dtype, batch.pair_sizes()
+        )
     else:
-        n = int(torch.maximum(batch.counts[pa], batch.counts[pb]).max())
-        w_a, w_b = pair_weights(batch, weights, n)
+        w_a, w_b = pair_weights(batch, weights, batch.pad)
         pair, r, s, mass = weighted_monotone_coupling(w_a, w_b, batch.z.dtype)
     i = batch.members[pa[pair], r]
     j = batch.members[pb[pair], s]

@@ -156,7 +156,7 @@ def hyperbolic_distance(
     """
     check_hyperbolic(mean, c, clip_r, riemannian)
     centres = class_centres(batch, mean, c, clip_r, riemannian)
-    a0, a1 = int(batch.pair_a[0]), int(batch.pair_a[-1])
+    a0, a1 = batch.span_rows()
     block = poincare_distances(centres[a0 : a1 + 1], centres[a0 + 1 :], c)
     pairs = block.flatten()[(batch.pair_a - a0) * block.shape[1] + (batch.pair_b - a0 - 1)]
     return pairs.to(batch.z.dtype)

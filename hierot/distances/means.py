@@ -26,7 +26,7 @@ def mean_distances(batch: ClassBatch, p: float) -> torch.Tensor:
     # A chunk is a run of pairs in triu order: rows a0..a1 against the classes after a0.
     # One cdist block and a gather read each mean once; gathering (P, d) mean differences
     # would move P x d numbers (``scripts/bench_scale.py`` times this path).
-    a0, a1 = int(batch.pair_a[0]), int(batch.pair_a[-1])
+    a0, a1 = batch.span_rows()
     centred = means - means.mean(0, keepdim=True)  # keeps the GEMM's cancellation small
     block = torch.cdist(centred[a0 : a1 + 1], centred[a0 + 1 :], p=p)
     return block.flatten()[(batch.pair_a - a0) * block.shape[1] + (batch.pair_b - a0 - 1)]

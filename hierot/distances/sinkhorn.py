@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from hierot.distances.batch import ClassBatch, PairMemory
@@ -52,6 +53,7 @@ class SinkhornResult:
     iterations: torch.Tensor
     converged: torch.Tensor
     marginal_error: torch.Tensor
+    unconverged: int = 0  # how many pairs did not converge, known on the host
 
 
 def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -92,9 +94,9 @@ def sinkhorn_plans(
     """
     dtype, device = cost.dtype, cost.device
     p = cost.shape[0]
+    if not isinstance(reg, torch.Tensor) and not reg > 0:
+        raise ValueError(f"sinkhorn: reg must be > 0, got {reg}")
     reg = torch.as_tensor(reg, dtype=dtype, device=device).expand(p).clone()
-    if not bool((reg > 0).all()):
-        raise ValueError(f"sinkhorn: reg must be > 0, got {float(reg.min())}")
     zero = torch.zeros((), dtype=dtype, device=device)
     valid = valid_a[:, :, None] & valid_b[:, None, :]
     if weights_a is None or weights_b is None:  # both given, or uniform on both sides
@@ -119,7 +121,7 @@ def sinkhorn_plans(
     converged[active] = False
     if log.isEnabledFor(logging.DEBUG):
         _log_iterations(iterations, annealed, active.numel())
-    return SinkhornResult(plans, iterations, converged, error)
+    return SinkhornResult(plans, iterations, converged, error, active.numel())
 
 
 def _shifted(cost: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +178,7 @@ def _anneal(
     v = torch.where(valid_b, torch.zeros_like(log_b), -math.inf)
     eps = torch.maximum(spread, reg)
     annealed = torch.zeros(reg.shape[0], dtype=torch.long, device=reg.device)
-    while bool((eps > reg).any()):
+    for _ in range(_stages(eps, reg)):
         kernel = -shifted / eps[:, None, None]
         v = log_b - _logsumexp(kernel + u[:, :, None], 1)
         u = log_a - _logsumexp(kernel + v[:, None, :], 2)
@@ -185,6 +187,20 @@ def _anneal(
         ratio = (eps / smaller)[:, None]
         u, v, eps = u * ratio, v * ratio, smaller
     return u, v, annealed
+
+
+def _stages(eps: torch.Tensor, reg: torch.Tensor) -> int:
+    """How many annealing stages run until no pair's regularization is above its target:
+    found on the host from one read of both, by the same float arithmetic as the stages
+    (halving is exact), so the stages run without the host waiting on each."""
+    host = torch.stack([eps, reg]).cpu().numpy()
+    eps_host, reg_host = host[0], host[1]
+    factor = eps_host.dtype.type(_ANNEAL_FACTOR)
+    stages = 0
+    while (eps_host > reg_host).any():
+        eps_host = np.maximum(eps_host * factor, reg_host)
+        stages += 1
+    return stages
 
 
 class _Iterate:
@@ -330,7 +346,7 @@ def sinkhorn_distance(
             m, valid_a, valid_b, pair_reg, max_iter=max_iter, tol=tol, weights_a=w_a,
             weights_b=w_b,
         )  # fmt: skip
-    unconverged = int((~result.converged).sum())
+    unconverged = result.unconverged
     if unconverged:
         warnings.warn(
             f"sinkhorn: {unconverged} of {m.shape[0]} class pairs did not converge in "

@@ -76,7 +76,9 @@ def swd_distance(
         batch._cache["swd"] = _sorted_projections(batch, n_projections, projections, seed)
     ordered = batch._cache["swd"]
     pa, pb = batch.pair_a, batch.pair_b
-    pair, r, s, mass = monotone_coupling(batch.counts[pa], batch.counts[pb], z.dtype)
+    pair, r, s, mass = monotone_coupling(
+        batch.counts[pa], batch.counts[pb], z.dtype, batch.pair_sizes()
+    )
     gap = (ordered[pa[pair], r] - ordered[pb[pair], s]).abs()  # (M, L)
     cost = mass[:, None] * gap**p
     wpp = torch.zeros(batch.num_pairs, cost.shape[1], dtype=z.dtype, device=z.device)

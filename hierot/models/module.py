@@ -4,6 +4,7 @@ severity, split CPCC)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
@@ -15,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from hierot.cpcc import NO_DISTANCE, CPCCLoss
 from hierot.distances import DEFAULT_MEMORY_MB, batch_centre
-from hierot.errors import ConfigError, Diverged, require_number
+from hierot.errors import ConfigError, Diverged, require_integer, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import (
     LevelAccuracy,
@@ -80,6 +81,10 @@ class HierarchyModule(L.LightningModule):
         cpcc_nodes: the points of the regularizer: ``leaves`` (the classes) or ``all``
             (every node of the tree with a sample below it; ``CPCCLoss``). The split
             CPCCs (``val/cpcc``, ``test/cpcc``) are over the classes either way.
+        check_every_n_steps: read the divergence record (the first step whose loss was not
+            finite) and check the backbone's statistics every this many steps, at the end
+            of each epoch and before every checkpoint; the loss itself is checked on the
+            device every step, without the host waiting for it.
         center: weight of HypStructure's centring loss, ``|centre of the batch's features|``
             in the distance's geometry (``hierot.distances.batch_centre``: the Einstein
             midpoint in the ball for ``hyperbolic``); 0 for none (its recipes use 0.01).
@@ -113,6 +118,7 @@ class HierarchyModule(L.LightningModule):
         head_weight_decay: float | None = None,
         cpcc_nodes: str = "leaves",
         center: float = 0.0,
+        check_every_n_steps: int = 20,
     ) -> None:
         super().__init__()
         # Checked and normalized first: save_hyperparameters saves these locals' values.
@@ -121,6 +127,7 @@ class HierarchyModule(L.LightningModule):
         if head_weight_decay is not None:
             require_number(head_weight_decay, "model.head_weight_decay", 0)
         check_val_cpcc(val_cpcc_every, val_cpcc_classes)
+        require_integer(check_every_n_steps, "speed.check_every_n_steps", 1)
         dist_options = dict(dist_options or {})
         objective_options = dict(objective_options or {})
         level_names = list(level_names) if level_names else None
@@ -129,6 +136,13 @@ class HierarchyModule(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "hierarchy", "optimizer", "scheduler"])
         self.lam, self.center, self.head_weight_decay = lam, center, head_weight_decay
         self.dist, self.dist_options, self.val_cpcc_every = dist, dist_options, val_cpcc_every
+        self.check_every_n_steps = check_every_n_steps
+        # images in channels-last memory format (hierot.speed sets it with the backbone's)
+        self.channels_last = False
+        # The first non-finite step, recorded on the device (``_check_finite``): its global
+        # step (-1: none yet), batch, whether its pixels were finite, and its loss terms.
+        self._divergence: torch.Tensor | None = None
+        self._clean_until = 0  # the steps before this one were checked and finite
         # the objective's stage this epoch, and the stage the optimizer was built for
         self._stage: int | None = None
         self._optimizer_stage: int | None = None
@@ -174,6 +188,15 @@ class HierarchyModule(L.LightningModule):
         self.val_cpcc = SplitCPCC(self.tree_dist, methods, memory_mb, classes=val_classes)
         self.test_cpcc = SplitCPCC(self.tree_dist, methods, memory_mb)
 
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """What DDP leaves alone (torch's ``DistributedDataParallel`` reads this attribute):
+        every buffer but the backbone's. They are derived from the tree (tree distances,
+        level maps, soft-label targets), built the same on every rank, and DDP would
+        otherwise broadcast them from rank 0 before every forward (400 MB a step for the
+        tree distances of 10 000 classes); the backbone's statistics are still broadcast."""
+        return [name for name, _ in self.named_buffers() if not name.startswith("backbone.")]
+
     def monitorable(self) -> set[str]:
         """The metrics logged at the end of every epoch, which a checkpoint or early
         stopping may monitor (``val/cpcc`` only when it is computed every epoch)."""
@@ -187,7 +210,7 @@ class HierarchyModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) images -> ((B, d) features, (B, K) logits)."""
-        z = self.backbone(x)
+        z = self.backbone(self._images(x))
         return z, self.head(z)
 
     def _global_batch(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,8 +254,14 @@ class HierarchyModule(L.LightningModule):
             return self(x)
         self.backbone.eval()  # batch-norm statistics stay as trained
         with torch.no_grad():
-            z = self.backbone(x)
+            z = self.backbone(self._images(x))
         return z, self.head(z)
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the backbone's memory format."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
@@ -247,11 +276,14 @@ class HierarchyModule(L.LightningModule):
         z, logits = self._train_forward(x)
         loss, base, reg = self._losses(z, logits, y, views)
         self._check_finite(loss, base, reg, x, batch_idx)
+        # Logged values stay on the device: Lightning reads them every log_every_n_steps.
+        # (None is shown in the progress bar: Lightning reads those every step;
+        # hierot.logs.ProgressBar shows the loss and CPCC as logged.)
         n = y.numel()
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, batch_size=n)
         self.log(f"train/{self.objective_name}", base, batch_size=n)
         if reg is not None:
-            self.log("train/cpcc", 1 - reg.detach(), prog_bar=True, batch_size=n)
+            self.log("train/cpcc", 1 - reg.detach(), batch_size=n)
         self.train_metrics(logits.detach(), y)
         self.log_dict(self.train_metrics, batch_size=n)
         return loss
@@ -264,39 +296,78 @@ class HierarchyModule(L.LightningModule):
         x: torch.Tensor,
         batch_idx: int,
     ) -> None:
-        """Stop with ``Diverged`` before a step whose loss is not finite is taken (its
-        gradients would make every weight NaN), naming the terms that are not; also when the
-        backbone's statistics (batch-norm running means and variances, which the forward
-        pass updates and the loss does not see) have overflowed. One read per step; under
-        DDP the ranks agree, so all of them stop at that step."""
+        """Record on the device the first step whose loss is not finite: its step, batch,
+        loss terms and whether its pixels were finite. Nothing is read here (the host does
+        not wait); ``raise_if_diverged`` reads the record."""
+        loss = loss.detach()
+        if self._divergence is None or self._divergence.device != loss.device:
+            self._divergence = torch.full((6,), -1.0, dtype=torch.float64, device=loss.device)
+        host = self._divergence.new_full  # a fill kernel, not a copy from the host
+        record = torch.stack(
+            [
+                host((), self.global_step),
+                host((), batch_idx),
+                torch.isfinite(x).all().double(),
+                base.detach().double(),
+                host((), float("nan")) if reg is None else reg.detach().double(),
+                host((), reg is not None),
+            ]
+        )
+        first = ~torch.isfinite(loss) & (self._divergence[0] < 0)
+        self._divergence = torch.where(first, record, self._divergence)
+
+    def raise_if_diverged(self) -> None:
+        """Raise ``Diverged`` when a step's loss was not finite or the backbone's statistics
+        (batch-norm running means and variances, which the forward pass updates and the loss
+        does not see) have overflowed, naming the step and the terms. One value read; under
+        DDP the ranks agree, so all of them stop. Called every ``check_every_n_steps``
+        steps, at the end of each epoch and before any checkpoint is made, so that no
+        checkpoint holds weights trained on a non-finite loss."""
         stats = [b for b in self.backbone.buffers() if b.is_floating_point()]
-        checks = [torch.isfinite(loss.detach()).all(), *(torch.isfinite(b).all() for b in stats)]
-        bad = not bool(torch.stack(checks).all())
+        record = self._divergence
+        if record is None:
+            record = torch.full((6,), -1.0, dtype=torch.float64, device=self.device)
+        finite = [torch.isfinite(b).all() for b in stats] or [torch.ones((), dtype=torch.bool)]
+        flags = torch.cat([record, torch.stack(finite).all()[None].to(record)])
+        step, batch_idx, pixels, base, reg, has_reg, stats_finite = flags.tolist()
+        bad = step >= 0 or not stats_finite
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
+            self._clean_until = self.global_step  # every step before this one was finite
             return
-        terms = [(self.objective_name, base)] + ([("cpcc", reg)] if reg is not None else [])
-        values = ", ".join(f"{name} {float(value.detach()):.4g}" for name, value in terms)
-        culprits = [name for name, value in terms if not torch.isfinite(value.detach())]
+        terms = [(self.objective_name, base)] + ([("cpcc", reg)] if has_reg > 0 else [])
+        values = ", ".join(f"{name} {value:.4g}" for name, value in terms)
+        culprits = [name for name, value in terms if not math.isfinite(value)]
         overflowed = [
             f"backbone.{name}"
             for name, b in self.backbone.named_buffers()
             if b.is_floating_point() and not torch.isfinite(b).all()
         ]
-        if culprits:
-            what = " and ".join(culprits) + f" not finite ({values})"
-        elif overflowed:
-            what = f"{overflowed[0]} not finite ({len(overflowed)} statistics; {values})"
+        if step >= 0:
+            what = (" and ".join(culprits) or "the loss") + f" not finite ({values})"
+            if not pixels:
+                what += "; the batch holds non-finite pixels"
+            where = f"step {int(step)} (epoch {self.current_epoch}, batch {int(batch_idx)})"
         else:
-            what = f"the loss not finite ({values})"
-        if not torch.isfinite(x).all():
-            what += "; the batch holds non-finite pixels"
+            what = f"{overflowed[0]} not finite ({len(overflowed)} statistics)"
+            last = max(self.global_step - 1, 0)
+            steps = f"{self._clean_until}-{last}" if self._clean_until < last else f"{last}"
+            where = f"step {steps} (epoch {self.current_epoch})"
         raise Diverged(
-            f"training diverged at step {self.global_step} (epoch {self.current_epoch}, batch "
-            f"{batch_idx}): {what}; the step was not taken"
+            f"training diverged at {where}: {what}; no checkpoint holds weights trained after it"
         )
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        if self.global_step % self.check_every_n_steps == 0:
+            self.raise_if_diverged()
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_diverged()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_diverged()
 
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch

@@ -57,7 +57,7 @@ def quadruplet_loss(
     outer = F.relu(d_sib - d_neg + m2)
     counted = has & (inner > 0) & (outer > 0)
     n = counted.sum()
-    total = (inner + outer)[counted].sum()
+    total = torch.where(counted, inner + outer, 0).sum()  # a mask, not an index: no wait
     return torch.where(n > 0, total / (2 * n.clamp_min(1)), total * 0)
 
 
