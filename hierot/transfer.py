@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from hierot.checkpoints import (
     check_checkpoint,
@@ -109,13 +109,15 @@ def features(
     split: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """((N, d) features, (N,) labels) of a dataset, in order, the encoder in eval mode;
-    progress is logged about every tenth of the way (``split`` names it)."""
-    loader = DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False)
+    progress is logged about every tenth of the way (``split`` names it). The batches come
+    from the data module's own loader (``eval_loader``: its workers and, on CUDA, pinned
+    memory, copied without blocking), as in training and ``hierot.evaluate``."""
+    loader = datamodule.eval_loader(dataset)
     zs, ys = [], []
     total, done, start = len(dataset), 0, time.perf_counter()  # type: ignore[arg-type]
     every = max(1, len(loader) // 10)
     for i, (x, y) in enumerate(loader, start=1):
-        zs.append(encoder(datamodule.normalize(x.to(device))).float().cpu())
+        zs.append(encoder(datamodule.normalize(x.to(device, non_blocking=True))).float().cpu())
         ys.append(torch.as_tensor(y))
         done += len(x)
         if i % every == 0 or i == len(loader):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ import torch
 import torchvision
 from torchvision.datasets.utils import download_and_extract_archive
 
-from hierot.data.images import TensorImages, carve_validation, eval_transform, train_transform
+from hierot.data.device_augment import crop_flip
+from hierot.data.images import (
+    TensorImages,
+    carve_validation,
+    crop_padding,
+    eval_transform,
+    train_transform,
+)
 from hierot.data.module import (
     HierarchyDataModule,
     check_height,
@@ -94,7 +102,11 @@ class CifarDataModule(HierarchyDataModule):
     """Shared by CIFAR-10/100: splits in memory, validation carved from train with a seed.
 
     ``download``: fetch the official archive into ``root`` when its folder is missing,
-    through torchvision's downloader (its URL and checksum), before the metadata is read."""
+    through torchvision's downloader (its URL and checksum), before the metadata is read.
+
+    ``device_augment``: the ``crop_flip`` augmentation runs on whole batches on the device
+    (``hierot.data.device_augment``) instead of per image in the loader, which then only
+    indexes the images; the same distribution of crops and flips."""
 
     # torchvision's dataset class whose url, filename and tgz_md5 name the archive
     release: type[torchvision.datasets.CIFAR10]
@@ -109,11 +121,18 @@ class CifarDataModule(HierarchyDataModule):
         augment: str = "crop_flip",
         image_size: int = 32,
         download: bool = False,
+        device_augment: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_size=image_size, **kwargs)
-        if not isinstance(download, bool):
-            raise DataError(f"data.download must be true or false, got {download!r}")
+        for key, value in (("download", download), ("device_augment", device_augment)):
+            if not isinstance(value, bool):
+                raise DataError(f"data.{key} must be true or false, got {value!r}")
+        if device_augment and augment != "crop_flip":
+            raise DataError(
+                f"data.device_augment: replaces data.augment=crop_flip only, got {augment} "
+                "(set data.device_augment=false)"
+            )
         if download and not root:
             raise DataError("data.root: not set (the folder to download the release into)")
         self.root = root
@@ -123,6 +142,9 @@ class CifarDataModule(HierarchyDataModule):
         self.split_seed = split_seed
         self.augment = augment
         self.train_tf = train_transform(image_size, augment)
+        self.device_augment = device_augment
+        if device_augment:
+            self.train_device_transform = partial(crop_flip, padding=crop_padding(image_size))
 
     def prepare_data(self) -> None:
         """With ``download``: the official archive, downloaded, checked and extracted into
@@ -164,7 +186,9 @@ class CifarDataModule(HierarchyDataModule):
         (x, y), (xt, yt) = train, test
         resize = None if self.image_size == 32 else eval_transform(self.image_size)
         tr, va = carve_validation(len(y), self.val_fraction, self.split_seed)
-        self.train_set = TensorImages(x[tr], y[tr], self.train_tf)
+        # with device_augment the loader only resizes (as the first step of train_tf does)
+        train_tf = resize if self.device_augment else self.train_tf
+        self.train_set = TensorImages(x[tr], y[tr], train_tf)
         self._eval_tf = resize
         self.val_set = TensorImages(x[va], y[va], resize)
         self.test_set = TensorImages(xt, yt, resize)

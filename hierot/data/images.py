@@ -48,6 +48,12 @@ def lighting(image: torch.Tensor, std: float = 0.05) -> torch.Tensor:
     return shifted.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def crop_padding(image_size: int) -> int:
+    """The padding of the ``crop_flip`` random crop at ``image_size``: 1/8 of the side, at
+    least 1 (4 at 32 px)."""
+    return max(1, image_size // 8)
+
+
 def train_transform(image_size: int, augment: str = "crop_flip") -> Transform:
     """``crop_flip``: resize as ``eval_transform``, random crop with 1/8 padding, horizontal
     flip (the standard CIFAR recipe); ``crop_flip_rotate``: that plus a random rotation of up
@@ -61,7 +67,7 @@ def train_transform(image_size: int, augment: str = "crop_flip") -> Transform:
     if augment in ("crop_flip", "crop_flip_rotate"):
         steps: list[Transform] = [
             eval_transform(image_size),
-            v2.RandomCrop(image_size, padding=max(1, image_size // 8)),
+            v2.RandomCrop(image_size, padding=crop_padding(image_size)),
             v2.RandomHorizontalFlip(),
         ]
         if augment == "crop_flip_rotate":

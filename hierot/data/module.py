@@ -237,8 +237,13 @@ class HierarchyDataModule(L.LightningDataModule):
     def device_batch(self, devices: int) -> int:
         return device_batch(self.batch_size, devices)
 
-    def _loader(self, dataset: Dataset) -> DataLoader:
-        """An evaluation split in order, in batches of this device's share."""
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        """``dataset`` in order, in batches of this device's share, with the training
+        loader's settings: ``num_workers`` workers, kept between epochs, and pinned memory
+        where CUDA is, so that Lightning's copy to the device (``non_blocking=True`` for every
+        tensor, ``lightning.fabric.utilities.apply_func.move_data_to_device``) overlaps the
+        step. The validation, test and predict loaders (``hierot.evaluate``'s features), and
+        ``hierot.transfer``'s features."""
         return DataLoader(
             dataset,
             batch_size=self.device_batch(self._world()[1]),
@@ -296,10 +301,10 @@ class HierarchyDataModule(L.LightningDataModule):
         self._sampler.load_state_dict(self._sampler_state, int(self.num_workers == 0))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self.eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self.eval_loader(self.test_set)
 
     # The split ``predict_dataloader`` serves: "test", or "train" for the training images
     # without augmentation (``hierot.evaluate``'s kNN bank and prototypes).
@@ -311,7 +316,7 @@ class HierarchyDataModule(L.LightningDataModule):
         if self.predict_split == "train":
             if getattr(self, "train_set", None) is None:
                 self.setup("fit")
-            return self._loader(self.plain_train_set())
+            return self.eval_loader(self.plain_train_set())
         return self.test_dataloader()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -350,10 +355,19 @@ class HierarchyDataModule(L.LightningDataModule):
             "classes": list(self.hierarchy.leaves),
         }
 
+    # A batched augmentation of the training images on their device (``data.device_augment``,
+    # ``hierot.data.device_augment``), run on the uint8 images before the normalization; the
+    # loader then leaves them unaugmented. None: the loader augments.
+    train_device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        """A batch on its device: training images through ``train_device_transform`` (if
+        any), then normalized, in the precision the trainer runs in."""
         images, labels = batch  # type: ignore[misc]
-        x = self.normalize(images)
         trainer = self.trainer
+        if self.train_device_transform is not None and getattr(trainer, "training", False):
+            images = self.train_device_transform(images)
+        x = self.normalize(images)
         if trainer is not None:
             # Lightning casts the batch to a "true" precision (bf16-true, 16-true) before
             # this hook; the float32 normalized images must follow it to match the weights.
