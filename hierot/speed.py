@@ -66,10 +66,22 @@ def decide(node: DictConfig | dict, device: torch.device) -> Speed:
     return Speed(flags["compile"], flags["channels_last"], precision)
 
 
-def apply_speed(node: DictConfig | dict, model: L.LightningModule, trainer: L.Trainer) -> Speed:
+def apply_speed(
+    node: DictConfig | dict,
+    model: L.LightningModule,
+    trainer: L.Trainer,
+    benchmark: bool | None = None,
+) -> Speed:
     """Set the switches of ``node`` for the trainer's device on ``model`` (which must have a
-    ``backbone`` and a ``channels_last`` attribute) and on torch; returns what was set."""
-    speed = decide(node, trainer.strategy.root_device)
+    ``backbone`` and a ``channels_last`` attribute) and on torch; returns what was set.
+
+    ``benchmark`` is ``trainer.benchmark``: left null, cuDNN's benchmark mode (the fastest
+    convolution for each input shape, which training keeps fixed) is turned on for CUDA
+    unless the run is deterministic; Lightning has set any other value already."""
+    device = trainer.strategy.root_device
+    speed = decide(node, device)
+    if benchmark is None and device.type == "cuda" and not torch.backends.cudnn.deterministic:
+        torch.backends.cudnn.benchmark = True
     if speed.matmul_precision is not None:
         torch.set_float32_matmul_precision(speed.matmul_precision)
     if speed.channels_last:

@@ -101,7 +101,7 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
         )
     except (ValueError, TypeError, MisconfigurationException, ModuleNotFoundError) as e:
         raise ConfigError(f"trainer: {one_line(e)}") from None
-    apply_speed(cfg.speed, model, trainer)
+    apply_speed(cfg.speed, model, trainer, trainer_kwargs.get("benchmark"))  # type: ignore[union-attr]
     return datamodule, model, trainer
 
 

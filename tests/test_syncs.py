@@ -123,7 +123,12 @@ def test_on_cuda_the_distances_wait_only_where_counted(method):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "at_most"),
-    [([], 2.0), (["dist=none"], 1.0), (["objective=quadruplet"], 2.0)],
+    [
+        ([], 2.0),
+        (["dist=none"], 1.0),
+        (["objective=quadruplet"], 2.0),
+        (["trainer.enable_progress_bar=true"], 2.0),  # hierot.logs.ProgressBar's reads
+    ],
 )
 def test_a_training_step_of_a_real_run_waits_at_most(tmp_path, overrides, at_most):
     """20 steps of python -m hierot.train (the default fastft run, flat cross-entropy):
