@@ -116,7 +116,7 @@ def main() -> None:
         notes = [
             "the default run (python -m hierot.train) per variant, each in a fresh process;"
             " step_ms: median training step after the first epoch; steady_speedup: eager's"
-            " median step over the variant's; first_epoch_s includes compiling",
+            " median step over the variant's; first_epoch_s includes compiling.",
         ]
         if args.overrides:
             notes.append(f"overrides: {' '.join(args.overrides)}")
