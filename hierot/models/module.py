@@ -284,7 +284,7 @@ class HierarchyModule(L.LightningModule):
         self.log(f"train/{self.objective_name}", base, batch_size=n)
         if reg is not None:
             self.log("train/cpcc", 1 - reg.detach(), batch_size=n)
-        self.train_metrics(logits.detach(), y)
+        self.train_metrics(logits.detach().argmax(1), y)  # one argmax for every level
         self.log_dict(self.train_metrics, batch_size=n)
         return loss
 
