@@ -46,6 +46,7 @@ from hierot.resume import (
     resume_path,
 )
 from hierot.speed import apply_speed
+from hierot.stages import StageSwitch, stage_aware
 from hierot.stopping import GracefulStop
 from hierot.sweep import record_failure
 from hierot.writes import write_json
@@ -96,7 +97,7 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
             **trainer_kwargs,  # type: ignore[arg-type]
             default_root_dir=out,
             logger=logger,
-            callbacks=[*callbacks, EpochLog()],
+            callbacks=[StageSwitch(), *callbacks, EpochLog()],
             plugins=[AtomicCheckpointIO()],
         )
     except (ValueError, TypeError, MisconfigurationException, ModuleNotFoundError) as e:
@@ -108,10 +109,12 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
 def build_callbacks(
     cfg: DictConfig, validates: bool, logged: bool, logs: set[str]
 ) -> list[L.Callback]:
-    """The ``callbacks`` group's callbacks. Without validation nothing is monitored (every
-    checkpoint callback keeps the latest weights); without a logger there is nothing to
-    log learning rates to. A callback may monitor only what the model ``logs`` every epoch:
-    Lightning would find out at the end of the first epoch, with a traceback."""
+    """The ``callbacks`` group's callbacks, Lightning's ``ModelCheckpoint`` and
+    ``EarlyStopping`` as their stage-aware subclasses (``hierot.stages``). Without
+    validation nothing is monitored (every checkpoint callback keeps the latest weights);
+    without a logger there is nothing to log learning rates to. A callback may monitor
+    only what the model ``logs`` every epoch: Lightning would find out at the end of the
+    first epoch, with a traceback."""
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:
@@ -126,7 +129,7 @@ def build_callbacks(
         callback = build(node, f"callbacks.{name}", **extra)
         if isinstance(callback, LearningRateMonitor) and not logged:
             continue
-        callbacks.append(callback)
+        callbacks.append(stage_aware(callback))  # selection and stops in the last stage
     return callbacks
 
 

@@ -14,7 +14,8 @@ A method is ``objective[+dist]``: ``hxe`` is HXE alone, ``hxe+fastft`` HXE with 
 a distance alone (``l2``, ``fastft``) is cross-entropy with that CPCC, and ``ce`` (or
 ``none``) flat cross-entropy.
 
-    python scripts/compare_methods.py                            # every method, seeds 0-4
+    python scripts/compare_methods.py                            # all but staged, seeds 0-4
+    python scripts/compare_methods.py --methods ce curriculum supcon -- trainer.max_epochs=10
     python scripts/compare_methods.py --methods ce l2 fastft hxe --seeds 0 1 2
     python scripts/compare_methods.py --transfer -- data.modes=4   # source -> target
     python scripts/compare_methods.py --summary multirun/compare_methods/<date>   # tables only
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from scipy import stats
 
+from hierot.objectives import get_objective
 from hierot.results import command_line, environment, rows_from_markdown, write_results
 from hierot.writes import write_json
 
@@ -47,6 +49,10 @@ DISTANCES = sorted(p.stem for p in (CONF / "dist").glob("*.yaml") if p.stem != "
 OBJECTIVES = sorted(p.stem for p in (CONF / "objective").glob("*.yaml"))
 # every objective alone, then cross-entropy with every CPCC distance
 METHODS = ["ce", *[o for o in OBJECTIVES if o != "ce"], *DISTANCES]
+# what runs without --methods: every method but the staged objectives (curriculum, supcon),
+# whose stages need more epochs than most runs (--methods ce curriculum supcon --
+# trainer.max_epochs=10)
+DEFAULT_METHODS = [m for m in METHODS if m in DISTANCES or len(get_objective(m).stage_names) < 2]
 SHOWN = {"ce": "flat (CE only)"}
 FIRST = ["test/cpcc", "test/cpcc_l2"]
 LAST = ["test/mistake_severity"]
@@ -299,9 +305,9 @@ def run_method(spec: str, seeds: Sequence[int], out: Path, overrides: Sequence[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--methods", nargs="+", default=METHODS,
-        help="objective[+dist] or a distance (default: every objective, then ce with every "
-        "CPCC distance)",
+        "--methods", nargs="+", default=DEFAULT_METHODS,
+        help="objective[+dist] or a distance (default: every objective but the staged ones, "
+        "then ce with every CPCC distance)",
     )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--baseline", default="ce", help="the method others are paired with")

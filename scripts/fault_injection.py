@@ -133,25 +133,48 @@ def checkpoint_step(path: Path | None) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
-def reference_run(out: Path, extra: Sequence[str]) -> dict[str, Any]:
-    run_dir = out / "reference"
+def reference_run(out: Path, extra: Sequence[str], name: str = "reference") -> dict[str, Any]:
+    run_dir = out / name
     if not (run_dir / "metrics.json").exists():
         assert wait(start(run_dir, *RUN, *extra)) == 0, last_error(run_dir)
     return metrics(run_dir)
 
 
-def sigkill(out: Path, extra: Sequence[str], kills: int, every_n_steps: int, seed: int = 0):
-    """SIGKILL at random instants, ``kills`` times, resuming with ``ckpt_path=auto`` each
-    time, then to the end. Returns the row and the per-kill records."""
+# The staged objectives over 5 epochs of 45 steps (their stages need more than 3), with the
+# steps after which a kill lands on either side of their stage boundary: curriculum's fine
+# stage starts at step 45 (int(0.2 x 5) = 1 coarse epoch), supcon's probe at step 180.
+STAGED = {
+    "curriculum": (["objective=curriculum", "trainer.max_epochs=5"], (43, 53)),
+    "supcon": (["objective=supcon", "trainer.max_epochs=5"], (178, 188)),
+}
+
+
+def sigkill(
+    out: Path,
+    extra: Sequence[str],
+    kills: int,
+    every_n_steps: int,
+    seed: int = 0,
+    at_steps: Sequence[int] | None = None,
+    name: str = "sigkill",
+):
+    """SIGKILL at random instants, ``kills`` times (or once the run has logged each of
+    ``at_steps``), resuming with ``ckpt_path=auto`` each time, then to the end; compared
+    with the uninterrupted run of the same ``extra`` arguments. Returns the row and the
+    per-kill records."""
     rng = random.Random(seed)
-    reference = reference_run(out, extra)
-    run_dir = out / "sigkill"
+    reference = reference_run(out, extra, "reference" if name == "sigkill" else f"{name}_ref")
+    run_dir = out / name
     args = [*RUN, *extra, f"checkpoint.every_n_steps={every_n_steps}", "ckpt_path=auto"]
     records = []
-    for i in range(kills):
+    targets = list(at_steps) if at_steps is not None else [None] * kills
+    for i, target in enumerate(targets):
         proc = start(run_dir, *args)
         wait_until(training_started(run_dir, i))
-        time.sleep(rng.uniform(0.0, 2.5))
+        if target is None:
+            time.sleep(rng.uniform(0.0, 2.5))
+        else:
+            wait_until(lambda t=target: logged_step(run_dir) >= t, timeout=300, poll=0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         saved = checkpoint_step(latest_checkpoint(run_dir))
@@ -164,15 +187,26 @@ def sigkill(out: Path, extra: Sequence[str], kills: int, every_n_steps: int, see
     assert rc == 0, last_error(run_dir)
     lost = [max(0, r["step"] - r["checkpoint_step"]) for r in records]
     diffs = differences(reference, metrics(run_dir))
+    when = "a random instant" if at_steps is None else f"steps {', '.join(map(str, at_steps))}"
+    what = "" if name == "sigkill" else f" ({' '.join(extra)})"
     return {
-        "fault": "SIGKILL at a random instant, resumed with ckpt_path=auto",
-        "injected": kills,
-        "resumed": kills,
+        "fault": f"SIGKILL at {when}{what}, resumed with ckpt_path=auto",
+        "injected": len(records),
+        "resumed": len(records),
         "steps_lost_max": max(lost),
         "steps_lost_bound": every_n_steps,
         "final_metric_diff_max": max(diffs.values()),
-        "detail": f"checkpoint.every_n_steps={every_n_steps}; lost per kill {lost}",
+        "detail": f"checkpoint.every_n_steps={every_n_steps}; resumed from steps "
+        f"{[r['checkpoint_step'] for r in records]}; lost per kill {lost}",
     }, records
+
+
+def sigkill_staged(out: Path, extra: Sequence[str], objective: str, every_n_steps: int = 5):
+    """``sigkill`` of a staged objective (``STAGED``), a kill on each side of its stage
+    boundary."""
+    overrides, steps = STAGED[objective]
+    return sigkill(out, [*overrides, *extra], len(steps), every_n_steps, at_steps=steps,
+                   name=f"sigkill_{objective}")  # fmt: skip
 
 
 def sigterm(out: Path, extra: Sequence[str], name: str = "SIGTERM", seed: int = 0) -> dict:
@@ -352,6 +386,8 @@ def bad_inputs(out: Path, extra: Sequence[str]) -> dict:
 
 FAULTS = {
     "sigkill": lambda out, extra, a: sigkill(out, extra, a.kills, a.every_n_steps)[0],
+    "sigkill_curriculum": lambda out, extra, a: sigkill_staged(out, extra, "curriculum")[0],
+    "sigkill_supcon": lambda out, extra, a: sigkill_staged(out, extra, "supcon")[0],
     "sigterm": lambda out, extra, a: sigterm(out, extra, "SIGTERM"),
     "sigusr1": lambda out, extra, a: sigterm(out, extra, "SIGUSR1", seed=1),
     "divergence": lambda out, extra, a: divergence(out, extra),

@@ -53,6 +53,19 @@ def test_sigkill_at_random_instants_resumes_to_the_same_metrics(out):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("objective", ["curriculum", "supcon"])
+def test_sigkill_on_both_sides_of_a_stage_boundary_resumes_to_the_same_metrics(out, objective):
+    """Killed just before a staged objective's stage boundary (the resumed run makes the
+    transition itself: a new head, a fresh optimizer) and just after it (resumed inside the
+    new stage's first epoch: its head, optimizer and schedule kept): bit-equal metrics."""
+    row, records = faults.sigkill_staged(out, [], objective, every_n_steps=5)
+    boundary = {"curriculum": 45, "supcon": 180}[objective]
+    saved = [r["checkpoint_step"] for r in records]
+    assert saved[0] < boundary <= saved[1], records
+    assert row["final_metric_diff_max"] == 0.0, row
+
+
+@pytest.mark.slow
 def test_a_second_signal_ends_the_run_at_once(tmp_path):
     run_dir = tmp_path / "run"
     # batches of 128: a step is long enough for the second signal to land within it

@@ -275,7 +275,7 @@ def test_curriculum_stages_follow_hierarchy_cpcc():
         assert objective.stage_epochs(total) == [int(0.2 * total), total - int(0.2 * total)]
     z, logits, y = batch(tree)
     parent_level = tree.level_map(tree.depth - 1)[1]
-    objective.enter_stage(0, None)
+    objective.set_stage(0)
     assert objective.coarse and not objective.regularized
     coarse = F.cross_entropy(objective.coarse_head(z), parent_level[y])
     assert float(objective(z, logits, y).detach()) == pytest.approx(float(coarse.detach()))
@@ -283,9 +283,14 @@ def test_curriculum_stages_follow_hierarchy_cpcc():
     module = torch.nn.Module()
     module.head = head
     before = head.weight.detach().clone()
-    objective.enter_stage(1, module)
+    objective.set_stage(1)
     assert not objective.coarse and objective.regularized
+    assert torch.equal(before, head.weight)  # a mode only: a resumed run keeps its head
+    objective.enter_stage(1, module)  # the transition itself
     assert not torch.equal(before, head.weight)  # a new fine head
+    drawn = head.weight.detach().clone()
+    objective.enter_stage(1, module)  # from the objective's saved seed, not the global one
+    assert torch.equal(drawn, head.weight)
     fine = F.cross_entropy(logits, y)
     assert float(objective(z, logits, y).detach()) == pytest.approx(float(fine.detach()))
 
@@ -358,7 +363,7 @@ def test_supcon_probe_stage_freezes_the_backbone():
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     z, logits = model._train_forward(x.flatten(0, 1))
     assert z.requires_grad and objective.regularized
-    objective.enter_stage(1, model)
+    objective.set_stage(1)
     running = backbone[1].running_mean.clone()
     z, logits = model._train_forward(x.flatten(0, 1))
     assert not z.requires_grad and logits.requires_grad and not objective.regularized

@@ -26,6 +26,7 @@ from hierot.metrics import (
     class_subsample,
 )
 from hierot.objectives import DEFAULT_OBJECTIVE, build_objective
+from hierot.objectives.registry import check_stages
 from hierot.shared import SharedTensor
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -143,9 +144,8 @@ class HierarchyModule(L.LightningModule):
         # step (-1: none yet), batch, whether its pixels were finite, and its loss terms.
         self._divergence: torch.Tensor | None = None
         self._clean_until = 0  # the steps before this one were checked and finite
-        # the objective's stage this epoch, and the stage the optimizer was built for
+        # the objective's stage: set when training starts, saved with every checkpoint
         self._stage: int | None = None
-        self._optimizer_stage: int | None = None
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, hierarchy.num_classes)
         self.objective_name = objective
@@ -368,6 +368,17 @@ class HierarchyModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.raise_if_diverged()
+        checkpoint["hierot_stage"] = self._stage
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The objective's stage as saved; for a checkpoint without one (made before stages
+        were saved), the stage of the epoch it was saved in."""
+        stage = checkpoint.get("hierot_stage")
+        if stage is None and self._trainer is not None and "epoch" in checkpoint:
+            stage = self._stage_at(int(checkpoint["epoch"]))[0]
+        if stage is not None:
+            self._stage = int(stage)
+            self.objective.set_stage(self._stage)
 
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
@@ -443,29 +454,55 @@ class HierarchyModule(L.LightningModule):
             start += length
         return 0, 0
 
-    def on_train_epoch_start(self) -> None:
-        stage, first = self._stage_at(self.current_epoch)
+    @property
+    def in_last_stage(self) -> bool:
+        """Whether the epoch being trained is in the objective's last stage (always, for an
+        objective of one stage): where model selection and early stopping act
+        (``hierot.stages``)."""
+        if self._trainer is None:
+            return True
+        return self._stage_at(self.current_epoch)[0] == len(self._stages()) - 1
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self._trainer is not None and not self.trainer.fast_dev_run:
+            # A stage without an epoch, or stages counted in steps: one line before training.
+            check_stages(self.objective_name, self.objective.options, self.trainer.max_epochs,
+                         self.trainer.max_steps)  # fmt: skip
+
+    def update_stage(self) -> None:
+        """Enter the stage of the epoch about to be trained, if it is a new one: the
+        objective's ``set_stage`` and ``enter_stage`` (a new fine head, ...), then a fresh
+        optimizer and schedule. Only a real transition does this: the stage is saved with
+        every checkpoint, so a run resumed inside a stage goes on with the optimizer state
+        and schedule its checkpoint restored. Called by ``hierot.stages.StageSwitch``
+        before the other callbacks (the learning-rate monitor then sees the new stage's
+        rate), and by ``on_train_start`` and ``on_train_epoch_start`` without it."""
+        stage = self._stage_at(self.current_epoch)[0]
         if stage == self._stage:
             return
-        self._stage = stage
-        self.objective.enter_stage(stage, self)
-        if self._optimizer_stage in (None, stage):
+        previous, self._stage = self._stage, stage
+        self.objective.set_stage(stage)
+        if previous is None:  # the run's first epoch: the optimizer was built for it
             return
-        # A new stage gets a fresh optimizer and schedule; a run resumed inside a stage
-        # keeps the state its checkpoint restored into the optimizer built at the start.
-        resumed = self.current_epoch != first
-        old = [opt.state_dict() for opt in self.trainer.optimizers]
-        old_schedules = [c.scheduler.state_dict() for c in self.trainer.lr_scheduler_configs]
+        self.objective.enter_stage(stage, self)
         self.trainer.strategy.setup_optimizers(self.trainer)
-        if resumed:
-            for opt, state in zip(self.trainer.optimizers, old, strict=True):
-                opt.load_state_dict(state)
-            for config, state in zip(self.trainer.lr_scheduler_configs, old_schedules, strict=True):
-                config.scheduler.load_state_dict(state)
+
+    def on_train_start(self) -> None:
+        # A run resumed from a checkpoint of a stage's last batch continues in the next
+        # epoch without Lightning calling on_train_epoch_start for it.
+        self.update_stage()
+
+    def on_train_epoch_start(self) -> None:
+        self.update_stage()
 
     def configure_optimizers(self):
-        stage = self._stage_at(self.current_epoch)[0] if self._trainer is not None else 0
-        self._optimizer_stage = stage
+        # The stage restored from a checkpoint (configure_optimizers runs after the weights
+        # are loaded and before the optimizer state is), a transition's new stage, or the
+        # first epoch's.
+        if self._stage is None:
+            self._stage = self._stage_at(self.current_epoch)[0] if self._trainer is not None else 0
+            self.objective.set_stage(self._stage)
+        stage = self._stage
         params: object = self.parameters()
         if self.head_weight_decay is not None:
             head = {id(p) for p in self.head.parameters()}

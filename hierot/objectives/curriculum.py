@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,11 @@ class Curriculum(Objective):
     fine head, a fresh optimizer and schedule, and cross-entropy on the classes (+ CPCC) for
     the remaining epochs.
 
+    The fresh fine head is drawn from a generator seeded by ``init_seed``, a seed drawn from
+    torch's global generator when the objective is built and saved with the model: a run
+    resumed before the fine stage draws the same head as the uninterrupted run, whatever
+    state its process's global generator is in.
+
     HierarchyCPCC trains E' = int(1.25 E) epochs in all for a recipe of E (1.2 E on
     living17 and nonliving26), its stage 1 int(0.2 E'): set ``trainer.max_epochs`` to E'.
 
@@ -42,6 +49,8 @@ class Curriculum(Objective):
         coarse_fraction: the first stage's share of the epochs (HierarchyCPCC: 0.2).
         level: the coarse level (1 is the top); None for the level just above the classes.
     """
+
+    stage_names = ("coarse", "fine")
 
     def __init__(
         self,
@@ -57,17 +66,39 @@ class Curriculum(Objective):
         names, fine_to_level = hierarchy.level_map(lvl)
         self.register_buffer("fine_to_level", fine_to_level, persistent=False)
         self.coarse_head = nn.Linear(num_features, len(names))
+        self.register_buffer("init_seed", torch.empty((), dtype=torch.int64).random_())
         self.coarse = False
 
-    def stage_epochs(self, max_epochs: int) -> list[int]:
-        first = int(self.coarse_fraction * max_epochs)
+    @classmethod
+    def plan_stages(cls, max_epochs: int, options: Mapping[str, object]) -> list[int]:
+        first = int(float(options["coarse_fraction"]) * max_epochs)  # type: ignore[arg-type]
         return [first, max_epochs - first]
 
-    def enter_stage(self, stage: int, module: nn.Module) -> None:
+    def stage_epochs(self, max_epochs: int) -> list[int]:
+        return self.plan_stages(max_epochs, {"coarse_fraction": self.coarse_fraction})
+
+    def set_stage(self, stage: int) -> None:
         self.coarse = stage == 0
         self.regularized = not self.coarse
-        if stage == 1:
-            module.head.reset_parameters()
+
+    def enter_stage(self, stage: int, module: nn.Module) -> None:
+        if stage != 1:
+            return
+        head = module.head
+        # One value read at the transition; nn.Linear's own initialisation, on the CPU.
+        seed = int(self.init_seed) + stage
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
+        with torch.no_grad():
+            head.weight.copy_(fresh.weight)
+            if head.bias is not None:
+                head.bias.copy_(fresh.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints made before the seed was saved: keep this objective's own.
+        state_dict.setdefault(prefix + "init_seed", self.init_seed.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.coarse:

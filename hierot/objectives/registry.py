@@ -36,13 +36,33 @@ class Objective(nn.Module):
     # Augmented views of each training image the objective needs (data.views).
     views: int = 1
 
-    def stage_epochs(self, max_epochs: int) -> list[int]:
-        """The training's stages as epoch counts summing to ``max_epochs``; each stage
-        starts with a fresh optimizer and schedule. One stage unless overridden."""
+    # The names of the training's stages, in order (one unless overridden).
+    stage_names: tuple[str, ...] = ("training",)
+
+    @classmethod
+    def plan_stages(cls, max_epochs: int, options: Mapping[str, object]) -> list[int]:
+        """The epochs of each stage (``stage_names``) of a run of ``max_epochs``, summing
+        to it, given the objective's ``options`` (every option, defaults filled in); each
+        stage starts with a fresh optimizer and schedule. One stage unless overridden."""
         return [max_epochs]
 
+    def stage_epochs(self, max_epochs: int) -> list[int]:
+        """``plan_stages`` with this objective's options."""
+        return self.plan_stages(max_epochs, self.options)
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The options this objective was built with (``build_objective`` records them)."""
+        return getattr(self, "_options", {})
+
+    def set_stage(self, stage: int) -> None:
+        """Behave as in ``stage``: called when a run starts, at every stage transition and
+        when a checkpoint is loaded (the stage is saved with it). Sets modes only."""
+
     def enter_stage(self, stage: int, module: nn.Module) -> None:
-        """Called at the first epoch of every stage (``module``: the model being trained)."""
+        """A real transition into ``stage`` (the run trains its first epoch after the
+        previous stage's last; not when a run resumes inside a stage): re-initialise what
+        the stage starts afresh (``module``: the model being trained). After ``set_stage``."""
 
     def lr_scale(self, stage: int) -> float:
         """The factor on the configured learning rate in ``stage`` (1 unless overridden)."""
@@ -127,6 +147,11 @@ def check_objective_config(
         check_objective(name, options, hierarchy)  # type: ignore[arg-type]
     except ValueError as e:
         raise ConfigError(f"objective.options: {e}") from None
+    trainer = cfg.get("trainer") or {}
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    counts = all(v is None or type(v) is int for v in (epochs, steps))
+    if counts and not trainer.get("fast_dev_run"):  # a dry run takes one batch of a stage
+        check_stages(name, options, epochs, steps)  # (bad types: the trainer's own check)
     needed = get_objective(name).views
     if views is not None and views < needed:
         raise ConfigError(
@@ -141,4 +166,36 @@ def build_objective(
     """The objective ``name`` for ``hierarchy`` on features of ``num_features``."""
     options = dict(options or {})
     check_objective(name, options, hierarchy)
-    return get_objective(name)(hierarchy, num_features, **options)
+    objective = get_objective(name)(hierarchy, num_features, **options)
+    objective._options = {**objective_options(name), **options}
+    return objective
+
+
+def check_stages(
+    name: str, options: Mapping[str, object], max_epochs: int | None, max_steps: int | None
+) -> None:
+    """Refuse a run in which a stage of objective ``name`` gets no epoch, and step-based
+    training (``trainer.max_epochs=-1`` or a ``trainer.max_steps``) of an objective with
+    several stages, which are counted in epochs. One line naming the stage and the setting."""
+    cls = get_objective(name)
+    if len(cls.stage_names) < 2:
+        return
+    options = {**objective_options(name), **options}
+    stages = ", ".join(cls.stage_names)
+    if max_epochs is None or max_epochs < 0 or (max_steps is not None and max_steps >= 0):
+        setting = (
+            f"trainer.max_steps={max_steps}" if max_steps is not None and max_steps >= 0
+            else f"trainer.max_epochs={max_epochs}"
+        )  # fmt: skip
+        raise ConfigError(
+            f"{setting}: objective {name} counts its stages ({stages}) in epochs: set "
+            f"trainer.max_epochs, and trainer.max_steps=-1"
+        )
+    epochs = cls.plan_stages(max_epochs, options)
+    for stage, count in zip(cls.stage_names, epochs, strict=True):
+        if count < 1:
+            plan = ", ".join(f"{s} {n}" for s, n in zip(cls.stage_names, epochs, strict=True))
+            raise ConfigError(
+                f"trainer.max_epochs={max_epochs}: objective {name}'s {stage} stage gets 0 "
+                f"epochs ({plan}); raise trainer.max_epochs or change objective.options"
+            )

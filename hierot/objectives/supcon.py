@@ -4,6 +4,8 @@ features, so that the run ends with a classifier like the others."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,6 +83,7 @@ class SupCon(Objective):
     """
 
     views = 2
+    stage_names = ("contrastive", "probe")
 
     def __init__(
         self,
@@ -104,11 +107,15 @@ class SupCon(Objective):
         )
         self.probing = False
 
-    def stage_epochs(self, max_epochs: int) -> list[int]:
-        probe = int(self.probe_fraction * max_epochs)
+    @classmethod
+    def plan_stages(cls, max_epochs: int, options: Mapping[str, object]) -> list[int]:
+        probe = int(float(options["probe_fraction"]) * max_epochs)  # type: ignore[arg-type]
         return [max_epochs - probe, probe]
 
-    def enter_stage(self, stage: int, module: nn.Module) -> None:
+    def stage_epochs(self, max_epochs: int) -> list[int]:
+        return self.plan_stages(max_epochs, {"probe_fraction": self.probe_fraction})
+
+    def set_stage(self, stage: int) -> None:
         self.probing = stage == 1
         self.regularized = self.trains_backbone = not self.probing
 
