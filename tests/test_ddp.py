@@ -6,9 +6,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from ddp_worker import PER_RANK, make_data, make_model
+from ddp_worker import EVAL_SIZE, OBJECTIVE_CASES, PER_RANK, make_data, make_model
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def run_worker(*args: object) -> None:
+    """``ddp_worker.py`` with ``args``, bounded; its error output on failure."""
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(WORKER), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def one_process_step(
@@ -34,15 +47,7 @@ def one_process_step(
 @pytest.mark.slow
 @pytest.mark.parametrize("dist", ["fastft", "emd"])
 def test_two_ddp_processes_match_one_process_on_the_global_batch(tmp_path, dist):
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path), dist],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_worker(tmp_path, dist)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     # each rank saw its half of the data ...
     x = torch.cat([ranks[0]["batch"][0], ranks[1]["batch"][0]])
@@ -70,3 +75,67 @@ def test_the_local_batch_alone_gives_another_cpcc():
     whole = 1 - float(model.regularizer(z, y).detach())
     local = 1 - float(model.regularizer(z[:PER_RANK], y[:PER_RANK]).detach())
     assert abs(whole - local) > 1e-3
+
+
+def one_process_objective_step(
+    case: str, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss and gradients of one process on the concatenated batch, by hand: the
+    objective's loss on every row (``b * views + v``), plus the centring loss of the first
+    views' features."""
+    objective, options, center, views = OBJECTIVE_CASES[case]
+    model = make_model("none", objective, options, center)
+    if views > 1:
+        x, y = x.flatten(0, 1), y.repeat_interleave(views)
+    z, logits = model(x)
+    loss = model.objective(z, logits, y) + center * z[::views].mean(0).norm()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(OBJECTIVE_CASES))
+def test_objectives_with_batch_wide_terms_see_the_global_batch(tmp_path, case):
+    """SupCon's pairs, quadruplets and the centring loss over the global batch: one step on
+    2 processes has one process's loss (the mean of the ranks': cross-entropy, a mean over
+    samples, stays each rank's) and gradients on the concatenated batch."""
+    run_worker(tmp_path, "objective", case)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x = torch.cat([ranks[0]["batch"][0], ranks[1]["batch"][0]])
+    y = torch.cat([ranks[0]["batch"][1], ranks[1]["batch"][1]])
+    assert sorted(y.tolist()) == sorted(make_data()[1].tolist())
+    loss, grads = one_process_objective_step(case, x, y)
+    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(loss, rel=1e-5, abs=1e-6)
+    for rank in ranks:
+        assert rank["grads"].keys() == grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(rank["grads"][name], grad, rtol=1e-4, atol=1e-6)
+    assert max(float(g.abs().max()) for g in grads.values()) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["supcon", "curriculum"])
+def test_staged_objectives_train_on_two_processes_across_their_stages(tmp_path, objective):
+    """Each stage leaves some parameters without a gradient (a head waiting for its stage, a
+    frozen backbone): DDP still averages every step's gradients, and the ranks end equal."""
+    run_worker(tmp_path, "stages", objective)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    start = make_model("none", objective).state_dict()
+    for name, value in ranks[0]["params"].items():
+        torch.testing.assert_close(ranks[1]["params"][name], value, rtol=0, atol=0)
+    assert not torch.equal(ranks[0]["params"]["head.weight"], start["head.weight"])
+
+
+@pytest.mark.slow
+def test_evaluation_on_two_processes_counts_each_sample_once(tmp_path):
+    """Validation (during fit) and test splits of an odd size on 2 processes: every logged
+    metric as on one process, none counting a sample twice."""
+    assert EVAL_SIZE % 2 == 1
+    run_worker(tmp_path, "eval", 1)
+    run_worker(tmp_path, "eval", 2)
+    one, two = torch.load(tmp_path / "eval1.pt"), torch.load(tmp_path / "eval2.pt")
+    assert {"val/acc_fine", "val/loss", "test/acc_fine", "test/cpcc", "test/loss"} <= one.keys()
+    assert one.keys() == two.keys()
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -11,8 +11,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hierot.checks import config_check
 from hierot.data.images import Views
@@ -142,6 +143,22 @@ def default_workers(cores: int | None = None) -> int:
     return max(0, min(8, cores - 1))
 
 
+def eval_sampler(dataset: Dataset, rank: int, world: int) -> Sampler | None:
+    """The samples of an evaluation split that process ``rank`` of ``world`` reads, in order:
+    every ``world``-th, none repeated (None on one process: all of them). Lightning leaves a
+    ``DistributedSampler`` in place; every rank needs a sample, or the others would wait for
+    it at the end of the epoch."""
+    if world == 1:
+        return None
+    n = len(dataset)  # type: ignore[arg-type]
+    if 0 < n < world:
+        raise DataError(
+            f"an evaluation split of {n} images cannot be shared by {world} processes "
+            f"(each needs one): evaluate on {n} device{'s' if n > 1 else ''} or fewer"
+        )
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+
 class HierarchyDataModule(L.LightningDataModule):
     """Lightning's contract: ``__init__`` takes and checks arguments only (no file is
     opened), ``setup`` reads the images into ``train_set``/``val_set``/``test_set``; each
@@ -243,10 +260,17 @@ class HierarchyDataModule(L.LightningDataModule):
         where CUDA is, so that Lightning's copy to the device (``non_blocking=True`` for every
         tensor, ``lightning.fabric.utilities.apply_func.move_data_to_device``) overlaps the
         step. The validation, test and predict loaders (``hierot.evaluate``'s features), and
-        ``hierot.transfer``'s features."""
+        ``hierot.transfer``'s features.
+
+        Under DDP each rank reads every ``world``-th sample (``eval_sampler``): the ranks
+        together read each sample once, one batch more or less apiece when the split does
+        not divide (Lightning's own ``DistributedSampler`` would repeat samples to even
+        them out, and every metric would count the copies)."""
+        rank, world = self._world()
         return DataLoader(
             dataset,
-            batch_size=self.device_batch(self._world()[1]),
+            batch_size=self.device_batch(world),
+            sampler=eval_sampler(dataset, rank, world),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -1,13 +1,15 @@
 """Hierarchy-aware metrics.
 
 - ``epoch``: torchmetrics accumulated over a split's batches during training, validation and
-  test, synced across ranks: ``LevelAccuracy``, ``MistakeSeverity``, ``SplitCPCC``.
+  test, synced across ranks: ``LevelAccuracy``, ``MistakeSeverity``, ``MeanCrossEntropy``,
+  ``SplitCPCC``.
 - ``features``: metrics of a whole split's features at once, for ``hierot.evaluate``:
   TestCPCC under every distance, average hierarchical distance@k, retrieval mAP.
 """
 
 from hierot.metrics.epoch import (
     LevelAccuracy,
+    MeanCrossEntropy,
     MistakeSeverity,
     SplitCPCC,
     check_val_cpcc,
@@ -17,6 +19,7 @@ from hierot.metrics.features import average_hierarchical_distance, evaluate_feat
 
 __all__ = [
     "LevelAccuracy",
+    "MeanCrossEntropy",
     "MistakeSeverity",
     "SplitCPCC",
     "average_hierarchical_distance",

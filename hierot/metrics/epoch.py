@@ -2,12 +2,14 @@
 
 - ``LevelAccuracy``: accuracy of the fine prediction mapped up the tree to one level.
 - ``MistakeSeverity``: mean tree distance between prediction and truth over the mistakes.
+- ``MeanCrossEntropy``: the split's cross-entropy, a mean over its samples.
 - ``SplitCPCC``: CPCC over all features of a split (TestCPCC), with several class distances.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -86,6 +88,29 @@ class MistakeSeverity(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.severity / self.mistakes.clamp_min(1)
+
+
+class MeanCrossEntropy(Metric):
+    """Cross-entropy of the logits, the mean over every sample of a split: summed on each
+    rank and then over the ranks, so it stays the per-sample mean when the ranks hold
+    different numbers of samples (a mean of each rank's mean would not be)."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """logits: (N, K) scores; target: (N,) class ids."""
+        self.total += F.cross_entropy(logits.float(), target, reduction="sum")
+        self.count += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp_min(1)
 
 
 class SplitCPCC(Metric):

@@ -51,6 +51,8 @@ class Curriculum(Objective):
     """
 
     stage_names = ("coarse", "fine")
+    # each stage leaves the other's head unused
+    unused_parameters = True
 
     def __init__(
         self,

@@ -63,7 +63,8 @@ def quadruplet_loss(
 
 @register_objective("quadruplet", check=check_quadruplet)
 class Quadruplet(Objective):
-    """``(1 - lambda_s) * quadruplet(normalize(z)) + lambda_s * CE(logits, y)``.
+    """``(1 - lambda_s) * quadruplet(normalize(z)) + lambda_s * CE(logits, y)``; under DDP
+    the quadruplets are mined over the global batch, the cross-entropy stays each process's.
 
     The quadruplet's coarse label is each class's parent in the tree (the reference's
     ``coarse_map`` on its two-level trees).
@@ -72,6 +73,9 @@ class Quadruplet(Objective):
         m1, m2: the margins, m1 > m2 > 0 (HierarchyCPCC: 0.25, 0.15).
         lambda_s: the weight of cross-entropy (HierarchyCPCC: 0.8).
     """
+
+    # the quadruplets are mined over the global batch under DDP
+    batch_wide = True
 
     def __init__(
         self,
@@ -86,6 +90,9 @@ class Quadruplet(Objective):
         self.m1, self.m2, self.lambda_s = float(m1), float(m2), float(lambda_s)
         self.register_buffer("parent", hierarchy.parent_map(), persistent=False)
 
-    def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def sample_loss(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.lambda_s * F.cross_entropy(logits, y)
+
+    def batch_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         quad = quadruplet_loss(F.normalize(z, dim=-1), y, self.parent, self.m1, self.m2)
-        return (1 - self.lambda_s) * quad + self.lambda_s * F.cross_entropy(logits, y)
+        return (1 - self.lambda_s) * quad

@@ -23,11 +23,39 @@ class Objective(nn.Module):
     """Base class: ``__init__(hierarchy, num_features, **options)`` and
     ``forward(z, logits, y)`` with z (B, d) features, logits (B, K) of the fine head and y
     (B,) class ids, returning a 0-dim loss. Parameters an objective adds (``mtl``'s level
-    heads) are trained with the model and saved in its checkpoints."""
+    heads) are trained with the model and saved in its checkpoints.
+
+    A loss of per-sample terms (means over the batch's samples: cross-entropy and its
+    variants) overrides ``forward``: under DDP each process computes it on its own share,
+    and DDP's averaging of the gradients makes it the global batch's. A loss with a term
+    over pairs or groups of samples (contrastive pairs, quadruplets) sets ``batch_wide``
+    and splits itself instead: ``sample_loss`` (the per-sample terms, each process its
+    share) plus ``batch_loss`` (the batch-wide term, which ``HierarchyModule`` computes on
+    the global batch gathered from every process, as it does CPCC); ``forward`` is then
+    their sum on one batch.
+    """
 
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        loss = self.sample_loss(z, logits, y)
+        return loss + self.batch_loss(z, y) if self.batch_wide else loss
 
+    def sample_loss(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss's per-sample terms on a process's share of the batch (a batch-wide
+        objective's; the others override ``forward``)."""
+        raise NotImplementedError(
+            f"objective {type(self).__name__} defines neither forward nor sample_loss"
+        )
+
+    def batch_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch-wide term on the global batch's features ``z`` (every view of every
+        image a row, ``b * views + v``) and class ids ``y``; used when ``batch_wide``."""
+        raise NotImplementedError(f"objective {type(self).__name__} has no batch-wide term")
+
+    # Whether the loss has a batch-wide term (``batch_loss``) in the current stage.
+    batch_wide: bool = False
+    # Whether some stage leaves a trainable parameter without a gradient (a head that waits
+    # for its stage, a frozen backbone): DDP then looks for such parameters every step.
+    unused_parameters: bool = False
     # Whether CPCC is added to this objective's loss in the current stage.
     regularized: bool = True
     # Whether the backbone trains in the current stage (False: a linear probe on frozen

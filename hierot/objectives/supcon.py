@@ -65,7 +65,8 @@ class SupCon(Objective):
     backbone features, as HypStructure). Then the backbone is frozen (eval mode, no
     gradient) and the linear head trains with cross-entropy, with a fresh optimizer and
     schedule, for the rest: the test accuracy and TestCPCC are those of this classifier and
-    these features.
+    these features. Under DDP the contrastive loss is over the global batch's pairs (every
+    process's views, gathered), the probe's cross-entropy over each process's share.
 
     Needs ``data.views >= 2`` (``objective=supcon`` sets 2). The projection head is
     SupContrast's: Linear(d, d), ReLU, Linear(d, ``projection``).
@@ -83,6 +84,11 @@ class SupCon(Objective):
     """
 
     views = 2
+    # the contrastive stage leaves the head unused, the probe the backbone and projection
+    unused_parameters = True
+    # the contrastive stage's pairs span the global batch under DDP; the probe's
+    # cross-entropy is per sample
+    batch_wide = True
     stage_names = ("contrastive", "probe")
 
     def __init__(
@@ -117,13 +123,16 @@ class SupCon(Objective):
 
     def set_stage(self, stage: int) -> None:
         self.probing = stage == 1
-        self.regularized = self.trains_backbone = not self.probing
+        self.regularized = self.trains_backbone = self.batch_wide = not self.probing
 
     def lr_scale(self, stage: int) -> float:
         return 1.0 if stage == 1 else self.contrastive_lr_scale
 
-    def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def sample_loss(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.probing:
             return F.cross_entropy(logits, y)
+        return logits.new_zeros(())
+
+    def batch_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         features = F.normalize(self.projection(z), dim=1)
         return supcon_loss(features, y, self.temperature, self.base_temperature)
