@@ -20,6 +20,7 @@ from hierot.errors import ConfigError, Diverged, require_integer, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.metrics import (
     LevelAccuracy,
+    MeanCrossEntropy,
     MistakeSeverity,
     SplitCPCC,
     check_val_cpcc,
@@ -52,13 +53,15 @@ def split_metrics(
     split: str, hierarchy: Hierarchy, keys: Mapping[int, str], k: int, tree_dist: SharedTensor
 ) -> MetricCollection:
     """A split's metrics: accuracy at every level, and outside training the top-``k``
-    accuracy and the mistake severity (on the run's shared tree distances)."""
+    accuracy, the mistake severity (on the run's shared tree distances) and the loss (the
+    cross-entropy, a mean over the split's samples on any number of processes)."""
     metrics: dict[str, nn.Module] = {
         f"acc_{keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1]) for lvl in hierarchy.levels
     }
     if split != "train":
         metrics[f"acc_top{k}"] = MulticlassAccuracy(hierarchy.num_classes, top_k=k, average="micro")
         metrics["mistake_severity"] = MistakeSeverity(tree_dist)
+        metrics["loss"] = MeanCrossEntropy()
     # Compute groups would merge levels whose counts agree on the first batch.
     return MetricCollection(metrics, prefix=f"{split}/", compute_groups=False)
 
@@ -215,36 +218,58 @@ class HierarchyModule(L.LightningModule):
 
     def _global_batch(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and labels of every rank's batch, rank 0's first; gradients flow back to
-        each rank's own slice. A no-op on one process.
+        each rank's own slice. A no-op on one process. Rows keep their order within each
+        rank, so a layout of ``b * views + v`` holds on the global batch too.
 
-        Every rank then computes the same regularizer on the same global batch: the gather's
-        backward sums the W identical gradients of a slice, and DDP's averaging of parameter
-        gradients divides by W again, so the result is the global batch's gradient.
+        Every rank then computes the same batch-wide term on the same global batch: the
+        gather's backward sums the W identical gradients of a slice, and DDP's averaging of
+        parameter gradients divides by W again, so the result is the global batch's gradient.
+        The host reads the ranks' sizes (one wait per step).
         """
         trainer = self._trainer
         if trainer is None or trainer.world_size == 1:
             return z, y
         # all_gather needs equal shapes: pad every rank to the largest batch, then drop it.
-        sizes = self.all_gather(torch.tensor(y.numel(), device=y.device)).reshape(-1)
-        pad = int(sizes.max()) - y.numel()
+        sizes = self.all_gather(torch.tensor(y.numel(), device=y.device)).reshape(-1).tolist()
+        pad = max(sizes) - y.numel()
         zs = self.all_gather(F.pad(z, (0, 0, 0, pad)), sync_grads=True)  # (W, n, d)
         ys = self.all_gather(F.pad(y, (0, pad)))
-        real = torch.arange(zs.shape[1], device=y.device) < sizes[:, None]
-        return zs[real], ys[real]
+        if min(sizes) == max(sizes):
+            return zs.flatten(0, 1), ys.flatten(0, 1)
+        return (
+            torch.cat([zs[r, :n] for r, n in enumerate(sizes)]),
+            torch.cat([ys[r, :n] for r, n in enumerate(sizes)]),
+        )
 
     def _losses(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, views: int = 1):
         """``(loss, objective's part, regularizer or None)``. With several views of each
         image (rows ``b * views + v``) the objective sees them all; CPCC and the centring
-        loss see the first view of each image, as HypStructure's."""
-        base = self.objective(z, logits, y)
-        if views > 1:
-            z, y = z[::views], y[::views]
+        loss see the first view of each image, as HypStructure's.
+
+        The terms over the batch see the global batch under DDP (``_global_batch``, gathered
+        once a step): the objective's ``batch_loss`` where it declares one (``batch_wide``),
+        the centring loss and CPCC. The objective's per-sample terms stay on each rank's
+        share; DDP's averaging makes them the global batch's.
+        """
+        objective = self.objective
+        wide = objective.batch_wide
+        regularized = self.regularizer is not None and self.lam != 0 and objective.regularized
+        rows = (z, y) if wide or views == 1 else (z[::views], y[::views])
+        if wide or self.center or regularized:
+            rows = self._global_batch(*rows)
+        if wide:
+            base = objective.sample_loss(z, logits, y) + objective.batch_loss(*rows)
+            if views > 1:
+                rows = rows[0][::views], rows[1][::views]
+        else:
+            base = objective(z, logits, y)
+        first, labels = rows
         if self.center:
             method = "l2" if self.dist == NO_DISTANCE else self.dist
-            base = base + self.center * batch_centre(method, z, self.dist_options).norm()
-        if self.regularizer is None or self.lam == 0 or not self.objective.regularized:
+            base = base + self.center * batch_centre(method, first, self.dist_options).norm()
+        if not regularized:
             return base, base, None
-        reg = self.regularizer(*self._global_batch(z, y))
+        reg = self.regularizer(first, labels)
         return base + self.lam * reg, base, reg
 
     def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,10 +408,8 @@ class HierarchyModule(L.LightningModule):
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
         z, logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.log(f"{split}/loss", loss, batch_size=y.numel(), sync_dist=True)
         metrics, split_cpcc = self._split_metrics(split)
-        metrics.update(logits, y)
+        metrics.update(logits, y)  # the loss too (MeanCrossEntropy)
         if self._split_cpcc_due(split):
             split_cpcc.update(z, y)
 
@@ -464,10 +487,22 @@ class HierarchyModule(L.LightningModule):
         return self._stage_at(self.current_epoch)[0] == len(self._stages()) - 1
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._trainer is not None and self.objective.unused_parameters:
+            self._find_unused_parameters()
         if stage == "fit" and self._trainer is not None and not self.trainer.fast_dev_run:
             # A stage without an epoch, or stages counted in steps: one line before training.
             check_stages(self.objective_name, self.objective.options, self.trainer.max_epochs,
                          self.trainer.max_steps)  # fmt: skip
+
+    def _find_unused_parameters(self) -> None:
+        """Have DDP look for the parameters without a gradient every step, for an objective
+        whose stages leave some unused (``Objective.unused_parameters``): otherwise DDP
+        averages no gradient of such a step and stops at the next. Lightning's
+        ``DDPStrategy`` passes these options to ``DistributedDataParallel`` when it wraps the
+        model, after ``setup``; other strategies have none."""
+        options = getattr(self.trainer.strategy, "_ddp_kwargs", None)
+        if isinstance(options, dict):
+            options["find_unused_parameters"] = True
 
     def update_stage(self) -> None:
         """Enter the stage of the epoch about to be trained, if it is a new one: the
