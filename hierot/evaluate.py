@@ -42,7 +42,8 @@ from hierot.config import (
 )
 from hierot.cpcc import NO_DISTANCE, cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
-from hierot.distances import DEFAULT_MEMORY_MB, class_distances
+from hierot.distances import DEFAULT_MEMORY_MB, class_distances, evaluation_options
+from hierot.distances.emd import UNFINISHED_PLANS
 from hierot.errors import ConfigError
 from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
@@ -163,6 +164,7 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     """Every configured metric of a checkpoint on its data's test split, written to
     ``metrics.json`` (and the figures) in ``output_dir``; returns the metrics."""
     ckpt = check_evaluate(cfg)
+    UNFINISHED_PLANS.reset()  # this evaluation's (a multirun evaluates in one process)
     out = Path(cfg.output_dir)
     datamodule = build(cfg.data, "data")
     check_run_classes(ckpt, list(datamodule.hierarchy.leaves))
@@ -198,6 +200,8 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
         write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb, scores)
     write_metrics(out / "metrics.json", metrics)
     log.info("%s", format_table(metrics))
+    if (unfinished := UNFINISHED_PLANS.summary(during="the evaluation")) is not None:
+        log.warning("%s", unfinished)
     log.info("outputs: %s", out)
     return metrics
 
@@ -293,11 +297,12 @@ def extra_metrics(
 def run_distance(model: HierarchyModule) -> tuple[str, dict[str, object]]:
     """The distance and options ``test/cpcc`` is measured with, as training defines it: the
     run's own (which may differ from the shared options of the ``cpcc_<method>`` columns),
-    ``l2`` for a run without CPCC."""
+    ``l2`` for a run without CPCC; a random distance left at ``seed=None`` evaluates with
+    ``hierot.distances.EVALUATION_SEED``, as the training run's ``test/cpcc`` did."""
     run_dist = model.hparams.get("dist", "l2")
     if run_dist == NO_DISTANCE:
         return "l2", {}
-    return run_dist, dict(model.hparams.get("dist_options", {}))
+    return run_dist, evaluation_options(run_dist, model.hparams.get("dist_options", {}))
 
 
 def run_record(ckpt: Path, model: HierarchyModule, samples: int) -> dict[str, object]:

@@ -28,6 +28,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from hierot.data.module import HierarchyDataModule
+from hierot.distances.emd import UNFINISHED_PLANS
 from hierot.errors import DiskFull
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,19 @@ def format_metrics(metrics: Mapping[str, object]) -> str:
 class EpochLog(L.Callback):
     """One log line per training epoch with its metrics, and the data sizes when fitting
     starts. ``train/*`` are means over the epoch's batches (the module logs them per step);
-    ``val/*`` are the epoch's validation."""
+    ``val/*`` are the epoch's validation. When fitting and when testing ends, the count of
+    class pairs whose ``emd`` plan stopped short of optimal, if any
+    (``hierot.distances.emd.UNFINISHED_PLANS``)."""
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
         self._sums: dict[str, torch.Tensor] = {}
         self._batches = 0
+        self._unfinished = 0  # UNFINISHED_PLANS.count already logged
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        UNFINISHED_PLANS.reset()  # this run's, on every rank
+        self._unfinished = 0
         data = trainer.datamodule
         if not trainer.is_global_zero or not isinstance(data, HierarchyDataModule):
             return
@@ -164,6 +170,18 @@ class EpochLog(L.Callback):
             seconds,
             format_metrics(metrics),
         )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_unfinished(trainer, "training and validation")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_unfinished(trainer, "the test")
+
+    def _log_unfinished(self, trainer: L.Trainer, during: str) -> None:
+        line = UNFINISHED_PLANS.summary(since=self._unfinished, during=during)
+        self._unfinished = UNFINISHED_PLANS.count
+        if line is not None and trainer.is_global_zero:
+            log.warning("%s", line)
 
 
 class AppendingWriter(ExperimentWriter):

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from hierot.distances import class_distances, list_distances, register_distance
+from hierot.distances import (
+    EVALUATION_SEED,
+    class_distances,
+    evaluation_options,
+    list_distances,
+    register_distance,
+)
 from hierot.distances import registry as registry_module
 
 from helpers.batches import class_pairs, multimodal_batch
@@ -180,6 +186,14 @@ def test_swd_seeded_projections_are_reproducible_and_shaped():
     assert torch.equal(a, b) and not torch.equal(a, c)
     with pytest.raises(ValueError, match=r"projections must be \(dim=5, L\)"):
         class_distances(z, y, "swd", projections=torch.randn(4, 3))
+
+
+def test_evaluation_fixes_the_seed_of_random_distances_only():
+    assert evaluation_options("swd", {"seed": None, "p": 1}) == {"seed": EVALUATION_SEED, "p": 1}
+    assert evaluation_options("swd", {}) == {"seed": EVALUATION_SEED}
+    assert evaluation_options("swd", {"seed": 7}) == {"seed": 7}  # a chosen seed stays
+    assert evaluation_options("emd", {"max_iter": 5}) == {"max_iter": 5}
+    assert evaluation_options("sinkhorn", {}) == {} == evaluation_options("fastft", {})
 
 
 def test_bad_method_and_options_are_named():

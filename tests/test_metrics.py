@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from hierot import Hierarchy, cpcc
+from hierot.distances import EVALUATION_SEED
 from hierot.errors import ConfigError
 from hierot.metrics import LevelAccuracy, MistakeSeverity, SplitCPCC, class_subsample
 from hierot.models.module import level_keys
@@ -92,3 +93,29 @@ def test_class_subsample_is_seeded_sorted_and_all_when_small():
     assert a.numel() == 1000 and torch.equal(a, a.sort().values) and a.unique().numel() == 1000
     assert torch.equal(a, class_subsample(10_000, 1000))
     assert class_subsample(24, 1000) is None and class_subsample(24, None) is None
+
+
+def swd_features(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(5).repeat(12)
+    z = torch.randn(60, 8, generator=g) + torch.tensor([[0.0], [0.5], [1.5], [4.0], [4.5]])[y]
+    return z, y
+
+
+def test_split_cpcc_of_a_random_distance_repeats_and_leaves_the_global_generator_alone():
+    """``dist=swd`` with ``seed: null``: the evaluation's projections come from their own
+    generator, so every evaluation gives the same value and training's draws do not move."""
+    z, y = swd_features()
+    metric = SplitCPCC(TREE.tree_distances(), {"cpcc": ("swd", {"n_projections": 3})})
+    values = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        before = torch.get_rng_state()
+        metric.reset()
+        metric.update(z, y)
+        values.append(metric.compute()["cpcc"].item())
+        assert torch.equal(torch.get_rng_state(), before)
+    assert values[0] == values[1]
+    # the same fixed seed as the distance's own ``seed`` option
+    seeded = cpcc(z, y, TREE.tree_distances(), "swd", n_projections=3, seed=EVALUATION_SEED)
+    assert values[0] == seeded.item()

@@ -246,6 +246,48 @@ def test_val_cpcc_every_n_epochs_over_a_class_subset(make_cfg, tmp_path):
     assert -1 <= metrics["test/cpcc"] <= 1
 
 
+@pytest.mark.slow
+def test_how_often_val_cpcc_runs_does_not_change_training(make_cfg, tmp_path):
+    """dist=swd draws its projections at random (``seed: null``): validation's draws come
+    from their own generator, so the batches and losses of training are the same whether
+    val/cpcc runs every epoch or every second one, and so is the test."""
+    import csv
+
+    run = ["dist=swd", "seed=5", "trainer.deterministic=true", "trainer.log_every_n_steps=1"]
+    losses, tests = [], []
+    for every in (1, 2):
+        out = f"every{every}"
+        train(make_cfg(*run, f"cpcc.val_every={every}", out=out))
+        with open(tmp_path / out / "logs" / "metrics.csv") as f:
+            rows = csv.DictReader(f)
+            losses.append([float(r["train/loss"]) for r in rows if r.get("train/loss")])
+        tests.append(read_metrics(tmp_path / out))
+    assert len(losses[0]) == 9 and losses[0] == losses[1]
+    for key in ("test/cpcc", "test/loss", "test/acc_fine"):
+        assert tests[0][key] == tests[1][key], key
+
+
+@pytest.mark.slow
+def test_emd_pairs_stopped_at_the_iteration_limit_are_counted_in_the_log(make_cfg, caplog):
+    import logging
+    import re
+    import warnings
+
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(make_cfg("dist=emd", "dist.options.max_iter=1", "trainer.max_epochs=1",
+                       "data.test_per_class=4"))  # fmt: skip
+    limit = [w for w in caught if "max_iter=1" in str(w.message)]
+    assert len(limit) == 1 and re.search(r"classes \d+ and \d+", str(limit[0].message))
+    lines = [r.getMessage() for r in caplog.records if "class pairs" in r.getMessage()]
+    # 3 steps of ~20 of the 24 classes, then the test: hundreds of pairs (the validation's
+    # pairs of 2 samples each happen to finish in one pivot)
+    counts = [int(re.search(r"(\d+) class pairs", line).group(1)) for line in lines]
+    assert len(lines) == 2 and all(c > 100 for c in counts), lines
+    assert "during training and validation" in lines[0] and "during the test" in lines[1]
+    assert all("max_iter=1" in line for line in lines)
+
+
 def test_worker_count_follows_the_cores():
     assert [default_workers(c) for c in (1, 2, 4, 64)] == [0, 1, 3, 8]
 

@@ -21,9 +21,11 @@ from hierot.distances.batch import (
 )
 from hierot.distances.coupling import monotone_coupling
 from hierot.distances.registry import (
+    EVALUATION_SEED,
     batch_centre,
     check_options,
     distance_options,
+    evaluation_options,
     get_distance,
     list_distances,
     memory_model,
@@ -98,6 +100,7 @@ def class_distances(
 
 __all__ = [
     "DEFAULT_MEMORY_MB",
+    "EVALUATION_SEED",
     "ClassBatch",
     "PairMemory",
     "batch_centre",
@@ -106,6 +109,7 @@ __all__ = [
     "class_distance_chunks",
     "class_distances",
     "distance_options",
+    "evaluation_options",
     "get_distance",
     "group_by_class",
     "list_distances",

@@ -5,7 +5,9 @@ small problems of a class pair; hierot calls the compiled solver behind it,
 ``ot.lp.emd_wrap.emd_c``, directly. That is POT's private API: its signature has grown before
 (``alpha_init``, ``beta_init`` in 0.9.6), so it is used only when its leading parameters are
 the ones this module passes, and ``ot.emd`` otherwise. ``direct_solver()`` says which; a
-test fails if the pinned POT no longer offers the direct route.
+test fails if the pinned POT no longer offers the direct route. ``ot.emd`` also warns when the
+solver's result code is not ``OPTIMAL``; ``exact_plan`` returns the code with the plan, and
+``hierot.distances.emd`` warns and counts (``UNFINISHED_PLANS``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import ot
 
 # The leading parameters of emd_c this module passes, by name.
 EXPECTED_PARAMETERS = ("a", "b", "M", "max_iter", "numThreads")
+
+# POT's result codes (ot.lp.emd_wrap): only OPTIMAL gives the optimal plan.
+INFEASIBLE, OPTIMAL, UNBOUNDED, MAX_ITER_REACHED = 0, 1, 2, 3
 
 
 def _find_emd_c() -> Callable[..., tuple] | None:
@@ -40,9 +45,17 @@ def direct_solver() -> bool:
     return _EMD_C is not None
 
 
-def exact_plan(a: np.ndarray, b: np.ndarray, cost: np.ndarray, max_iter: int) -> np.ndarray:
-    """The optimal plan (n, m) between float64 weights ``a`` (n,) and ``b`` (m,) of equal
-    total mass under the C-contiguous float64 ``cost`` (n, m)."""
+def exact_plan(
+    a: np.ndarray, b: np.ndarray, cost: np.ndarray, max_iter: int
+) -> tuple[np.ndarray, int]:
+    """``(plan, code)``: the plan (n, m) between float64 weights ``a`` (n,) and ``b`` (m,)
+    of equal total mass under the C-contiguous float64 ``cost`` (n, m), and POT's result
+    code. The plan is optimal only where ``code == OPTIMAL``; one stopped at ``max_iter``
+    (``MAX_ITER_REACHED``) need not even carry the whole mass. ``ot.emd`` warns on such a
+    code; ``emd_c`` leaves it to the caller."""
     if _EMD_C is not None:
-        return _EMD_C(a, b, cost, max_iter=max_iter, numThreads=1)[0]
-    return ot.emd(a, b, cost, numItermax=max_iter)
+        # (G, cost, alpha, beta, result_code): the code is last
+        out = _EMD_C(a, b, cost, max_iter=max_iter, numThreads=1)
+        return out[0], int(out[-1])
+    plan, info = ot.emd(a, b, cost, numItermax=max_iter, log=True)
+    return plan, int(info["result_code"])

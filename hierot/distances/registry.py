@@ -44,6 +44,10 @@ def register_distance(
 
     ``centre(z, **options)``, if given, is the centre of a batch's features in the geometry
     the distance measures in (``batch_centre``: the Euclidean mean without it).
+
+    A distance that draws at random takes a ``seed`` option, ``None`` meaning torch's global
+    generator (a training regularizer's draws then follow ``torch.manual_seed``); evaluation
+    fixes it (``evaluation_options``).
     """
 
     def add(fn: DistanceFn) -> DistanceFn:
@@ -104,6 +108,23 @@ def _options_of(fn: DistanceFn) -> dict[str, object]:
 def distance_options(name: str) -> dict[str, object]:
     """``{option: default}`` of a registered distance (what configs may set)."""
     return dict(_options_of(get_distance(name)))
+
+
+# The seed of a random distance's draws wherever it evaluates (val/cpcc, test/cpcc,
+# hierot.evaluate): the directions of ``swd`` are then the same at every evaluation of a
+# run and in every run, and the global generator, which orders the training batches, is
+# left alone. 0, as conf/evaluate.yaml's swd column.
+EVALUATION_SEED = 0
+
+
+def evaluation_options(name: str, options: Mapping[str, object]) -> dict[str, object]:
+    """``options`` of distance ``name`` for an evaluation: a random distance (one with a
+    ``seed`` option) left at ``seed=None`` gets ``EVALUATION_SEED``, so it draws from its own
+    seeded generator instead of torch's global one; other options are kept."""
+    out = dict(options)
+    if "seed" in distance_options(name) and out.get("seed") is None:
+        out["seed"] = EVALUATION_SEED
+    return out
 
 
 def check_options(name: str, options: Mapping[str, object]) -> None:

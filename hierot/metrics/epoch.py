@@ -16,7 +16,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from hierot.checks import config_check
 from hierot.cpcc import cpcc
-from hierot.distances import DEFAULT_MEMORY_MB, check_memory
+from hierot.distances import DEFAULT_MEMORY_MB, check_memory, evaluation_options
 from hierot.errors import ConfigError, is_integer
 from hierot.shared import SharedTensor, attach
 
@@ -122,7 +122,9 @@ class SplitCPCC(Metric):
 
     Args:
         tree_dist: (K, K) tree distances, or the run's ``SharedTensor`` of them.
-        methods: ``{name: (method, options)}``; ``compute`` returns ``{name: cpcc}``.
+        methods: ``{name: (method, options)}``; ``compute`` returns ``{name: cpcc}``. A
+            random distance left at ``seed=None`` (``swd``) evaluates with
+            ``hierot.distances.EVALUATION_SEED``.
         memory_mb: the class distances' memory budget (``hierot.distances.class_distances``).
         classes: if given, only samples of these class ids are kept (a subsample of a large
             label set, e.g. for a validation CPCC every epoch).
@@ -149,7 +151,12 @@ class SplitCPCC(Metric):
             keep = torch.zeros(self.tree_dist.shape[0], dtype=torch.bool)
             keep[classes.long()] = True
         self.register_buffer("keep", keep, persistent=False)
-        self.methods = dict(methods)
+        # A random distance (swd) draws from its own seeded generator: the same directions
+        # at every evaluation, and the global generator (the training batches) untouched.
+        self.methods = {
+            name: (method, evaluation_options(method, options))
+            for name, (method, options) in methods.items()
+        }
         self.memory_mb = memory_mb
         self.add_state("features", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hierot.checks import config_check
 from hierot.cpcc import cpcc
-from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options
+from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, evaluation_options
 from hierot.errors import ConfigError, require_integer
 from hierot.hierarchy import Hierarchy
 from hierot.metrics.calibration import calibration_errors
@@ -132,7 +132,8 @@ def evaluate_features(
     Args:
         z: (N, d) features; logits: (N, K); target: (N,) fine classes.
         level_names: ``{level: name}`` (``hierot.models.level_keys``), ``fine`` the deepest.
-        distances: ``{method: options}``; each gives ``cpcc_<method>``.
+        distances: ``{method: options}``; each gives ``cpcc_<method>`` (a random distance
+            left at ``seed=None`` with ``hierot.distances.EVALUATION_SEED``).
         top_k: the k of ``acc_top<k>`` (one or several).
         ahd_k: the k of every other ``@k`` metric (``hdist``, ``best``, ``hprec``, ``hmap``).
         memory_mb: the memory budget of the class distances (``class_distances``) and of
@@ -153,6 +154,7 @@ def evaluate_features(
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for method, options in distances.items():
+            options = evaluation_options(method, options)
             out[f"cpcc_{method}"] = cpcc(z, target, tree_dist, method, memory_mb, **options)
         for level in hierarchy.levels:
             fine_to_level = hierarchy.level_map(level)[1].to(z.device)
