@@ -1,11 +1,17 @@
 """Checkpoint files and the runs they belong to: a cheap structural check before a run
 starts, the run's files (config, data, tree, config-group choices), and the one way to load
-a trained module, with a one-line error instead of torch's unpickling or zip traceback."""
+a trained module, with a one-line error instead of torch's unpickling or zip traceback.
+
+Loading runs no code: every checkpoint is read with ``torch.load(weights_only=True)``
+(tensors and plain values; a file that needs more is refused, naming what it needs, before
+any of it is unpickled into objects), and a run's ``config.yaml`` instantiates only what
+``hierot.targets`` allows."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ from hierot.errors import ConfigError
 from hierot.hierarchy import Hierarchy
 from hierot.models import HierarchyModule
 from hierot.overrides import keys, parse_overrides, set_values, sets, value_text
+from hierot.targets import check_saved_targets
 
 
 def check_checkpoint(value: object, key: str) -> Path:
@@ -27,6 +34,9 @@ def check_checkpoint(value: object, key: str) -> Path:
 
     ``torch.save`` writes a zip archive whose central directory sits at the end, so a
     truncated copy (an interrupted transfer) and a file of another kind both fail here.
+    Its pickle is then read as every load reads it (``weights_only_load``, the tensors
+    memory-mapped, not read), so that a file that needs more than tensors and plain values
+    is refused here, before a run starts.
     """
     if value is None or str(value) in ("", "???"):
         raise ConfigError(f"{key}: give a checkpoint file, {key}=PATH")
@@ -43,7 +53,54 @@ def check_checkpoint(value: object, key: str) -> Path:
         ) from None
     if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
         raise ConfigError(f"{key}: {path} is a zip archive but not a PyTorch checkpoint")
+    weights_only_load(path, key, mmap=True)
     return path
+
+
+# Where a pickled callable's module is the platform's name for a documented one.
+PLATFORM_MODULES = {"posix": "os", "nt": "os"}
+
+
+def unsafe_global(error: BaseException) -> str | None:
+    """The global (``module.name``) that ``torch.load(weights_only=True)`` refused to
+    unpickle, from its message; None for another failure."""
+    match = re.search(r"GLOBAL ([\w.]+?)\.?(?:\s|$)", str(error))
+    if match is None:
+        return None
+    name = match.group(1)
+    module, _, rest = name.partition(".")
+    if module in PLATFORM_MODULES and rest:
+        return f"{PLATFORM_MODULES[module]}.{rest} (pickled as {name})"
+    return name
+
+
+def read_error(path: Path, key: str, error: BaseException) -> ConfigError:
+    """The one-line error for a checkpoint that ``torch.load(weights_only=True)`` refused
+    (naming what it needed) or could not read."""
+    name = unsafe_global(error)
+    if name is not None:
+        return ConfigError(
+            f"{key}: {path} needs {name} to load, and loading calls what it names: "
+            f"refused, nothing of it run (hierot reads checkpoints with "
+            f"torch.load(weights_only=True): tensors and plain values only)"
+        )
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if "WeightsUnpickler error" in line), None)
+    detail = detail or (lines[0] if lines else type(error).__name__)
+    return ConfigError(f"{key}: cannot read checkpoint {path}: {detail[:300]}")
+
+
+def weights_only_load(path: Path, key: str, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on the CPU, a failure as one ``ConfigError``
+    line naming the file (and the global it needed, for one that holds more than tensors and
+    plain values: none of it is unpickled). ``mmap``: tensors mapped, not read."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise read_error(path, key, e) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{key}: {path} is not a hierot (Lightning) checkpoint")
+    return loaded
 
 
 def run_file(ckpt: Path, name: str) -> Path:
@@ -62,12 +119,17 @@ def run_data(ckpt: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+# The name of a config group's option (a file in its folder, without a path).
+OPTION = re.compile(r"[\w-]+")
+
+
 def run_choices(ckpt: Path) -> dict[str, str]:
     """The config-group options the checkpoint's run was composed with (``data: breeds``,
     ``backbone: resnet18``, ...), from Hydra's record of it; empty when there is none."""
     try:
         choices = OmegaConf.load(run_file(ckpt, ".hydra/hydra.yaml")).hydra.runtime.choices
-        return {str(k): str(v) for k, v in choices.items() if v is not None}
+        # an option's name, never a path: "../../x" would compose a file from anywhere
+        return {str(k): str(v) for k, v in choices.items() if OPTION.fullmatch(str(v))}
     except Exception:  # no record, or not Hydra's: the caller falls back to the defaults
         return {}
 
@@ -96,7 +158,8 @@ def load_module(
     hyper-parameters it saved, ``backbone`` (built from the run's config) and ``hierarchy``
     (default: the run's own tree, ``run_hierarchy``); no optimizer. ``kwargs`` override saved
     hyper-parameters. Weights that do not fit are a one-line error naming ``fits`` (the
-    backbone and data the caller built)."""
+    backbone and data the caller built). Read with ``weights_only=True``: a file that holds
+    more than tensors and plain values is refused (``read_error``)."""
     tree = hierarchy if hierarchy is not None else run_hierarchy(ckpt)
     if tree is None:
         raise ConfigError(
@@ -105,18 +168,19 @@ def load_module(
         )
     try:
         return HierarchyModule.load_from_checkpoint(
-            ckpt, map_location="cpu", weights_only=False, backbone=backbone, hierarchy=tree,
+            ckpt, map_location="cpu", weights_only=True, backbone=backbone, hierarchy=tree,
             optimizer=None, **kwargs,
         )  # fmt: skip
+    except pickle.UnpicklingError as e:
+        raise read_error(ckpt, key, e) from None
     except RuntimeError as e:
         detail = " ".join(str(e).split())
         detail = detail.split(":", 1)[-1].strip()[:300]
         raise ConfigError(f"{key}: {ckpt} does not fit {fits or 'the model'} ({detail})") from None
     except KeyError:  # a torch file without Lightning's "state_dict"
         raise ConfigError(f"{key}: {ckpt} is not a hierot (Lightning) checkpoint") from None
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key}: cannot read checkpoint {ckpt}: {first}") from None
+    except (EOFError, OSError, ValueError) as e:
+        raise read_error(ckpt, key, e) from None
 
 
 # The config groups a checkpoint's run chose that evaluating or transferring it reuses.
@@ -124,9 +188,15 @@ RUN_GROUPS = ("data", "backbone")
 
 
 def run_config(ckpt: Path) -> DictConfig | None:
-    """The training run's saved config, when the checkpoint sits in ``<run>/checkpoints/``."""
+    """The training run's saved config, when the checkpoint sits in ``<run>/checkpoints/``;
+    every ``_target_`` in it checked (``hierot.targets``), as any part of it may be
+    instantiated."""
     path = run_file(ckpt, "config.yaml")
-    return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
+    if not path.is_file():
+        return None
+    cfg = OmegaConf.load(path)
+    check_saved_targets(cfg, path)
+    return cfg  # type: ignore[return-value]
 
 
 def saved_config(ckpt: str | Path) -> tuple[Path, DictConfig]:

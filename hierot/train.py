@@ -22,6 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from hierot.checkpoints import check_checkpoint
 from hierot.cli import USER_ERRORS, discard_run_dir, error_line, fail, run_checked
 from hierot.config import (
     build,
@@ -193,10 +194,13 @@ def fit_and_test(
     out = Path(cfg.output_dir)
     start = time.perf_counter()
     resume = resume_path(cfg.ckpt_path, out)
+    if resume is not None:  # ckpt_path=auto's find, checked as a given ckpt_path is
+        check_checkpoint(resume, "ckpt_path")
     stop = graceful_stop(trainer)
     stop.install()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        # every checkpoint is read weights-only (tensors and plain values: no code runs)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if stop.received is not None:  # a signal after the last training step
             raise stop.interrupted(trainer, latest_checkpoint(out))
         fit_seconds = time.perf_counter() - start
@@ -204,7 +208,9 @@ def fit_and_test(
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         # fast_dev_run and runs without validation have no best checkpoint: test the weights
         # as they are.
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        results = trainer.test(
+            model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )
     except MisconfigurationException as e:
         # Lightning's word for a setting it cannot run with (a trainer.* value that only
         # fails once fitting starts)

@@ -130,7 +130,7 @@ def logged_step(run_dir: Path) -> int:
 def checkpoint_step(path: Path | None) -> int:
     if path is None:
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def reference_run(out: Path, extra: Sequence[str], name: str = "reference") -> dict[str, Any]:
@@ -248,7 +248,7 @@ def divergence(out: Path, extra: Sequence[str], cause: str = "optimizer.lr=1e4")
     rc = wait(start(run_dir, *RUN, *extra, cause, "checkpoint.every_n_steps=1"))
     line = last_error(run_dir)
     result = metrics(run_dir)
-    checkpoint = torch.load(result["resume_checkpoint"], map_location="cpu", weights_only=False)
+    checkpoint = torch.load(result["resume_checkpoint"], map_location="cpu", weights_only=True)
     finite = all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
     assert rc == 1 and result["status"] == "diverged" and "diverged at step" in line, line
     # the checkpoint is the last one before the step whose loss was not finite

@@ -144,7 +144,7 @@ def test_outputs_and_resume_from_checkpoint(make_cfg, tmp_path):
     metrics = read_metrics(tmp_path / "second")
     # two steps of the first epoch come from the checkpoint, two more are trained now
     assert (metrics["epochs"], metrics["steps"]) == (2, 4)
-    ckpt = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
 
 
@@ -366,7 +366,7 @@ def test_checkpoints_kept_can_be_cut_to_the_best_weights(make_cfg, tmp_path):
     train(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=1", *lean, out="lean"))
     (only,) = (tmp_path / "lean" / "checkpoints").iterdir()
     assert only.name == "best-epoch00.ckpt"
-    state = torch.load(only, map_location="cpu", weights_only=False)
+    state = torch.load(only, map_location="cpu", weights_only=True)
     assert "optimizer_states" not in state and "state_dict" in state
     assert only.stat().st_size < 0.6 * size  # SGD's momentum buffers are half of a full one
     assert read_metrics(tmp_path / "lean")["best_checkpoint"] == str(only)
@@ -452,7 +452,7 @@ def test_lam_is_set_in_one_place_and_recorded_as_trained(tmp_path):
     ``lam``) is refused with the key to set, instead of training with one value and
     recording another."""
     metrics = train_in_subprocess(tmp_path, "lam=0.5")
-    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
     assert metrics["lam"] == 0.5 and checkpoint["hyper_parameters"]["lam"] == 0.5
     run = subprocess.run(
         [sys.executable, "-m", "hierot.train", "debug=tiny", "model.lam=0.5"],
@@ -509,7 +509,7 @@ def test_one_way_to_load_a_trained_module(make_cfg, tmp_path):
     assert module.lam == 0.5 and module.objective_name == "mtl"
     assert module.hparams["head_weight_decay"] == 0.01
     assert module.hparams["level_names"] == ["palette", "shape"]
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     for name, value in module.state_dict().items():
         torch.testing.assert_close(value, saved[name])
     with pytest.raises(ConfigError, match="loaded to be evaluated"):
