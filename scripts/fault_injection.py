@@ -140,12 +140,16 @@ def reference_run(out: Path, extra: Sequence[str], name: str = "reference") -> d
     return metrics(run_dir)
 
 
-# The staged objectives over 5 epochs of 45 steps (their stages need more than 3), with the
-# steps after which a kill lands on either side of their stage boundary: curriculum's fine
-# stage starts at step 45 (int(0.2 x 5) = 1 coarse epoch), supcon's probe at step 180.
+# The staged objectives over 5 epochs of 15 steps (their stages need more than 3), with the
+# steps after which a kill lands on either side of their stage boundary (checkpoints every 5
+# steps: one before the boundary, one inside the new stage's first epoch): curriculum's fine
+# stage starts at step 15 (int(0.2 x 5) = 1 coarse epoch), supcon's probe at step 60.
 STAGED = {
-    "curriculum": (["objective=curriculum", "trainer.max_epochs=5"], (43, 53)),
-    "supcon": (["objective=supcon", "trainer.max_epochs=5"], (178, 188)),
+    "curriculum": (
+        ["objective=curriculum", "trainer.max_epochs=5", "data.train_per_class=20"],
+        (11, 21),
+    ),
+    "supcon": (["objective=supcon", "trainer.max_epochs=5", "data.train_per_class=20"], (56, 66)),
 }
 
 
