@@ -39,7 +39,14 @@ def run_ckpt(tmp_path):
     (run / ".hydra").mkdir()
     ckpt = run / "checkpoints" / "last.ckpt"
     ckpt.write_bytes(b"")
-    saved = {"data": {"_target_": "x.Cifar", "root": "/data", "split": "source", "height": 2}}
+    saved = {
+        "data": {
+            "_target_": "hierot.data.Cifar100DataModule",
+            "root": "/data",
+            "split": "source",
+            "height": 2,
+        }
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     choices = {"hydra": {"runtime": {"choices": {"data": "cifar100", "backbone": "resnet18"}}}}
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
