@@ -79,7 +79,7 @@ def run_checked(
     line and exit 2 on a user error, before Hydra creates a run directory), then hand over
     to ``run`` (the ``hydra.main`` function)."""
     sys.argv[1:] = dropped_groups(sys.argv[1:])
-    if implied is not None:
+    if implied is not None and not hydra_flags(sys.argv[1:]):  # ``--help`` is no override
         sys.argv.extend(implied(overrides_of(sys.argv[1:])))
     args = sys.argv[1:]
     quiet_warnings()

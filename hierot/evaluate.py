@@ -40,7 +40,7 @@ from hierot.config import (
     one_line,
     sweep_variants,
 )
-from hierot.cpcc import NO_DISTANCE, cpcc, present_tree_distances
+from hierot.correlation import NO_DISTANCE, cpcc, present_tree_distances
 from hierot.data import HierarchyDataModule
 from hierot.distances import DEFAULT_MEMORY_MB, class_distances, evaluation_options
 from hierot.distances.emd import UNFINISHED_PLANS

@@ -7,7 +7,7 @@ return values, so it works the same for local jobs and for jobs a launcher such 
 error, not a lost sweep. The Hydra callback that writes it during a sweep is
 ``hierot.hydra_callbacks.SweepSummary``; the figure is ``hierot.figures.summary_figure``.
 
-    python -m hierot.sweep multirun/2026-11-23/10-00-00     # rebuild by hand
+    hierot-sweep-summary multirun/2026-11-23/10-00-00     # rebuild by hand
 """
 
 from __future__ import annotations
@@ -221,9 +221,21 @@ def record_failure(job_dir: Path, error: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``hierot-sweep-summary SWEEP_DIR`` (or ``python -m hierot.sweep SWEEP_DIR``): rebuild
+    a sweep's summary files from its jobs' ``metrics.json``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m hierot.sweep SWEEP_DIR", file=sys.stderr)
+    script = Path(sys.argv[0]).name
+    prog = script if script.startswith("hierot-") else "python -m hierot.sweep"
+    usage = f"usage: {prog} SWEEP_DIR"
+    if args in (["-h"], ["--help"]):
+        print(f"{usage}\n\nWrite summary.csv, summary_seeds.csv and summary.png of a sweep "
+              "from its jobs' metrics.json.")  # fmt: skip
+        return
+    if len(args) != 1:
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    if not Path(args[0]).is_dir():
+        print(f"{prog}: error: {args[0]}: no such folder", file=sys.stderr)
         sys.exit(2)
     rows = write_summary(Path(args[0]))
     print(f"{Path(args[0]) / 'summary.csv'}: {len(rows)} jobs")

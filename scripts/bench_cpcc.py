@@ -35,7 +35,7 @@ import ot
 import torch
 
 from hierot import CPCCLoss, Hierarchy
-from hierot.cpcc import pearson
+from hierot.correlation import pearson
 from hierot.distances import pairwise
 from hierot.distances.batch import all_pairs, group_by_class
 from hierot.distances.sinkhorn import pair_regularization, sinkhorn_plans

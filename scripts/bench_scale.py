@@ -45,7 +45,7 @@ def run_row(row: str, dim: int, memory_mb: float, device: str, threads: int) -> 
     """Measure one row in this process (called in a child process)."""
     import torch
 
-    from hierot.cpcc import cpcc
+    from hierot.correlation import cpcc
     from hierot.distances import class_distances
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))

@@ -12,7 +12,7 @@ from hierot.errors import ConfigError
 def test_each_component_registers_its_own_check():
     owners = {name.rsplit(".", 1)[0] for name in checks.registered_checks()}
     assert owners == {
-        "hierot.cpcc",
+        "hierot.correlation",
         "hierot.data.module",
         "hierot.metrics.epoch",
         "hierot.models.backbones",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hierot.cpcc import cpcc, pearson, present_tree_distances
+from hierot.correlation import cpcc, pearson, present_tree_distances
 from hierot.distances import batch as batch_module
 from hierot.distances import (
     class_distance_chunks,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hierot.cpcc import CPCCLoss, pearson
+from hierot.correlation import CPCCLoss, pearson
 from hierot.distances import batch_centre, check_options
 from hierot.distances.hyperbolic import BALL_EPS, expmap0
 from hierot.hierarchy import Hierarchy

@@ -4,7 +4,7 @@
 import torch
 
 from hierot.config import build, compose_config
-from hierot.cpcc import CPCCLoss
+from hierot.correlation import CPCCLoss
 from hierot.hierarchy import Hierarchy
 from hierot.metrics.epoch import MistakeSeverity
 

@@ -16,7 +16,6 @@ import inspect
 from collections.abc import Callable
 
 import numpy as np
-import ot
 
 # The leading parameters of emd_c this module passes, by name.
 EXPECTED_PARAMETERS = ("a", "b", "M", "max_iter", "numThreads")
@@ -37,12 +36,22 @@ def _find_emd_c() -> Callable[..., tuple] | None:
     return emd_c if params[: len(EXPECTED_PARAMETERS)] == EXPECTED_PARAMETERS else None
 
 
-_EMD_C = _find_emd_c()
+# POT is imported when the first plan is solved, not with the distances (the core's import
+# set has no POT): _EMD_C is _UNSET until then, and None where ``ot.emd`` is the route.
+_UNSET = object()
+_EMD_C: object = _UNSET
+
+
+def _solver() -> Callable[..., tuple] | None:
+    global _EMD_C
+    if _EMD_C is _UNSET:
+        _EMD_C = _find_emd_c()
+    return _EMD_C  # type: ignore[return-value]
 
 
 def direct_solver() -> bool:
     """Whether plans come from ``emd_c`` directly (else through ``ot.emd``)."""
-    return _EMD_C is not None
+    return _solver() is not None
 
 
 def exact_plan(
@@ -53,9 +62,12 @@ def exact_plan(
     code. The plan is optimal only where ``code == OPTIMAL``; one stopped at ``max_iter``
     (``MAX_ITER_REACHED``) need not even carry the whole mass. ``ot.emd`` warns on such a
     code; ``emd_c`` leaves it to the caller."""
-    if _EMD_C is not None:
+    emd_c = _solver()
+    if emd_c is not None:
         # (G, cost, alpha, beta, result_code): the code is last
-        out = _EMD_C(a, b, cost, max_iter=max_iter, numThreads=1)
+        out = emd_c(a, b, cost, max_iter=max_iter, numThreads=1)
         return out[0], int(out[-1])
+    import ot
+
     plan, info = ot.emd(a, b, cost, numItermax=max_iter, log=True)
     return plan, int(info["result_code"])

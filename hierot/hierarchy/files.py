@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-
-import yaml
 
 from hierot.errors import HierarchyError
 from hierot.hierarchy.edge import Edge
@@ -86,24 +85,32 @@ def _load_json(text: str, name: str) -> object:
         raise HierarchyError(f"{name}: node '{e.args[0]}' appears twice in one mapping") from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key repeated in one mapping (YAML silently keeps the last)."""
+@functools.cache
+def _unique_key_loader() -> type:
+    """A SafeLoader that refuses a key repeated in one mapping (YAML silently keeps the
+    last); built on first use, so that the core imports no YAML."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise HierarchyError(
-                    f"{self.name}:{key_node.start_mark.line + 1}: node '{key}' appears twice "
-                    f"in one mapping (first at line {seen[key]})"
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise HierarchyError(
+                        f"{self.name}:{key_node.start_mark.line + 1}: node '{key}' appears "
+                        f"twice in one mapping (first at line {seen[key]})"
+                    )
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _load_yaml(text: str, name: str) -> object:
-    loader = _UniqueKeyLoader(text)
+    import yaml
+
+    loader = _unique_key_loader()(text)
     loader.name = name
     try:
         return loader.get_single_data()

@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from hierot.checks import config_check
-from hierot.cpcc import cpcc
+from hierot.correlation import cpcc
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, evaluation_options
 from hierot.errors import ConfigError, is_integer
 from hierot.shared import SharedTensor, attach

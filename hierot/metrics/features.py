@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hierot.checks import config_check
-from hierot.cpcc import cpcc
+from hierot.correlation import cpcc
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, evaluation_options
 from hierot.errors import ConfigError, require_integer
 from hierot.hierarchy import Hierarchy

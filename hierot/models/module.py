@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from hierot.cpcc import NO_DISTANCE, CPCCLoss
+from hierot.correlation import NO_DISTANCE, CPCCLoss
 from hierot.distances import DEFAULT_MEMORY_MB, batch_centre
 from hierot.errors import ConfigError, Diverged, require_integer, require_number
 from hierot.hierarchy import Hierarchy

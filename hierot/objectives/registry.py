@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hierot.checks import config_check
 from hierot.errors import ConfigError, reject_unknown_options
 from hierot.hierarchy import Hierarchy
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 class Objective(nn.Module):
@@ -162,6 +165,8 @@ def check_objective_config(
     """``objective.name`` and ``objective.options`` judged by the objective's own check;
     with the data's ``hierarchy`` also what depends on the tree (one weight per level), and
     with its ``views`` whether the data gives the objective the views it needs."""
+    from omegaconf import DictConfig, OmegaConf  # the application's (the core has no omegaconf)
+
     name = cfg.objective.get("name")
     if name not in _OBJECTIVES:
         raise ConfigError(

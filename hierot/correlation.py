@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hierot.checks import config_check
@@ -18,6 +19,9 @@ from hierot.distances import (
 from hierot.errors import ConfigError, require_number
 from hierot.hierarchy import Hierarchy
 from hierot.shared import SharedTensor, attach
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 # dist=none: plain cross-entropy, no CPCC term (TestCPCC is then measured with l2).
 NO_DISTANCE = "none"
@@ -245,6 +249,8 @@ class CPCCLoss(nn.Module):
 def check_regularizer_config(cfg: DictConfig) -> None:
     """``lam``, ``dist`` (the distance and its options) and the ``cpcc`` section's own keys
     (``memory_mb``, ``nodes``, ``center``), each a one-line error naming its key."""
+    from omegaconf import DictConfig, OmegaConf  # the application's (the core has no omegaconf)
+
     require_number(cfg.get("lam"), "lam", 0)
     method = cfg.dist.get("method")
     known = [NO_DISTANCE, *list_distances()]
