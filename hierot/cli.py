@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from hierot.config import is_config_group
 from hierot.errors import ConfigError, DataError, HierarchyError, user_message
 from hierot.hydra_callbacks import sweep_failure
 from hierot.logs import quiet_warnings
+from hierot.stopping import Cancelled, ctrl_c_cancels
 
 USER_ERRORS = (ConfigError, DataError, HierarchyError)
 
@@ -77,18 +79,24 @@ def run_checked(
     """An entry point's ``main``: quiet known third-party noise, add the overrides the
     command line ``implied`` (read off it), check the command line with ``precheck`` (one
     line and exit 2 on a user error, before Hydra creates a run directory), then hand over
-    to ``run`` (the ``hydra.main`` function)."""
+    to ``run`` (the ``hydra.main`` function). Ctrl-C where training's graceful stop is not
+    in place (``hierot.stopping``) is one line and exit status 130."""
     sys.argv[1:] = dropped_groups(sys.argv[1:])
     if implied is not None and not hydra_flags(sys.argv[1:]):  # ``--help`` is no override
         sys.argv.extend(implied(overrides_of(sys.argv[1:])))
     args = sys.argv[1:]
     quiet_warnings()
-    if not hydra_flags(args):
-        try:
-            precheck(overrides_of(args))
-        except USER_ERRORS as e:
-            fail(e)
-    run()
+    try:
+        with ctrl_c_cancels():
+            if not hydra_flags(args):
+                try:
+                    precheck(overrides_of(args))
+                except USER_ERRORS as e:
+                    fail(e)
+            run()
+    except Cancelled:
+        print("hierot: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
     failure = sweep_failure()
     if failure is not None:  # jobs of the sweep failed: a script chaining sweeps must see it
         print(f"hierot: error: {failure}", file=sys.stderr, flush=True)

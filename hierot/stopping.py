@@ -1,8 +1,10 @@
-"""Stopping a run cleanly when a scheduler asks: on SIGTERM (Kubernetes, SLURM preemption,
-``scancel``) or the signal a scheduler sends ahead of a time limit (SLURM's ``--signal``:
-SIGUSR1; submitit's: SIGUSR2), the run finishes the step it is in, saves a resumable
-checkpoint of exactly that step and stops with ``Interrupted``; a second signal ends the
-process at once.
+"""Stopping a run cleanly when a scheduler or a person asks: on SIGTERM (Kubernetes, SLURM
+preemption, ``scancel``), the signal a scheduler sends ahead of a time limit (SLURM's
+``--signal``: SIGUSR1; submitit's: SIGUSR2) or SIGINT (Ctrl-C), the run finishes the step it
+is in, saves a resumable checkpoint of exactly that step and stops with ``Interrupted``; a
+second signal ends the process at once. Outside training (building the run, ``evaluate``,
+``transfer``) Ctrl-C raises ``Cancelled`` (``ctrl_c_cancels``), which the entry points
+report in one line.
 
 On SLURM the job then requeues itself: through submitit's handler when submitit launched it
 (its ``checkpoint`` resubmits the same job), else with ``scontrol requeue`` on SIGUSR1. The
@@ -19,20 +21,63 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 from omegaconf import DictConfig
+from torch.utils.data import get_worker_info
 
 from hierot.checks import config_check
 from hierot.errors import ConfigError, Interrupted
-from hierot.resume import AtStepEnds
+from hierot.resume import AtStepEnds, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
+
+
+class Cancelled(BaseException):
+    """Ctrl-C where no graceful stop is in place. A ``BaseException`` as ``KeyboardInterrupt``
+    is (no ``except Exception`` swallows it), but not one: Lightning turns a
+    ``KeyboardInterrupt`` into its own message and exit status 1, and passes this on."""
+
+
+def second_signal(signum: int) -> NoReturn:
+    """End the process at once, with the status a shell gives a process ``signum`` ended."""
+    name = signal.Signals(signum).name
+    os.write(2, f"hierot: second signal ({name}): exiting now\n".encode())
+    os._exit(128 + signum)
+
+
+@contextmanager
+def ctrl_c_cancels() -> Iterator[None]:
+    """Within it, the first SIGINT raises ``Cancelled`` and a second ends the process at once.
+    Only in this process: a forked child (a DataLoader worker) ignores it and is ended by
+    this process. Where SIGINT has a handler other than Python's own, it is left alone."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pid = os.getpid()
+    raised = False
+
+    def cancel(signum: int, frame: FrameType | None) -> None:
+        nonlocal raised
+        if os.getpid() != pid:
+            return
+        if raised:
+            second_signal(signum)
+        raised = True
+        raise Cancelled
+
+    signal.signal(signal.SIGINT, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def parse_signals(names: Any, key: str = "checkpoint.stop_signals") -> list[signal.Signals]:
@@ -121,10 +166,10 @@ class GracefulStop(AtStepEnds):
             signal.signal(s, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if get_worker_info() is not None:  # a forked DataLoader worker: the run decides
+            return
         if self.received is not None:
-            name = signal.Signals(signum).name
-            os.write(2, f"hierot: second signal ({name}): exiting now\n".encode())
-            os._exit(128 + signum)
+            second_signal(signum)
         self.received = signum
         log.info("%s received: stopping after this step", signal.Signals(signum).name)
 
@@ -138,20 +183,28 @@ class GracefulStop(AtStepEnds):
         trainer.save_checkpoint(self.path, weights_only=False)
         raise self.interrupted(trainer, self.path)
 
-    def interrupted(self, trainer: L.Trainer, checkpoint: Path | None) -> Interrupted:
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # The run's test of its best checkpoint, after training: the finished training's
+        # checkpoints are the point to resume from (a resumed run only tests). One process
+        # only: DDP ranks may hold one test batch more or less, so no collective per batch.
+        if self.received is not None and trainer.world_size == 1:
+            raise self.interrupted(trainer, latest_checkpoint(self.path.parent.parent), "test")
+
+    def interrupted(
+        self, trainer: L.Trainer, checkpoint: Path | None, stage: str = "fit"
+    ) -> Interrupted:
         signum = self.received if self.received is not None else signal.SIGTERM
         name = signal.Signals(signum).name
-        return Interrupted(
-            f"stopped by {name} after step {trainer.global_step} (epoch {trainer.current_epoch});"
-            f" checkpoint: {checkpoint}",
-            signum,
-        )
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch})"
+        where = f"after {where}" if stage == "fit" else f"in the test, after training's {where}"
+        return Interrupted(f"stopped by {name} {where}; checkpoint: {checkpoint}", signum)
 
     def hand_over(self) -> None:
         """After the run's outputs are written: pass the signal to the handler that was there
         before the run (submitit's, which requeues the job and exits), or else, in a SLURM job
-        stopped by SIGUSR1, requeue it with ``scontrol``."""
-        if self.received is None or not self.requeue:
+        stopped by SIGUSR1, requeue it with ``scontrol``. A Ctrl-C (SIGINT) is a person's:
+        it requeues nothing, and the handler before it would only raise again."""
+        if self.received in (None, signal.SIGINT) or not self.requeue:
             return
         before = self._before.get(self.received)
         if callable(before):

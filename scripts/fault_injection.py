@@ -49,8 +49,11 @@ RUN = [
 COMPARED = ("test/", "val/")  # the final metrics an interrupted run must reproduce
 
 
-def start(run_dir: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m hierot.train`` in ``run_dir``, its output in ``run_dir``.out/.err."""
+def start(
+    run_dir: Path, *overrides: str, env: dict[str, str] | None = None, group: bool = False
+) -> subprocess.Popen:
+    """``python -m hierot.train`` in ``run_dir``, its output in ``run_dir``.out/.err;
+    ``group``: in a process group of its own, as a shell starts a command (``send``)."""
     run_dir = Path(run_dir).absolute()  # the process runs in its parent folder
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{run_dir}.out", "a") as out, open(f"{run_dir}.err", "a") as err:
@@ -60,7 +63,17 @@ def start(run_dir: Path, *overrides: str, env: dict[str, str] | None = None) -> 
             stderr=err,
             env={**os.environ, **(env or {})},
             cwd=run_dir.parent,
+            start_new_session=group,
         )
+
+
+def send(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    """``sig`` to ``proc``; SIGINT to its whole process group, as Ctrl-C at a terminal sends
+    it (DataLoader workers included): start such a process with ``group=True``."""
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
 
 
 def wait(proc: subprocess.Popen, timeout: float = 600) -> int:
@@ -218,11 +231,11 @@ def sigterm(out: Path, extra: Sequence[str], name: str = "SIGTERM", seed: int = 
     rng = random.Random(seed)
     reference = reference_run(out, extra)
     run_dir = out / name.lower()
-    proc = start(run_dir, *RUN, *extra)
+    proc = start(run_dir, *RUN, *extra, group=True)
     wait_until(training_started(run_dir))
     time.sleep(rng.uniform(0.5, 3.0))
     sent = time.monotonic()
-    proc.send_signal(getattr(signal, name))
+    send(proc, getattr(signal, name))
     rc = wait(proc)
     stop_seconds = time.monotonic() - sent
     line = last_error(run_dir)
@@ -230,6 +243,7 @@ def sigterm(out: Path, extra: Sequence[str], name: str = "SIGTERM", seed: int = 
     saved = checkpoint_step(latest_checkpoint(run_dir))
     assert rc == 128 + getattr(signal, name), (rc, line)
     assert stopped["status"] == "interrupted" and "ckpt_path=auto" in line, line
+    assert "Traceback" not in Path(f"{run_dir}.err").read_text(), line
     resumed = wait(start(run_dir, *RUN, *extra, "ckpt_path=auto"))
     assert resumed == 0, last_error(run_dir)
     diffs = differences(reference, metrics(run_dir))
@@ -394,6 +408,7 @@ FAULTS = {
     "sigkill_supcon": lambda out, extra, a: sigkill_staged(out, extra, "supcon")[0],
     "sigterm": lambda out, extra, a: sigterm(out, extra, "SIGTERM"),
     "sigusr1": lambda out, extra, a: sigterm(out, extra, "SIGUSR1", seed=1),
+    "sigint": lambda out, extra, a: sigterm(out, extra, "SIGINT", seed=2),
     "divergence": lambda out, extra, a: divergence(out, extra),
     "divergence_lam": lambda out, extra, a: divergence(out, extra, "lam=1e30"),
     "full_disk": lambda out, extra, a: full_disk(out, extra),

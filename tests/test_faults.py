@@ -79,6 +79,55 @@ def test_a_second_signal_ends_the_run_at_once(tmp_path):
     assert faults.last_error(run_dir) == "hierot: second signal (SIGTERM): exiting now"
 
 
+def one_epoch() -> list[str]:
+    """``faults.RUN`` for one epoch (45 steps)."""
+    return [*(a for a in faults.RUN if not a.startswith("trainer.max_epochs=")),
+            "trainer.max_epochs=1"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_a_step_with_a_checkpoint_and_ckpt_path_auto_goes_on(tmp_path):
+    """Ctrl-C at a terminal: SIGINT to the run's process group."""
+    run_dir = tmp_path / "run"
+    proc = faults.start(run_dir, *one_epoch(), group=True)
+    faults.wait_until(faults.training_started(run_dir))
+    time.sleep(0.5)
+    faults.send(proc, signal.SIGINT)
+    assert faults.wait(proc, 120) == 128 + signal.SIGINT
+    errors = Path(f"{run_dir}.err").read_text()
+    assert "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors[-3000:]
+    (line,) = [line for line in errors.splitlines() if line.startswith("hierot:")]
+    assert line.startswith("hierot: error: stopped by SIGINT after step"), line
+    assert line.endswith(f"hydra.run.dir={run_dir} ckpt_path=auto"), line
+    stopped = faults.metrics(run_dir)
+    saved = faults.checkpoint_step(run_dir / "checkpoints" / RESUME_NAME)
+    assert stopped["status"] == "interrupted" and 0 < saved == stopped["steps"] < 45, stopped
+    resumed = faults.start(run_dir, *one_epoch(), "ckpt_path=auto")
+    assert faults.wait(resumed, 120) == 0, faults.last_error(run_dir)
+    assert f"resuming from {run_dir / 'checkpoints' / RESUME_NAME}" in (
+        Path(f"{run_dir}.out").read_text()
+    )
+    done = faults.metrics(run_dir)
+    assert done["status"] == "completed" and done["steps"] == 45, done
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_ends_the_run_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = faults.start(run_dir, *faults.RUN, "data.batch_size=128", group=True)
+    faults.wait_until(faults.training_started(run_dir))
+    faults.send(proc, signal.SIGINT)
+    out = Path(f"{run_dir}.out")
+    faults.wait_until(lambda: "SIGINT received" in out.read_text(), timeout=30, poll=0.01)
+    sent = time.monotonic()
+    faults.send(proc, signal.SIGINT)  # while the step and its checkpoint are under way
+    assert faults.wait(proc, 60) == 128 + signal.SIGINT
+    assert time.monotonic() - sent < 10
+    errors = Path(f"{run_dir}.err").read_text()
+    assert "Traceback" not in errors, errors[-3000:]
+    assert faults.last_error(run_dir) == "hierot: second signal (SIGINT): exiting now"
+
+
 @pytest.mark.slow
 def test_sigusr1_in_a_slurm_job_requeues_it_and_the_requeued_job_resumes(tmp_path, out):
     """SLURM simulated: a fake ``scontrol`` on PATH records what it is asked; the requeued
