@@ -12,6 +12,7 @@ from torchvision.datasets.folder import make_dataset
 from hierot.data.images import (
     IMAGE_EXTENSIONS,
     FileImages,
+    Transform,
     carve_validation,
     eval_transform,
     train_transform,
@@ -101,6 +102,10 @@ class FolderDataModule(HierarchyDataModule):
         self.split_seed = split_seed
         self.train_tf = train_transform(image_size, augment)
         self.eval_tf = eval_transform(image_size, eval_resize)
+
+    def file_transform(self) -> Transform:
+        """The test split's transform (``eval_resize``, then the central ``image_size``)."""
+        return self.eval_tf
 
     def read_metadata(self) -> Hierarchy:
         self.root = data_root(self.root_arg, "the split folders")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hierot.checks import config_check
-from hierot.data.images import Views
+from hierot.data.images import Transform, Views, eval_transform
 from hierot.data.sampling import ResumableSampler
 from hierot.errors import ConfigError, DataError, require_integer
 from hierot.hierarchy import Hierarchy
@@ -350,6 +350,14 @@ class HierarchyDataModule(L.LightningDataModule):
         mean = self._mean.to(x.device)
         std = self._std.to(x.device)
         return (x - mean) / std
+
+    def file_transform(self) -> Transform:
+        """What turns a decoded image file of any size ((3, H, W) uint8) into this data's
+        test input before ``normalize``, as its test images are transformed (``hierot.predict``):
+        by default the shorter side to ``image_size``, then the central square (the identity
+        on images already ``image_size`` square, as the embedded data and CIFAR at 32 px are);
+        folder data use their own test transform."""
+        return eval_transform(self.image_size)
 
     def plain_train_set(self) -> Dataset:
         """The training images as the test sees them, without augmentation (the features a
