@@ -16,11 +16,12 @@ import pytest
 from hierot.checks import run_checks
 from hierot.config import check_added_keys, check_config, compose_config, sweep_variants
 from hierot.errors import ConfigError
+from hierot.predict import check_settings as check_predict_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").rglob("*.md")])
 PAGES = [p for p in PAGES if "_build" not in p.parts and "generated" not in p.parts]
-ENTRY = re.compile(r"python -m hierot\.(train|evaluate|transfer)\b(.*)")
+ENTRY = re.compile(r"python -m hierot\.(train|evaluate|transfer|predict)\b(.*)")
 
 
 def fenced_commands(text: str, prefix: str) -> list[str]:
@@ -50,7 +51,7 @@ def documented_commands(prefix: str, pattern: re.Pattern[str]) -> list[tuple[str
 
 
 def commands() -> list[tuple[str, str]]:
-    """Every train, evaluate and transfer command in the docs."""
+    """Every train, evaluate, transfer and predict command in the docs."""
     return documented_commands("python -m hierot.", ENTRY)
 
 
@@ -77,6 +78,8 @@ def check_command(command: str) -> None:
             check_config(cfg)
         elif entry == "evaluate":
             run_checks(cfg, "evaluate")
+        elif entry == "predict":
+            check_predict_settings(cfg)
 
 
 SCRIPT = re.compile(r"python (scripts/\w+\.py)\b(.*)")
@@ -114,6 +117,8 @@ def test_every_command_line_in_the_docs_passes_the_config_check(page, command):
         "python -m hierot.train lamda=1",  # a renamed or misspelt key
         "python -m hierot.train -m lam=0,-1",  # one bad value of a sweep
         "python -m hierot.evaluate ckpt=x decode=greedy",
+        "python -m hierot.predict ckpt=x images=y topk=3",
+        "python -m hierot.predict ckpt=x images=y decode=[crm,greedy]",
     ],
 )
 def test_a_command_line_with_a_wrong_key_or_value_fails_the_check(command):

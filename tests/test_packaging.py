@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-SCRIPTS = {"hierot-train", "hierot-evaluate", "hierot-transfer", "hierot-sweep-summary"}
+SCRIPTS = {
+    "hierot-train", "hierot-evaluate", "hierot-transfer", "hierot-predict", "hierot-sweep-summary"
+}  # fmt: skip
 
 
 def readme_table() -> dict[str, float]:
@@ -111,7 +113,7 @@ def test_the_wheel_in_a_fresh_venv_outside_the_checkout_runs_the_default_job(dis
     for script in SCRIPTS:  # every console script starts from the installed package
         helped = subprocess.run([venv / "bin" / script, "--help"], cwd=elsewhere, env=env,
                                 capture_output=True, text=True)  # fmt: skip
-        # Hydra's help for the three Hydra commands ("train is powered by Hydra."), a usage
+        # Hydra's help for the Hydra commands ("train is powered by Hydra."), a usage
         # line for the summary; evaluate and transfer gave a traceback before
         assert helped.returncode == 0 and "Traceback" not in helped.stderr, script
         assert script.split("-")[1] in helped.stdout.split("\n", 1)[0], helped.stdout[:200]
