@@ -11,6 +11,7 @@ import contextlib
 import csv
 import errno
 import logging
+import math
 import os
 import re
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -59,6 +60,16 @@ def quiet_warnings() -> None:
     """Ignore the ``NOISE`` warnings (Python warnings, not log records) in this process."""
     for text in NOISE:
         warnings.filterwarnings("ignore", message=f".*{re.escape(text)}")
+
+
+def quiet_resume(trainer: L.Trainer) -> None:
+    """On a resume: ignore Lightning's warning that a checkpoint folder of this trainer holds
+    files. They are the run's own, from before it stopped; a fresh run still warns."""
+    for callback in trainer.checkpoint_callbacks:
+        folder = getattr(callback, "dirpath", None)
+        if folder is not None:
+            message = f"Checkpoint directory {folder} exists and is not empty"
+            warnings.filterwarnings("ignore", message=re.escape(message))
 
 
 def progress_bar_wanted(setting: bool | None) -> bool:
@@ -101,6 +112,24 @@ class ProgressBar(TQDMProgressBar):
         return {**super().get_metrics(trainer, pl_module), **self._shown}
 
 
+def train_images(trainer: L.Trainer, n: int, batch_size: int) -> str:
+    """The training images an epoch uses, of the ``n`` in the split: all of them (the last
+    partial batch, dropped, is another one each epoch), or those of the batches
+    ``trainer.limit_train_batches`` or ``trainer.fast_dev_run`` leaves (``batch_size``: the
+    global batch)."""
+    limit = trainer.limit_train_batches
+    batches = trainer.num_training_batches
+    if trainer.fast_dev_run:
+        why = "trainer.fast_dev_run"
+    elif isinstance(limit, float) and limit == 1.0:
+        return f"{n} train"
+    else:
+        why = f"trainer.limit_train_batches={limit}"
+    if not math.isfinite(batches) or batches * batch_size >= n:
+        return f"{n} train"
+    return f"{int(batches) * batch_size} of {n} train ({why})"
+
+
 def format_metrics(metrics: Mapping[str, object]) -> str:
     parts = []
     for key in sorted(metrics):
@@ -128,15 +157,27 @@ class EpochLog(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         UNFINISHED_PLANS.reset()  # this run's, on every rank
         self._unfinished = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, not at the fit's start: Lightning has counted the training batches.
         data = trainer.datamodule
         if not trainer.is_global_zero or not isinstance(data, HierarchyDataModule):
             return
         images: dict[str, int] = data.description()["images"]  # type: ignore[assignment]
+        sizes = [
+            train_images(trainer, n, data.batch_size) if split == "train" else f"{n} {split}"
+            for split, n in images.items()
+        ]
         log.info(
             "data: %s images; %d classes on a tree of %d levels",
-            " / ".join(f"{n} {split}" for split, n in images.items()) or "?",
+            " / ".join(sizes) or "?",
             data.hierarchy.num_classes,
             len(data.hierarchy.levels),
+        )
+        rates = any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks)
+        log.info(
+            "each epoch's line: train/* are means over its batches, val/* its validation%s",
+            ", lr-* the learning rate at its start" if rates else "",
         )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

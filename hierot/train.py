@@ -35,7 +35,7 @@ from hierot.config import (
 from hierot.data import HierarchyDataModule
 from hierot.errors import ConfigError, DiskFull, Diverged, Interrupted, RunStopped, user_message
 from hierot.hierarchy import Hierarchy
-from hierot.logs import EpochLog, ProgressBar, progress_bar_wanted
+from hierot.logs import EpochLog, ProgressBar, progress_bar_wanted, quiet_resume
 from hierot.models import HierarchyModule
 from hierot.objectives import check_objective_config
 from hierot.report import format_table, write_metrics
@@ -196,6 +196,7 @@ def fit_and_test(
     resume = resume_path(cfg.ckpt_path, out)
     if resume is not None:  # ckpt_path=auto's find, checked as a given ckpt_path is
         check_checkpoint(resume, "ckpt_path")
+        quiet_resume(trainer)
     stop = graceful_stop(trainer)
     stop.install()
     try:

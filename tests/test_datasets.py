@@ -137,6 +137,16 @@ def test_cifar_file_not_in_the_official_format(tmp_path, damage, message):
         data_module("data=cifar100", f"data.root={tmp_path}")
 
 
+@pytest.mark.parametrize(("data", "what"), [("cifar100", "CIFAR-100"), ("cifar10", "CIFAR-10")])
+def test_a_missing_cifar_root_points_to_data_download(tmp_path, data, what):
+    with pytest.raises(DataError) as info:
+        data_module(f"data={data}", f"data.root={tmp_path / 'none'}")
+    assert str(info.value) == (
+        f"data.root: no such folder: {tmp_path / 'none'} (data.download=true downloads {what} "
+        "into it)"
+    )
+
+
 # ---------------------------------------------------------------- ImageFolder
 
 
@@ -278,7 +288,8 @@ def test_corrupt_image_is_named(tmp_path):
 @pytest.mark.slow
 def test_bad_data_from_the_command_line_is_one_line(tmp_path):
     line = fails(tmp_path, "data=cifar100", f"data.root={tmp_path / 'none'}")
-    assert line == f"hierot: error: data.root: no such folder: {tmp_path / 'none'}"
+    assert line == (f"hierot: error: data.root: no such folder: {tmp_path / 'none'} "
+                    "(data.download=true downloads CIFAR-100 into it)")  # fmt: skip
     assert (
         fails(tmp_path, "data=cifar100")
         == "hierot: error: data: Missing mandatory value: data.root"

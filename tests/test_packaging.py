@@ -152,3 +152,15 @@ def test_every_output_folder_of_the_entry_points_is_ignored_by_git():
         folders |= set(re.findall(r"HIEROT_OUTPUTS,\.\}/(\w+)/", config.read_text()))
     assert folders >= {"outputs", "multirun", "evaluations", "transfers"}
     assert {f"{f}/" for f in folders} <= ignored
+
+
+def test_the_run_folders_the_docs_name_are_ignored_by_git():
+    import re
+
+    root = Path(__file__).parent.parent
+    ignored = set((root / ".gitignore").read_text().split())
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    named = re.compile(r"hydra\.(?:run|sweep)\.dir=([A-Za-z_]\w*)/")
+    folders = {f for page in pages for f in named.findall(page.read_text())}
+    assert "runs" in folders  # docs/training.md: hydra.run.dir=runs/a
+    assert {f"{f}/" for f in folders} <= ignored

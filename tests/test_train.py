@@ -227,7 +227,8 @@ def test_main_job_as_a_subprocess(tmp_path):
     assert "litlogger" not in run.stdout + run.stderr
     assert "LeafSpec" not in run.stderr and "logging interval" not in run.stderr
     log = (tmp_path / "run" / "train.log").read_text()
-    for text in ("training resnet18 on SyntheticDataModule", "data: 96 train / 48 val images;",
+    for text in ("training resnet18 on SyntheticDataModule",
+                 "data: 64 of 96 train (trainer.limit_train_batches=2) / 48 val images;",
                  "epoch 1/1 (", "test/acc_fine", f"outputs: {tmp_path / 'run'}"):  # fmt: skip
         assert text in log, text
 

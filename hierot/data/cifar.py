@@ -168,6 +168,12 @@ class CifarDataModule(HierarchyDataModule):
     def _release_folder(self) -> Path:
         """The release's folder under ``root``, downloaded first with ``download``."""
         self.prepare_data()
+        root = Path(str(self.root)).expanduser()
+        if self.root and not root.is_dir():  # without download: prepare_data made none
+            raise DataError(
+                f"data.root: no such folder: {root} (data.download=true downloads {self.what} "
+                "into it)"
+            )
         return _root(self.root, self.folder_name)
 
     def _tree(
