@@ -866,7 +866,10 @@ def test_building_a_data_module_opens_no_file(tmp_path, dataset):
     extra = {"imagefolder": ["data.hierarchy=tree.json"], "breeds": ["data.info_dir=info"]}
     overrides = [f"data={dataset}", f"data.root={tmp_path / 'nowhere'}", *extra.get(dataset, [])]
     dm = build(compose_config(overrides).data, "data")
-    with pytest.raises(DataError, match=r"data\.root: no such folder: .*nowhere$"):
+    hint = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(dataset)
+    hint = f" (data.download=true downloads {hint} into it)" if hint else ""
+    message = f"data.root: no such folder: {tmp_path / 'nowhere'}{hint}"
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
         dm.hierarchy  # noqa: B018
 
 
