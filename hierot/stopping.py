@@ -169,6 +169,10 @@ class GracefulStop(AtStepEnds):
         if get_worker_info() is not None:  # a forked DataLoader worker: the run decides
             return
         if self.received is not None:
+            if signum == signal.SIGINT and self._before.get(signum) is signal.default_int_handler:
+                # In a Python session (a notebook, a script calling train) rather than an
+                # entry point: Python's KeyboardInterrupt, which leaves the session alive.
+                signal.default_int_handler(signum, frame)
             second_signal(signum)
         self.received = signum
         log.info("%s received: stopping after this step", signal.Signals(signum).name)

@@ -76,6 +76,19 @@ def test_dataloader_workers_leave_ctrl_c_to_the_run(tmp_path):
     assert seen == [0, 0] and stop.received is None
 
 
+def test_a_second_ctrl_c_in_a_python_session_is_a_keyboard_interrupt(tmp_path):
+    """Not an exit: a notebook's kernel outlives it (an entry point exits at once, 130)."""
+    stop = GracefulStop(tmp_path / "resume.ckpt", ["SIGINT"])
+    stop.install()
+    try:
+        ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c()
+    finally:
+        stop.restore()
+    assert stop.received == signal.SIGINT
+
+
 def test_ctrl_c_in_the_test_after_training_stops_with_the_last_checkpoint(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
