@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -100,8 +101,15 @@ class _Moments:
 
     def pearson(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The same as ``pearson`` of the concatenated vectors (up to rounding)."""
+        r, lacking = self.correlation(dtype)
+        return torch.tensor(r, dtype=dtype), torch.tensor(lacking is None)
+
+    def correlation(self, dtype: torch.dtype) -> tuple[float, str | None]:
+        """``(r, None)``, or ``(0.0, lacking)`` when undefined: ``pairs`` (fewer than 3),
+        ``tree`` (the tree distances constant to within rounding of ``dtype``) or
+        ``features`` (the class distances so)."""
         if self.n < 3:
-            return torch.tensor(0.0, dtype=dtype), torch.tensor(False)
+            return 0.0, "pairs"
         sx, st, sxx, stt, sxt = self.sums.tolist()
         n = self.n
         var_x = max(sxx - sx * sx / n, 0.0)
@@ -111,9 +119,32 @@ class _Moments:
         eps = 64 * torch.finfo(dtype).eps
         spread_x, spread_t = var_x**0.5, var_t**0.5
         max_x, max_t = self.largest.tolist()
-        valid = spread_x > eps * max_x + tiny and spread_t > eps * max_t + tiny
-        r = cov / max(spread_x * spread_t, tiny) if valid else 0.0
-        return torch.tensor(r, dtype=dtype), torch.tensor(valid)
+        if not spread_t > eps * max_t + tiny:
+            return 0.0, "tree"
+        if not spread_x > eps * max_x + tiny:
+            return 0.0, "features"
+        return cov / max(spread_x * spread_t, tiny), None
+
+
+def _streamed(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    tree_dist: torch.Tensor,
+    method: str,
+    memory_mb: float,
+    options: dict[str, object],
+) -> tuple[_Moments, torch.dtype]:
+    """The Pearson sums of the class and tree distances of ``(z, y)``, chunk by chunk, and
+    the class distances' dtype."""
+    moments, dtype = _Moments(), torch.float32
+    tree = None
+    for chunk, dist in class_distance_chunks(z, y, method, memory_mb, **options):
+        if tree is None:
+            _check_labels(chunk.classes, tree_dist)
+            tree, dtype = tree_dist.to(chunk.classes.device), dist.dtype
+        t = tree[chunk.classes[chunk.pair_a], chunk.classes[chunk.pair_b]]
+        moments.add(dist, t)
+    return moments, dtype
 
 
 def cpcc_with_validity(
@@ -133,16 +164,9 @@ def cpcc_with_validity(
         return pearson(dist, t)
     # Without a gradient nothing needs the (P,) vectors at once: a test split of 10 000
     # classes has 5e7 pairs.
-    moments, dtype, device = _Moments(), torch.float32, z.device
-    tree = None
-    for chunk, dist in class_distance_chunks(z, y, method, memory_mb, **options):
-        if tree is None:
-            _check_labels(chunk.classes, tree_dist)
-            tree, dtype = tree_dist.to(chunk.classes.device), dist.dtype
-        t = tree[chunk.classes[chunk.pair_a], chunk.classes[chunk.pair_b]]
-        moments.add(dist, t)
+    moments, dtype = _streamed(z, y, tree_dist, method, memory_mb, options)
     r, valid = moments.pearson(dtype)
-    return r.to(device), valid.to(device)
+    return r.to(z.device), valid.to(z.device)
 
 
 def cpcc(
@@ -165,9 +189,53 @@ def cpcc(
     Returns:
         0-dim tensor, with gradient when ``z`` requires one. On a degenerate batch (fewer
         than 3 classes, constant class or tree distances) the correlation is undefined: 0
-        with a zero gradient.
+        with a zero gradient. A report states it as undefined instead (``reported_cpcc``).
     """
     return cpcc_with_validity(z, y, tree_dist, method, memory_mb, **options)[0]
+
+
+# What a defined CPCC needs, for the line that says why one is not.
+CPCC_NEEDS = "a CPCC needs 3 classes or more whose distances are not all equal"
+
+
+def reported_cpcc(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    tree_dist: torch.Tensor,
+    method: str = "l2",
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    **options: object,
+) -> tuple[torch.Tensor, str | None]:
+    """CPCC as a report states it (TestCPCC, ``val/cpcc``), without gradient: a 0-dim
+    tensor on ``z``'s device equal to ``cpcc``'s where the correlation is defined, and
+    ``why`` None; where it is not, NaN and ``why`` naming the classes of ``y``: ``2
+    classes``, ``4 classes whose tree distances are all equal``, ``5 classes whose l2
+    distances are all equal``. 0 would read as "no structure"; NaN says there is no
+    number."""
+    with torch.no_grad():
+        moments, dtype = _streamed(z, y, tree_dist, method, memory_mb, options)
+    r, lacking = moments.correlation(dtype)
+    if lacking is None:
+        return torch.tensor(r, dtype=dtype, device=z.device), None
+    k = int(y.unique().numel())
+    why = {0: "no class", 1: "1 class"}.get(k, f"{k} classes")
+    if lacking != "pairs":
+        why += f" whose {'tree' if lacking == 'tree' else method} distances are all equal"
+    return torch.tensor(float("nan"), dtype=dtype, device=z.device), why
+
+
+def undefined_lines(undefined: Mapping[str, str], split: str, samples: int) -> list[str]:
+    """What a log says once about the undefined CPCCs of ``samples`` samples of ``split``:
+    a line per reason of ``{key: why}`` (``reported_cpcc``'s), naming its keys."""
+    keys_of: dict[str, list[str]] = {}
+    for key, why in undefined.items():
+        keys_of.setdefault(why, []).append(key)
+    evaluated = f"{samples} {split} sample{'' if samples == 1 else 's'} evaluated"
+    return [
+        f"{', '.join(keys)} undefined: {evaluated}, of {why} ({CPCC_NEEDS}); shown as n/a, "
+        "null in metrics.json"
+        for why, keys in keys_of.items()
+    ]
 
 
 # cpcc.nodes: which points the regularizer correlates.

@@ -40,7 +40,7 @@ from hierot.config import (
     one_line,
     sweep_variants,
 )
-from hierot.correlation import NO_DISTANCE, cpcc, present_tree_distances
+from hierot.correlation import NO_DISTANCE, present_tree_distances, reported_cpcc, undefined_lines
 from hierot.data import HierarchyDataModule
 from hierot.distances import DEFAULT_MEMORY_MB, class_distances, evaluation_options
 from hierot.distances.emd import UNFINISHED_PLANS
@@ -61,7 +61,7 @@ from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
 from hierot.objectives import DEFAULT_OBJECTIVE
 from hierot.overrides import keys
-from hierot.report import format_table, write_metrics
+from hierot.report import format_report, shown, write_metrics
 
 log = logging.getLogger(__name__)
 # Classes a figure shows at most: a dendrogram of more leaves is unreadable.
@@ -180,26 +180,33 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     hierarchy = datamodule.hierarchy
     names = level_keys(hierarchy, datamodule.level_names)
     distances = OmegaConf.to_container(cfg.distances, resolve=True)
-    metrics = split_metrics(cfg, z, logits, y, hierarchy, names, distances, lca)  # type: ignore[arg-type]
+    undefined: dict[str, str] = {}  # each undefined CPCC's key and why
+    metrics = split_metrics(cfg, z, logits, y, hierarchy, names, distances, lca, undefined)  # type: ignore[arg-type]
     metrics.update(extra_metrics(cfg, trainer, model, datamodule, ood, z, y, names))
     method, options = run_distance(model)
     if distances.get(method) == options:  # type: ignore[union-attr]
         metrics["test/cpcc"] = metrics[f"test/cpcc_{method}"]
+        why = undefined.get(f"test/cpcc_{method}")
     else:
-        metrics["test/cpcc"] = float(
-            cpcc(z, y, hierarchy.tree_distances(), method, cfg.memory_mb, **options)
+        value, why = reported_cpcc(
+            z, y, hierarchy.tree_distances(), method, cfg.memory_mb, **options
         )
+        metrics["test/cpcc"] = float(value)
+    if why is not None:
+        undefined = {"test/cpcc": why, **undefined}
     metrics.update(run_record(ckpt, model, int(y.numel())))
     out.mkdir(parents=True, exist_ok=True)
     if cfg.figures:
         fine = names[max(hierarchy.levels)]
         scores = (
             f"acc_{fine} {metrics[f'test/acc_{fine}']:.3f}, "
-            f"TestCPCC ({method}) {metrics['test/cpcc']:.3f}"
+            f"TestCPCC ({method}) {shown(metrics['test/cpcc'])}"
         )
         write_figures(out, z, y, hierarchy, method, options, names, cfg.memory_mb, scores)
     write_metrics(out / "metrics.json", metrics)
-    log.info("%s", format_table(metrics))
+    for line in undefined_lines(undefined, "test", int(y.numel())):
+        log.warning("%s", line)
+    log.info("every metric of metrics.json, by family:\n\n%s\n", format_report(metrics))
     if (unfinished := UNFINISHED_PLANS.summary(during="the evaluation")) is not None:
         log.warning("%s", unfinished)
     log.info("outputs: %s", out)
@@ -215,9 +222,11 @@ def split_metrics(
     names: Mapping[int, str],
     distances: Mapping[str, Mapping[str, object]],
     lca: torch.Tensor,
+    undefined: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """The metrics every evaluation reports (``evaluate_features`` with the config's
-    settings): accuracies and mistakes per level, CPCC per distance, retrieval."""
+    settings): accuracies and mistakes per level, CPCC per distance (NaN where undefined,
+    the key and why added to ``undefined``), retrieval."""
     top_k = OmegaConf.to_container(cfg.top_k) if OmegaConf.is_list(cfg.top_k) else cfg.top_k
     return evaluate_features(
         z,
@@ -232,6 +241,7 @@ def split_metrics(
         decode=[cfg.decode] if isinstance(cfg.decode, str) else list(cfg.decode),
         crm_cost=cfg.crm_cost,
         lca=lca,
+        undefined=undefined,
     )
 
 

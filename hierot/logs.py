@@ -31,6 +31,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from hierot.data.module import HierarchyDataModule
 from hierot.distances.emd import UNFINISHED_PLANS
 from hierot.errors import DiskFull
+from hierot.report import UNDEFINED
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def format_metrics(metrics: Mapping[str, object]) -> str:
         if isinstance(value, torch.Tensor):
             value = value.item() if value.numel() == 1 else None
         if isinstance(value, float):
-            parts.append(f"{key} {value:.4f}")
+            parts.append(f"{key} {value:.4f}" if not math.isnan(value) else f"{key} {UNDEFINED}")
     return "  ".join(parts)
 
 

@@ -25,7 +25,7 @@ import yaml
 from hierot.errors import ConfigError, user_message
 from hierot.figures import save_summary_figure
 from hierot.overrides import parse_overrides
-from hierot.report import finite_float, write_metrics
+from hierot.report import UNDEFINED, finite_float, write_metrics
 from hierot.writes import write_rows
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,12 @@ def write_seed_summary(path: Path, rows: Sequence[Mapping[str, object]]) -> None
 
 def format_seed_summary(rows: Sequence[Mapping[str, object]], limit: int = 6) -> str:
     """The per-setting means as a text table: the settings, ``jobs`` and the first
-    ``limit`` metrics as mean +- std."""
+    ``limit`` metrics of any row as mean +- std (``n/a`` where no seed had a value)."""
     if not rows:
         return ""
     first = ("test/cpcc", "test/acc_fine", "test/mistake_severity", "transfer/acc_fine")
-    metrics = [k for k in rows[0] if _is_metric(k) and not k.endswith("_std")]
+    named = dict.fromkeys(k for row in rows for k in row)
+    metrics = [k for k in named if _is_metric(k) and not k.endswith("_std")]
     metrics = sorted(metrics, key=lambda k: (k not in first, first.index(k) if k in first else 0))
     metrics = metrics[:limit]
     settings = [k for k in rows[0] if not _is_metric(k) and not k.endswith("_std")]
@@ -188,7 +189,7 @@ def format_seed_summary(rows: Sequence[Mapping[str, object]], limit: int = 6) ->
             return str(row.get(key, ""))
         mean, std = row.get(key), row.get(f"{key}_std")
         if mean is None:
-            return ""
+            return UNDEFINED
         return f"{mean:.4f}" + (f" +- {std:.4f}" if isinstance(std, float) else "")
 
     header = [*settings, *metrics]

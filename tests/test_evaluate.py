@@ -10,7 +10,10 @@ from hierot.errors import ConfigError
 from hierot.evaluate import precheck
 from hierot.figures import embedding_2d
 from hierot.metrics import average_hierarchical_distance, retrieval_map
+from hierot.report import shown
 from hierot.train import train
+
+from helpers.reports import read_report
 
 TINY = ["debug=tiny", "data.test_per_class=3", "trainer.limit_train_batches=2"]
 
@@ -147,7 +150,15 @@ def test_evaluate_reports_the_fields_tables_and_reads_shipped_distances(trained_
                 assert 0 <= got[f"ood/{score}_{variant}/{number}"] <= 1, (score, variant, number)
     assert -1 <= got["test/silhouette_shape"] <= 1
     log = (tmp_path / "eval" / "evaluate.log").read_text()
-    assert "test/hdist_lca@5" in log and "crm" in log.split("test/acc_fine")[0]
+    # every key, the 24 ood/ ones too, in a table per family (tests/test_evaluation_report.py)
+    report = log.split("every metric of metrics.json, by family:\n\n")[1].split("\n\n[")[0]
+    printed = read_report(report)
+    assert set(printed) == set(got) and sum(k.startswith("ood/") for k in printed) == 24
+    assert {key: cell for key, (_, cell) in printed.items()} == {
+        k: shown(v) for k, v in got.items()
+    }
+    assert printed["ood/ssd_norm/aupr"][0] == "OOD detection"
+    assert printed["test/crm/hdist_lca@5"][0] == "mistakes"
     (tmp_path / "k").mkdir()
     too_many = evaluate(tmp_path / "k", f"ckpt={trained['best_checkpoint']}", "metrics=knn",
                         "figures=false", "knn_k=100000")  # fmt: skip

@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from hierot.checks import config_check
-from hierot.correlation import cpcc
+from hierot.correlation import reported_cpcc
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, evaluation_options
 from hierot.errors import ConfigError, is_integer
 from hierot.shared import SharedTensor, attach
@@ -122,9 +122,11 @@ class SplitCPCC(Metric):
 
     Args:
         tree_dist: (K, K) tree distances, or the run's ``SharedTensor`` of them.
-        methods: ``{name: (method, options)}``; ``compute`` returns ``{name: cpcc}``. A
-            random distance left at ``seed=None`` (``swd``) evaluates with
-            ``hierot.distances.EVALUATION_SEED``.
+        methods: ``{name: (method, options)}``; ``compute`` returns ``{name: cpcc}``, NaN
+            where the correlation is undefined, and leaves ``{name: why}`` of those in
+            ``undefined`` (``hierot.correlation.reported_cpcc``) and the number of samples
+            in ``evaluated``. A random distance left at
+            ``seed=None`` (``swd``) evaluates with ``hierot.distances.EVALUATION_SEED``.
         memory_mb: the class distances' memory budget (``hierot.distances.class_distances``).
         classes: if given, only samples of these class ids are kept (a subsample of a large
             label set, e.g. for a validation CPCC every epoch).
@@ -158,6 +160,10 @@ class SplitCPCC(Metric):
             for name, (method, options) in methods.items()
         }
         self.memory_mb = memory_mb
+        # the last ``compute``'s undefined correlations with why, and its number of samples
+        # (the same on every rank)
+        self.undefined: dict[str, str] = {}
+        self.evaluated = 0
         self.add_state("features", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
@@ -176,13 +182,18 @@ class SplitCPCC(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         # After a DDP sync the list states are already concatenated tensors.
         if isinstance(self.features, list) and not self.features:
-            return {name: torch.tensor(0.0) for name in self.methods}
+            self.undefined, self.evaluated = dict.fromkeys(self.methods, "no class"), 0
+            return {name: torch.tensor(float("nan")) for name in self.methods}
         z, y = dim_zero_cat(self.features), dim_zero_cat(self.labels)
-        with torch.no_grad():
-            return {
-                name: cpcc(z, y, self.tree_dist, method, self.memory_mb, **options)
-                for name, (method, options) in self.methods.items()
-            }
+        self.evaluated = int(y.numel())
+        values: dict[str, torch.Tensor] = {}
+        self.undefined = {}
+        for name, (method, options) in self.methods.items():
+            value, why = reported_cpcc(z, y, self.tree_dist, method, self.memory_mb, **options)
+            values[name] = value
+            if why is not None:
+                self.undefined[name] = why
+        return values
 
 
 def check_val_cpcc(every: object, max_classes: object) -> None:

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hierot.checks import config_check
-from hierot.correlation import cpcc
+from hierot.correlation import reported_cpcc
 from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, evaluation_options
 from hierot.errors import ConfigError, require_integer
 from hierot.hierarchy import Hierarchy
@@ -126,8 +126,10 @@ def evaluate_features(
     decode: Sequence[str] = ("argmax", "crm"),
     crm_cost: str = "lca",
     lca: torch.Tensor | None = None,
+    undefined: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Every metric of one split, as ``{prefix + name: value}``.
+    """Every metric of one split, as ``{prefix + name: value}``; an undefined CPCC is NaN
+    (``hierot.correlation.reported_cpcc``).
 
     Args:
         z: (N, d) features; logits: (N, K); target: (N,) fine classes.
@@ -143,6 +145,8 @@ def evaluate_features(
         crm_cost: the cost CRM minimises, ``lca`` (as its paper) or ``path``.
         lca: (K, K) lowest-common-ancestor heights (default ``hierarchy.lca_heights()``; a
             dataset's own file through ``data.distances``).
+        undefined: if given, ``{prefix + "cpcc_<method>": why}`` of each undefined CPCC is
+            added to it (why completes "the split ...").
     """
     tree_dist = hierarchy.tree_distances().to(z.device)
     costs = {
@@ -155,7 +159,10 @@ def evaluate_features(
     with torch.no_grad():
         for method, options in distances.items():
             options = evaluation_options(method, options)
-            out[f"cpcc_{method}"] = cpcc(z, target, tree_dist, method, memory_mb, **options)
+            value, why = reported_cpcc(z, target, tree_dist, method, memory_mb, **options)
+            out[f"cpcc_{method}"] = value
+            if why is not None and undefined is not None:
+                undefined[f"{prefix}cpcc_{method}"] = why
         for level in hierarchy.levels:
             fine_to_level = hierarchy.level_map(level)[1].to(z.device)
             name = level_names[level]

@@ -4,6 +4,7 @@ severity, split CPCC)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -14,7 +15,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from hierot.correlation import NO_DISTANCE, CPCCLoss
+from hierot.correlation import NO_DISTANCE, CPCCLoss, undefined_lines
 from hierot.distances import DEFAULT_MEMORY_MB, batch_centre
 from hierot.errors import ConfigError, Diverged, require_integer, require_number
 from hierot.hierarchy import Hierarchy
@@ -32,6 +33,8 @@ from hierot.shared import SharedTensor
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+log = logging.getLogger(__name__)
 
 
 def level_keys(hierarchy: Hierarchy, level_names: Sequence[str] | None = None) -> dict[int, str]:
@@ -190,6 +193,11 @@ class HierarchyModule(L.LightningModule):
         val_classes = class_subsample(hierarchy.num_classes, val_cpcc_classes)
         self.val_cpcc = SplitCPCC(self.tree_dist, methods, memory_mb, classes=val_classes)
         self.test_cpcc = SplitCPCC(self.tree_dist, methods, memory_mb)
+        # The split CPCCs undefined at the last evaluation of their split, with why (what
+        # model selection and early stopping skip, ``hierot.stages``), and the keys whose
+        # reason this process has logged: once each.
+        self.undefined: dict[str, str] = {}
+        self._undefined_logged: set[str] = set()
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
@@ -434,10 +442,26 @@ class HierarchyModule(L.LightningModule):
             cpccs = split_cpcc.compute()
             split_cpcc.reset()
             values.update({f"{split}/{name}": value for name, value in cpccs.items()})
+            self._note_undefined(split, split_cpcc.undefined, split_cpcc.evaluated)
         shown = {f"{split}/acc_fine", f"{split}/cpcc"} & set(values)
         # torchmetrics already reduced these over ranks: every rank holds the same values.
         for keys, bar in ((shown, True), (set(values) - shown, False)):
             self.log_dict({k: values[k] for k in sorted(keys)}, prog_bar=bar, sync_dist=True)
+
+    def _note_undefined(self, split: str, undefined: Mapping[str, str], samples: int) -> None:
+        """Record ``split``'s undefined CPCCs (``{name: why}`` over ``samples`` samples) in
+        ``self.undefined``, and log why for each key not logged before (rank zero, not in
+        Lightning's sanity check, whose few batches say nothing of the split)."""
+        keys = {f"{split}/{name}": why for name, why in undefined.items()}
+        self.undefined = {k: v for k, v in self.undefined.items() if not k.startswith(f"{split}/")}
+        self.undefined.update(keys)
+        trainer = self._trainer
+        if trainer is not None and (trainer.sanity_checking or not trainer.is_global_zero):
+            return
+        new = {k: v for k, v in keys.items() if k not in self._undefined_logged}
+        for line in undefined_lines(new, split, samples):
+            log.warning("%s", line)
+        self._undefined_logged |= set(new)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
