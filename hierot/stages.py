@@ -68,7 +68,8 @@ class StageSwitch(L.Callback):
 
 class StageCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose top-k (the best by ``monitor``, or the latest without one)
-    is chosen among the last stage's epochs only; ``last.ckpt`` is saved as usual."""
+    is chosen among the last stage's epochs only, none where the monitor is undefined;
+    ``last.ckpt`` is saved as usual."""
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if _in_last_stage(trainer.lightning_module) and not _undefined(self, trainer):
@@ -93,8 +94,8 @@ class StageCheckpoint(ModelCheckpoint):
 
 
 class StageEarlyStopping(EarlyStopping):
-    """``EarlyStopping`` that judges the last stage's epochs only: its best and patience
-    start with the stage."""
+    """``EarlyStopping`` that judges the last stage's epochs only (its best and patience
+    start with the stage), none where the monitor is undefined."""
 
     def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
         if _in_last_stage(trainer.lightning_module) and not _undefined(self, trainer):
