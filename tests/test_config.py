@@ -174,7 +174,7 @@ def test_defaults_and_group_coupling():
         (["scheduler=step", "scheduler.milestones=[2]"], "milestones must be fractions in (0, 1)"),
         (
             ["objective=focal"],
-            "unknown objective 'focal'; available: ce, curriculum, hxe, marginal",
+            "unknown objective 'focal'; available: ce, curriculum, embedding",
         ),
         (["objective=hxe", "objective.options.alpha=-1"], "objective.options: hxe: alpha must"),
         (["objective=hxe", "+objective.options.beta=1"], "objective 'hxe' has no option 'beta'"),

@@ -224,7 +224,7 @@ def test_every_objective_runs_in_float32_with_finite_gradients(tree):
         ("quadruplet", {"m1": 0.1, "m2": 0.2}, "need m1 > m2 > 0, got m1=0.1, m2=0.2"),
         ("quadruplet", {"lambda_s": 1.5}, "lambda_s must lie in [0, 1], got 1.5"),
         ("ce", {"beta": 1}, "objective 'ce' has no option 'beta'; its options: none"),
-        ("hinge", {}, "unknown objective 'hinge'; available: ce, curriculum, hxe, marginal"),
+        ("hinge", {}, "unknown objective 'hinge'; available: ce, curriculum, embedding"),
     ],
 )
 def test_bad_options_are_one_line(name, options, message):

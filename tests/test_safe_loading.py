@@ -88,17 +88,18 @@ def names_global(message: str, ckpt: Path) -> None:
 
 OBJECTIVES = sorted(p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml"))
 DISTANCES = sorted(p.stem for p in (CONFIG_DIR / "dist").glob("*.yaml"))
-# Every objective with every distance would be 64 runs; each objective and each distance
-# once is eight: the checkpoint holds the objective's and the distance's settings and state.
-PAIRS = list(zip(OBJECTIVES, DISTANCES[: len(OBJECTIVES)], strict=True))
+# Every objective with every distance would be 88 runs; each objective once, beside each
+# distance in turn (every distance at least once), is eleven: the checkpoint holds the
+# objective's and the distance's settings and state.
+PAIRS = [(o, DISTANCES[i % len(DISTANCES)]) for i, o in enumerate(OBJECTIVES)]
 STAGED = {  # two epochs, one per stage
     "curriculum": ["trainer.max_epochs=2", "objective.options.coarse_fraction=0.5"],
     "supcon": ["trainer.max_epochs=2", "objective.options.probe_fraction=0.5"],
 }
 
 
-def test_every_objective_and_distance_is_listed_once():
-    assert len(OBJECTIVES) == len(DISTANCES) == len(PAIRS)
+def test_every_objective_and_distance_is_listed():
+    assert len(OBJECTIVES) == len(PAIRS) >= len(DISTANCES)
     assert {o for o, _ in PAIRS} == set(OBJECTIVES) and {d for _, d in PAIRS} == set(DISTANCES)
 
 

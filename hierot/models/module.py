@@ -220,7 +220,16 @@ class HierarchyModule(L.LightningModule):
         return names
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) images -> ((B, d) features, (B, K) logits)."""
+        """(B, C, H, W) images -> ((B, d) features, (B, K) class scores): the objective's
+        ``class_scores`` (the head's logits for most objectives; a softmax cascade's leaf
+        log-probabilities, cosines to class embeddings, ... for others), which every metric,
+        decoder, evaluation and prediction reads."""
+        z, logits = self._head_forward(x)
+        return z, self.objective.class_scores(z, logits)
+
+    def _head_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) images -> ((B, d) features, (B, K) logits of the linear head): what
+        the objective's loss reads."""
         z = self.backbone(self._images(x))
         return z, self.head(z)
 
@@ -281,10 +290,10 @@ class HierarchyModule(L.LightningModule):
         return base + self.lam * reg, base, reg
 
     def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward``, or with a frozen backbone (a linear probe's stage) its features
-        computed in eval mode without a graph, and the head on them."""
+        """Features and the head's logits, or with a frozen backbone (a linear probe's
+        stage) the features computed in eval mode without a graph, and the head on them."""
         if self.objective.trains_backbone:
-            return self(x)
+            return self._head_forward(x)
         self.backbone.eval()  # batch-norm statistics stay as trained
         with torch.no_grad():
             z = self.backbone(self._images(x))
@@ -317,7 +326,9 @@ class HierarchyModule(L.LightningModule):
         self.log(f"train/{self.objective_name}", base, batch_size=n)
         if reg is not None:
             self.log("train/cpcc", 1 - reg.detach(), batch_size=n)
-        self.train_metrics(logits.detach().argmax(1), y)  # one argmax for every level
+        with torch.no_grad():  # the objective's class scores (the logits for most)
+            scores = self.objective.class_scores(z.detach(), logits.detach())
+        self.train_metrics(scores.argmax(1), y)  # one argmax for every level
         self.log_dict(self.train_metrics, batch_size=n)
         return loss
 
@@ -415,9 +426,9 @@ class HierarchyModule(L.LightningModule):
 
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
-        z, logits = self(x)
+        z, scores = self(x)  # the objective's class scores
         metrics, split_cpcc = self._split_metrics(split)
-        metrics.update(logits, y)  # the loss too (MeanCrossEntropy)
+        metrics.update(scores, y)  # the loss too (MeanCrossEntropy)
         if self._split_cpcc_due(split):
             split_cpcc.update(z, y)
 
@@ -478,8 +489,8 @@ class HierarchyModule(L.LightningModule):
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        """Features, logits and labels of a batch, in float32 (what ``hierot.evaluate``
-        collects)."""
+        """Features, class scores (``forward``'s: the objective's, the head's logits for
+        most) and labels of a batch, in float32 (what ``hierot.evaluate`` collects)."""
         x, y = batch
         z, logits = self(x)
         return {"z": z.float(), "logits": logits.float(), "y": y}

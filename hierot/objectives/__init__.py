@@ -5,12 +5,15 @@ of any of them. Add one with ``@register_objective("name")`` on an ``Objective``
 from hierot.objectives import (  # noqa: F401
     ce,
     curriculum,
+    embedding,
+    hiercos,
     hxe,
     marginal,
     mtl,
     quadruplet,
     soft_labels,
     supcon,
+    yolo,
 )
 from hierot.objectives.registry import (
     Objective,

@@ -26,7 +26,9 @@ class Objective(nn.Module):
     """Base class: ``__init__(hierarchy, num_features, **options)`` and
     ``forward(z, logits, y)`` with z (B, d) features, logits (B, K) of the fine head and y
     (B,) class ids, returning a 0-dim loss. Parameters an objective adds (``mtl``'s level
-    heads) are trained with the model and saved in its checkpoints.
+    heads) are trained with the model and saved in its checkpoints. ``class_scores`` is
+    what the model predicts with: the head's logits unless the objective scores the classes
+    otherwise (``yolo``, ``embedding``, ``hiercos``).
 
     A loss of per-sample terms (means over the batch's samples: cross-entropy and its
     variants) overrides ``forward``: under DDP each process computes it on its own share,
@@ -48,6 +50,16 @@ class Objective(nn.Module):
         raise NotImplementedError(
             f"objective {type(self).__name__} defines neither forward nor sample_loss"
         )
+
+    def class_scores(self, z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` scores of the classes from features ``z`` and the head's ``logits``:
+        what the model predicts with (``HierarchyModule.forward``), so every metric, decoder,
+        ``hierot.evaluate`` and ``hierot.predict`` read them (the arg max the class, a
+        softmax their probabilities, ``val/loss`` their cross-entropy). The head's logits
+        unless overridden: an objective whose classes are scored otherwise (a softmax
+        cascade over the tree's nodes, cosines to class embeddings) returns its own,
+        log-probabilities or logits."""
+        return logits
 
     def batch_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The batch-wide term on the global batch's features ``z`` (every view of every
