@@ -222,8 +222,10 @@ def load_trained(ckpt: str | Path, device: str | torch.device = "cpu") -> Hierar
     the checkpoint holds them), its tree and hyper-parameters the run's.
 
     ``module(x)`` maps images normalized as the run's data are
-    (``run_datamodule(ckpt).normalize(images)``) to ``((B, d) features, (B, K) logits)``;
-    logit ``i`` is the class ``run_hierarchy(ckpt).leaves[i]``."""
+    (``run_datamodule(ckpt).normalize(images)``) to ``((B, d) features, (B, K) class
+    scores)``: the head's logits, or the objective's own scores (``yolo``'s leaf
+    log-probabilities, ``embedding``'s cosines, ``hiercos``' projection norms; the class of
+    the largest is the prediction); score ``i`` is the class ``run_hierarchy(ckpt).leaves[i]``."""
     ckpt, cfg = saved_config(ckpt)
     unloaded = {"pretrained": False, "weights": None}  # the checkpoint's weights replace them
     node = OmegaConf.merge(cfg.backbone, {k: v for k, v in unloaded.items() if k in cfg.backbone})

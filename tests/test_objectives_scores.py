@@ -270,3 +270,35 @@ def test_the_default_objective_scores_with_the_head_logits():
     with torch.no_grad():
         z, scores = m(x)
         assert torch.equal(scores, m.head(z))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["yolo", "hiercos"])
+def test_a_run_tests_with_the_scores_its_checkpoint_gives(tmp_path, name):
+    # trained through the composed config; the checkpoint loads weights-only with the
+    # objective's head, and the run's test metrics are those of its class scores
+    import json
+
+    from hierot.checkpoints import load_trained, run_datamodule
+    from hierot.config import compose_config
+    from hierot.train import train
+
+    out = tmp_path / "run"
+    train(compose_config(["debug=tiny", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+                          f"objective={name}", f"output_dir={out}"]))  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    ckpt = out / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert {"objective.inner.weight", "objective.inner.bias"} <= set(saved)
+    module, data = load_trained(ckpt), run_datamodule(ckpt)
+    data.setup("test")
+    scores, logits, labels = [], [], []
+    with torch.no_grad():
+        for x, y in data.test_dataloader():
+            z, s = module(data.normalize(x))
+            scores.append(s), logits.append(module.head(z)), labels.append(y)
+    scores, logits, y = torch.cat(scores), torch.cat(logits), torch.cat(labels)
+    acc = float((scores.argmax(1) == y).double().mean())
+    assert metrics["test/acc_fine"] == pytest.approx(acc, abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(float(F.cross_entropy(scores, y)), rel=1e-4)
+    assert metrics["test/loss"] != pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-4)
