@@ -1,8 +1,9 @@
 """Evaluate a checkpoint: ``python -m hierot.evaluate ckpt=PATH [data overrides]``.
 
 Collects the test split's features and logits, writes ``metrics.json`` (TestCPCC under every
-distance, accuracy at every level, top-k, mistake severity, AHD@k, retrieval mAP at every
-level) and two figures into its run directory (``evaluations/<date>/<time>/``):
+distance, accuracy at every level and along the full path, top-k, mistake severity, AHD@k,
+HOPS, the making-better-mistakes table under each decoding, retrieval mAP at every level)
+and two figures into its run directory (``evaluations/<date>/<time>/``):
 ``dendrograms.png`` (label tree next to the learned class distances) and ``embedding.png``
 (test features on two principal components, colored by coarse class).
 """
@@ -49,6 +50,7 @@ from hierot.figures import embedding_figure, tree_and_learned_dendrograms
 from hierot.hierarchy import Hierarchy
 from hierot.logs import progress_bar_wanted
 from hierot.metrics import evaluate_features
+from hierot.metrics.decoding import DECODINGS
 from hierot.metrics.epoch import class_subsample
 from hierot.metrics.features import (
     EXTRA_FAMILIES,
@@ -181,7 +183,8 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     names = level_keys(hierarchy, datamodule.level_names)
     distances = OmegaConf.to_container(cfg.distances, resolve=True)
     undefined: dict[str, str] = {}  # each undefined CPCC's key and why
-    metrics = split_metrics(cfg, z, logits, y, hierarchy, names, distances, lca, undefined)  # type: ignore[arg-type]
+    heads = level_logits(model, z)
+    metrics = split_metrics(cfg, z, logits, y, hierarchy, names, distances, lca, undefined, heads)  # type: ignore[arg-type]
     metrics.update(extra_metrics(cfg, trainer, model, datamodule, ood, z, y, names))
     method, options = run_distance(model)
     if distances.get(method) == options:  # type: ignore[union-attr]
@@ -206,7 +209,8 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     write_metrics(out / "metrics.json", metrics)
     for line in undefined_lines(undefined, "test", int(y.numel())):
         log.warning("%s", line)
-    log.info("every metric of metrics.json, by family:\n\n%s\n", format_report(metrics))
+    columns = tuple(way for way in DECODINGS if way != "argmax")
+    log.info("every metric of metrics.json, by family:\n\n%s\n", format_report(metrics, columns))
     if (unfinished := UNFINISHED_PLANS.summary(during="the evaluation")) is not None:
         log.warning("%s", unfinished)
     log.info("outputs: %s", out)
@@ -223,11 +227,21 @@ def split_metrics(
     distances: Mapping[str, Mapping[str, object]],
     lca: torch.Tensor,
     undefined: dict[str, str] | None = None,
+    heads: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[str, object]:
     """The metrics every evaluation reports (``evaluate_features`` with the config's
     settings): accuracies and mistakes per level, CPCC per distance (NaN where undefined,
-    the key and why added to ``undefined``), retrieval."""
+    the key and why added to ``undefined``), retrieval; ``heads`` the level heads' logits
+    (``level_logits``). A k of ``ahd_k`` above the number of classes ranks them all, which
+    one log line says."""
     top_k = OmegaConf.to_container(cfg.top_k) if OmegaConf.is_list(cfg.top_k) else cfg.top_k
+    classes = hierarchy.num_classes
+    above = [int(k) for k in cfg.ahd_k if k > classes]
+    if above:
+        log.info(
+            "ahd_k: %s above the %d classes: those @k metrics rank all %d classes (as CRM's "
+            "top-k does)", ", ".join(map(str, above)), classes, classes,
+        )  # fmt: skip
     return evaluate_features(
         z,
         logits,
@@ -242,7 +256,20 @@ def split_metrics(
         crm_cost=cfg.crm_cost,
         lca=lca,
         undefined=undefined,
+        level_logits=heads,
     )
+
+
+def level_logits(model: HierarchyModule, z: torch.Tensor) -> dict[int, torch.Tensor] | None:
+    """``{level: (N, concepts) logits}`` of the objective's own head for each level above the
+    classes (its ``level_logits``, ``mtl``'s), on the test features ``z``; None for an
+    objective without level heads."""
+    heads = getattr(model.objective, "level_logits", None)
+    if heads is None:
+        return None
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return {level: out.float() for level, out in heads(z.to(device)).items()}
 
 
 def evaluation_trainer(cfg: DictConfig, out: Path) -> L.Trainer:

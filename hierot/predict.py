@@ -208,18 +208,23 @@ def batch_predictions(
     level_maps: Mapping[int, torch.Tensor],
     ways: Sequence[str],
     cost: torch.Tensor | None,
+    parent: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """What the CSV reads off a batch's (B, K) logits: ``top`` (B, k) the classes of highest
     logit, best first, ``prob`` (B, k) their softmax probabilities, ``level<l>`` (B,) the
     concept of coarse level l whose classes' summed probability is highest (its index in
-    ``level_map(l)``), and ``<decoding>`` (B,) each decoding's class."""
+    ``level_map(l)``), and ``<decoding>`` (B,) each decoding's class (``crm`` minimises
+    ``cost``, ``hie`` reads every class's ``parent``)."""
     logits = logits.float()
     top = logits.topk(k, dim=1).indices  # ranked by logit, as argmax ranks
     out = {"top": top, "prob": logits.softmax(dim=1).gather(1, top)}
     for level, fine_to_level in level_maps.items():
         out[f"level{level}"] = marginal_predictions(logits, fine_to_level)
     for way in ways:
-        out[way] = top[:, 0] if way == "argmax" else ranked_classes(logits, 1, way, cost)[:, 0]
+        if way == "argmax":
+            out[way] = top[:, 0]
+        else:
+            out[way] = ranked_classes(logits, 1, way, cost, parent=parent)[:, 0]
     return out
 
 
@@ -255,8 +260,8 @@ def unreadable_error(reason: str) -> DataError:
 class Reading:
     """What ``run_model`` reads off every batch: ``k`` classes per image, the coarse levels'
     ``level_maps`` (level -> (K,) concept of every class), the decodings ``ways`` (CRM's
-    ``cost``), whether to keep the ``features`` and whether an unreadable file may be
-    skipped (``skip``) rather than stop the command."""
+    ``cost``, the ``parent`` of every class for ``hie``), whether to keep the ``features``
+    and whether an unreadable file may be skipped (``skip``) rather than stop the command."""
 
     k: int
     level_maps: Mapping[int, torch.Tensor]
@@ -264,6 +269,7 @@ class Reading:
     cost: torch.Tensor | None
     features: bool
     skip: bool
+    parent: torch.Tensor | None = None
 
 
 @torch.inference_mode()
@@ -284,7 +290,9 @@ def run_model(
         if bad and not read.skip:
             raise unreadable_error(bad[0])
         z, logits = module(datamodule.normalize(x.to(device, non_blocking=True)))
-        found = batch_predictions(logits, read.k, read.level_maps, read.ways, read.cost)
+        found = batch_predictions(
+            logits, read.k, read.level_maps, read.ways, read.cost, read.parent
+        )
         parts.append({key: value.cpu() for key, value in found.items()})
         if read.features:
             features.append(z.float().cpu())
@@ -392,6 +400,7 @@ def predict(cfg: DictConfig) -> Path:
         cost=crm_cost_matrix(tree, cfg.crm_cost, saved) if "crm" in ways else None,
         features=cfg.features,
         skip=cfg.skip_unreadable,
+        parent=tree.parent_map().to(device) if "hie" in ways else None,
     )
     log.info("predict: %d images with %s on %s", len(files), ckpt, device)
     loader = image_loader([p for _, p in files], datamodule, cfg, device)

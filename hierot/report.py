@@ -83,7 +83,9 @@ FAMILY_TITLES = {
     "cpcc": "CPCC",
     "acc": "accuracy",
     "map": "retrieval mAP",
-    **dict.fromkeys(("mistake", "ahd", "severity", "hdist", "best", "hprec", "hmap"), "mistakes"),
+    **dict.fromkeys(
+        ("mistake", "ahd", "severity", "hdist", "best", "hprec", "hmap", "hops"), "mistakes"
+    ),
     **dict.fromkeys(("ece", "mce"), "calibration"),
     "knn": "kNN",
     "proto": "prototype retrieval",
@@ -110,7 +112,7 @@ def key_cell(key: str, columns: tuple[str, ...]) -> tuple[str, str, str]:
     return word, row, column
 
 
-def format_report(metrics: Mapping[str, object], columns: tuple[str, ...] = ("crm",)) -> str:
+def format_report(metrics: Mapping[str, object], columns: tuple[str, ...] = ("crm", "hie")) -> str:
     """Every key of ``metrics`` in a short table per family (``key_cell``), the families in
     the order of their first key, ``run`` (keys without a ``/``) first, rows sorted by name;
     a number to 4 decimals, NaN or None as ``n/a``, a cell no key fills empty."""

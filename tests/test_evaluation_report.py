@@ -41,7 +41,8 @@ def evaluation_metrics() -> dict[str, object]:
 
 def test_every_key_is_printed_once_under_its_family():
     metrics = evaluation_metrics()
-    assert len(metrics) == 100 and sum(k.startswith("ood/") for k in metrics) == 24
+    # 100, and acc_path, acc_path_marginal, hops, hops@1, hops@5 (and crm/hops ...)
+    assert len(metrics) == 108 and sum(k.startswith("ood/") for k in metrics) == 24
     report = format_report(metrics)
     printed = read_report(report)
     assert set(printed) == set(metrics)  # every key, nothing else
@@ -55,6 +56,7 @@ def test_every_key_is_printed_once_under_its_family():
         "test/crm/acc_top5": "accuracy", "test/map_level2": "retrieval mAP",
         "test/mistake_severity": "mistakes", "test/ahd@5": "mistakes",
         "test/crm/hprec_path@5": "mistakes", "test/ece": "calibration",
+        "test/acc_path": "accuracy", "test/hops@5": "mistakes", "test/crm/hops": "mistakes",
         "test/mce": "calibration", "test/silhouette_level1": "silhouette",
         "test/knn_acc@3": "kNN", "test/proto_recall_fine": "prototype retrieval",
         "ood/gaussian_raw/auroc": "OOD detection", "ood/knn@3_norm/fpr95": "OOD detection",

@@ -97,7 +97,7 @@ def test_decode_takes_null_a_name_or_a_list():
     assert decodings(OmegaConf.create({"d": ["crm", "argmax", "crm"]}).d) == ["crm", "argmax"]
     with pytest.raises(ConfigError, match=r"decode\[1\]: unknown decoding 'best'; available"):
         decodings(["crm", "best"])
-    with pytest.raises(ConfigError, match="decode must be null, argmax, crm or a list, got 3"):
+    with pytest.raises(ConfigError, match="decode must be null, argmax, crm, hie or a list, got 3"):
         decodings(3)
 
 
@@ -197,7 +197,7 @@ def test_predict_errors_are_one_config_line(fake_run, tmp_path):
     assert refused(given[0], f"images={missing}") == f"images: no such folder or file: {missing}"
     for args, message in [
         (["top_k=0"], "top_k must be an integer >= 1, got 0"),
-        (["decode=greedy"], "decode: unknown decoding 'greedy'; available: argmax, crm"),
+        (["decode=greedy"], "decode: unknown decoding 'greedy'; available: argmax, crm, hie"),
         (["crm_cost=height"], "crm_cost: unknown cost 'height'; available: lca, path"),
         (["features=maybe"], "features must be true or false, got 'maybe'"),
         (["skip_unreadable=1"], "skip_unreadable must be true or false, got 1"),

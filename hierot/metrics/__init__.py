@@ -1,7 +1,8 @@
 """Hierarchy-aware metrics.
 
-- ``mistakes``, ``decoding``: plain tensor code (part of the torch-only core): mistake
-  severity, hierarchical distance@k, top-k accuracy, marginal and CRM decoding.
+- ``mistakes``, ``decoding``, ``hops``: plain tensor code (part of the torch-only core):
+  mistake severity, hierarchical distance@k, top-k accuracy, marginal, CRM and hierarchical
+  ensembles' decoding, HOPS (Hier-COS's hierarchically ordered preference score).
 - ``epoch``: torchmetrics accumulated over a split's batches during training, validation and
   test, synced across ranks: ``LevelAccuracy``, ``MistakeSeverity``, ``MeanCrossEntropy``,
   ``SplitCPCC``.

@@ -3,6 +3,10 @@
 - ``argmax``: classes ranked by score.
 - ``crm``: conditional risk minimisation (Karthik et al., ICLR 2021): classes ranked by their
   expected tree cost ``sum_j p_j C[j, k]`` under the softmax probabilities, lowest first.
+- ``hie``: the post-hoc adjustment of hierarchical ensembles (Jain et al., NeurIPS 2023,
+  ``post_hoc_adjustment``): ``p'(y) ~ p(y) p(parent(y))``, the parent's probability the summed
+  softmax probability of its classes under the same model (the paper's second, coarse-class
+  model is not used).
 - ``marginal_predictions``: a coarse level's prediction as the argmax of the summed fine
   probabilities under each of its concepts (HierarchyCPCC, OTCPCC).
 
@@ -16,7 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
-DECODINGS = ("argmax", "crm")
+DECODINGS = ("argmax", "crm", "hie")
 DEFAULT_MEMORY_MB = 256
 
 
@@ -45,32 +49,75 @@ def crm_scores(probs: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
     return -(probs @ cost.to(probs))
 
 
+def hie_probabilities(probs: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+    """Hierarchical ensembles' adjusted probabilities ``p(y) p(parent(y))``, normalised to sum
+    1 over the classes, the parent's probability the summed ``probs`` of its classes.
+
+    Args:
+        probs: (N, K) class probabilities; parent: (K,) index of every class's parent
+            (``Hierarchy.parent_map``).
+    """
+    parent = parent.to(probs.device)
+    parents = probs.new_zeros(probs.shape[0], int(parent.max()) + 1).index_add_(1, parent, probs)
+    adjusted = probs * parents[:, parent]
+    return adjusted / adjusted.sum(dim=1, keepdim=True)
+
+
+def check_decoding_inputs(
+    decode: str, cost: torch.Tensor | None, parent: torch.Tensor | None
+) -> None:
+    """A one-line ``ValueError`` when ``decode`` lacks what it reads (``crm``: a cost matrix,
+    ``hie``: every class's parent)."""
+    check_decode(decode)
+    if decode == "crm" and cost is None:
+        raise ValueError("crm decoding needs a (K, K) cost matrix")
+    if decode == "hie" and parent is None:
+        raise ValueError("hie decoding needs the (K,) parent of every class")
+
+
+def decoded_scores(
+    logits: torch.Tensor,
+    decode: str,
+    cost: torch.Tensor | None = None,
+    parent: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(N, K) scores whose descending order is ``decode``'s ranking of the classes: the logits
+    (``argmax``), minus the expected cost (``crm``) or the adjusted probabilities (``hie``).
+    Whole rows at once: callers pass a block of rows (``row_blocks``)."""
+    if decode == "crm":
+        return crm_scores(logits.softmax(dim=1), cost)  # type: ignore[arg-type]
+    if decode == "hie":
+        return hie_probabilities(logits.softmax(dim=1), parent)  # type: ignore[arg-type]
+    return logits
+
+
 def ranked_classes(
     logits: torch.Tensor,
     k: int,
     decode: str = "argmax",
     cost: torch.Tensor | None = None,
     memory_mb: float = DEFAULT_MEMORY_MB,
+    parent: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, k) long tensor: the k best classes of every sample, best first.
 
     Args:
-        logits: (N, K) scores (``crm`` takes their softmax).
-        decode: ``argmax`` or ``crm``; ``crm`` needs ``cost`` (K, K).
+        logits: (N, K) scores (``crm`` and ``hie`` take their softmax).
+        decode: ``argmax``, ``crm`` or ``hie``; ``crm`` needs ``cost`` (K, K), ``hie`` the
+            ``parent`` (K,) of every class (``Hierarchy.parent_map``).
     """
-    check_decode(decode)
-    if decode == "crm" and cost is None:
-        raise ValueError("crm decoding needs a (K, K) cost matrix")
+    check_decoding_inputs(decode, cost, parent)
     n, classes = logits.shape
     k = min(k, classes)
     out = torch.empty(n, k, dtype=torch.long, device=logits.device)
-    if decode == "crm":
-        cost = cost.to(device=logits.device, dtype=logits.dtype)  # type: ignore[union-attr]
-    # A block holds its probabilities and its scores: two (rows, K) tensors.
-    for rows in row_blocks(n, 2 * classes * logits.element_size(), memory_mb):
-        scores = logits[rows]
-        if decode == "crm":
-            scores = crm_scores(scores.softmax(dim=1), cost)  # type: ignore[arg-type]
+    if cost is not None:
+        cost = cost.to(device=logits.device, dtype=logits.dtype)
+    if parent is not None:
+        parent = parent.to(logits.device)
+    # A block holds its probabilities, its scores and (hie) its parents' probabilities: at
+    # most three (rows, K) tensors.
+    for rows in row_blocks(n, 3 * classes * logits.element_size(), memory_mb):
+        scores = decoded_scores(logits[rows], decode, cost, parent)
         out[rows] = scores.topk(k, dim=1).indices
     return out
 

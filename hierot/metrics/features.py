@@ -1,6 +1,7 @@
 """Metrics of a trained model's test features: TestCPCC under every distance, accuracy at
-every level (mapped fine argmax and summed probabilities), top-k, the making-better-mistakes
-table under both costs and both decodings, calibration, retrieval mAP."""
+every level (mapped fine argmax, summed probabilities, an objective's own level heads) and
+along the whole path, top-k, the making-better-mistakes table and HOPS under every decoding,
+calibration, retrieval mAP."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from hierot.distances import DEFAULT_MEMORY_MB, check_memory, check_options, eva
 from hierot.errors import ConfigError, require_integer
 from hierot.hierarchy import Hierarchy
 from hierot.metrics.calibration import calibration_errors
-from hierot.metrics.decoding import check_decode, marginal_predictions, ranked_classes
+from hierot.metrics.decoding import DECODINGS, check_decode, marginal_predictions, ranked_classes
 from hierot.metrics.epoch import LevelAccuracy, MistakeSeverity
 from hierot.metrics.feature_space import knn_accuracy, prototype_retrieval, silhouette
+from hierot.metrics.hops import hops
 from hierot.metrics.mistakes import CONVENTIONS, mistake_metrics, top_k_accuracy
 
 
@@ -32,6 +34,23 @@ def average_hierarchical_distance(
     """
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return tree_dist.to(logits.device)[target[:, None], top].float().mean()
+
+
+def full_path_accuracy(
+    predictions: Mapping[int, torch.Tensor], target: torch.Tensor, hierarchy: Hierarchy
+) -> torch.Tensor:
+    """The share of samples whose prediction is right at every level given.
+
+    Args:
+        predictions: ``{level: (N,) predicted concept}``, each an index into
+            ``hierarchy.level_map(level)`` (at the deepest level: the class id).
+        target: (N,) true classes.
+    """
+    right = torch.ones_like(target, dtype=torch.bool)
+    for level, predicted in predictions.items():
+        truth = hierarchy.level_map(level)[1].to(target.device)[target]
+        right &= predicted.to(target.device) == truth
+    return right.double().mean()
 
 
 def retrieval_map(z: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> torch.Tensor:
@@ -127,6 +146,7 @@ def evaluate_features(
     crm_cost: str = "lca",
     lca: torch.Tensor | None = None,
     undefined: dict[str, str] | None = None,
+    level_logits: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Every metric of one split, as ``{prefix + name: value}``; an undefined CPCC is NaN
     (``hierot.correlation.reported_cpcc``).
@@ -137,16 +157,28 @@ def evaluate_features(
         distances: ``{method: options}``; each gives ``cpcc_<method>`` (a random distance
             left at ``seed=None`` with ``hierot.distances.EVALUATION_SEED``).
         top_k: the k of ``acc_top<k>`` (one or several).
-        ahd_k: the k of every other ``@k`` metric (``hdist``, ``best``, ``hprec``, ``hmap``).
+        ahd_k: the k of every other ``@k`` metric (``hdist``, ``best``, ``hprec``, ``hmap``,
+            ``hops``); a k above the number of classes K ranks all K classes (CRM's
+            ``heapq.nlargest`` does the same), the key keeps its k.
         memory_mb: the memory budget of the class distances (``class_distances``) and of
             each block of rows of the (N, K) probabilities.
-        decode: the decodings whose making-better-mistakes table is reported; ``crm`` keys
-            start with ``crm/``.
+        decode: the decodings whose making-better-mistakes table and HOPS are reported;
+            ``crm`` keys start with ``crm/``, ``hie`` keys with ``hie/`` (each class's
+            parent: ``hierarchy.parent_map``).
         crm_cost: the cost CRM minimises, ``lca`` (as its paper) or ``path``.
         lca: (K, K) lowest-common-ancestor heights (default ``hierarchy.lca_heights()``; a
             dataset's own file through ``data.distances``).
         undefined: if given, ``{prefix + "cpcc_<method>": why}`` of each undefined CPCC is
             added to it (why completes "the split ...").
+        level_logits: ``{level: (N, concepts) logits}`` of an objective's own head for each
+            level above the classes (``mtl``'s ``level_logits``), or None.
+
+    Full-path accuracy: ``acc_path`` is the share of samples right at every level, each
+    coarse level read from its own head where ``level_logits`` has one and otherwise mapped
+    from the fine argmax, so that without level heads it equals ``acc_fine`` (a class's
+    ancestors are right whenever the class is); ``acc_<level>_head`` is each head's own
+    accuracy. ``acc_path_marginal`` reads every coarse level from the summed probabilities
+    (``acc_<level>_marginal``), as HAFeat and Hier-COS report it.
     """
     tree_dist = hierarchy.tree_distances().to(z.device)
     costs = {
@@ -163,26 +195,43 @@ def evaluate_features(
             out[f"cpcc_{method}"] = value
             if why is not None and undefined is not None:
                 undefined[f"{prefix}cpcc_{method}"] = why
+        finest = max(hierarchy.levels)
+        argmax = logits.argmax(dim=1)
+        mapped: dict[int, torch.Tensor] = {finest: argmax}  # each level's prediction
+        marginal: dict[int, torch.Tensor] = {finest: argmax}
         for level in hierarchy.levels:
             fine_to_level = hierarchy.level_map(level)[1].to(z.device)
             name = level_names[level]
             accuracy = LevelAccuracy(fine_to_level).to(z.device)
             out[f"acc_{name}"] = accuracy(logits, target)
-            if level != max(hierarchy.levels):
+            if level != finest:
                 summed = marginal_predictions(logits, fine_to_level, memory_mb)
                 out[f"acc_{name}_marginal"] = (summed == fine_to_level[target]).double().mean()
+                marginal[level] = summed
+                mapped[level] = fine_to_level[argmax]
+                if level_logits is not None and level in level_logits:
+                    mapped[level] = level_logits[level].to(z.device).argmax(dim=1)
+                    truth = fine_to_level[target]
+                    out[f"acc_{name}_head"] = (mapped[level] == truth).double().mean()
             out[f"map_{name}"] = retrieval_map(z, fine_to_level[target])
+        out["acc_path"] = full_path_accuracy(mapped, target, hierarchy)
+        out["acc_path_marginal"] = full_path_accuracy(marginal, target, hierarchy)
         out["mistake_severity"] = MistakeSeverity(tree_dist).to(z.device)(logits, target)
         for k in ahd_k:
             out[f"ahd@{k}"] = average_hierarchical_distance(logits, target, tree_dist, k)
         depth = max([*ks, *ahd_k])
+        parent = hierarchy.parent_map().to(z.device)
         for way in decode:
-            top = ranked_classes(logits, depth, way, costs[crm_cost], memory_mb)
+            top = ranked_classes(logits, depth, way, costs[crm_cost], memory_mb, parent)
             head = "" if way == "argmax" else f"{way}/"
             out.update({head + key: v for key, v in top_k_accuracy(top, target, ks).items()})
             for convention, cost in costs.items():
                 table = mistake_metrics(top, target, cost, convention, ahd_k, memory_mb)
                 out.update({head + key: value for key, value in table.items()})
+            table = hops(
+                logits, target, costs["lca"], ahd_k, way, costs[crm_cost], parent, memory_mb
+            )
+            out.update({head + key: value for key, value in table.items()})
         out.update(calibration_errors(logits, target, memory_mb=memory_mb))
     return {prefix + name: float(value) for name, value in out.items()}
 
@@ -233,13 +282,15 @@ def check_feature_metrics_config(cfg: DictConfig) -> None:
 
 @config_check(config="evaluate")
 def check_decode_config(cfg: DictConfig) -> None:
-    """``decode``: ``argmax``, ``crm`` or a non-empty list of them."""
+    """``decode``: a decoding (``DECODINGS``) or a non-empty list of them."""
     if isinstance(cfg.decode, str):
         decodings, keys = [cfg.decode], ["decode"]
     elif OmegaConf.is_list(cfg.decode) and cfg.decode:
         decodings, keys = list(cfg.decode), [f"decode[{i}]" for i in range(len(cfg.decode))]
     else:
-        raise ConfigError(f"decode must be argmax, crm or a list of them, got {cfg.decode!r}")
+        raise ConfigError(
+            f"decode must be {', '.join(DECODINGS)} or a list of them, got {cfg.decode!r}"
+        )
     for way, key in zip(decodings, keys, strict=True):
         try:
             check_decode(way, key)

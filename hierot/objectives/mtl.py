@@ -41,6 +41,12 @@ class MultiTaskLevels(Objective):
         self.register_buffer("maps", maps, persistent=False)
         self.heads = nn.ModuleList(nn.Linear(num_features, int(m.max()) + 1) for m in maps)
 
+    def level_logits(self, z: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``{level: (B, concepts) logits}`` of each level head on features ``z``, for the
+        levels ``1 .. depth - 1`` (concept indices as ``Hierarchy.level_map``): what
+        ``hierot.evaluate``'s ``acc_<level>_head`` and ``acc_path`` read."""
+        return {level: head(z) for level, head in enumerate(self.heads, start=1)}
+
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = self.weights[-1] * F.cross_entropy(logits, y)
         for w, head, fine_to_level in zip(self.weights, self.heads, self.maps, strict=False):

@@ -364,3 +364,130 @@ def ssd_eval_reference(dtest: np.ndarray, dood: np.ndarray) -> tuple[float, floa
     data = np.concatenate((dtest, dood))
     fpr95 = np.sum(dood < np.percentile(dtest, 95)) / len(dood)
     return float(fpr95), roc_auc_reference(labels, data), average_precision_reference(labels, data)
+
+
+def haframe_lca_similarity(hdistance: np.ndarray, gamma: float = 1.0) -> np.ndarray:
+    """Hier-COS's ``LCA_similarity.npy`` (util/hiercos_construction.py): HAFrame's
+    ``map_hdistance_to_cosine_similarity_exponential_decay`` (HAFrame/solve_HAF.py,
+    ``min_similarity=0``) of the class distances, then each row min-max normalised."""
+    min_similarity, max_similarity = 0, 1.0
+    hd_max = np.max(hdistance)
+    similarity_range = max_similarity - min_similarity
+    s = similarity_range * np.exp(-gamma * hdistance / hd_max) + min_similarity
+    s = torch.tensor(s)
+    s = (s - s.min(dim=1)[0][:, None]) / (s.max(dim=1)[0] - s.min(dim=1)[0])[:, None]
+    return s.numpy()
+
+
+def _generate_linear_decay(x, y, n):
+    return np.linspace(x, y, n)
+
+
+def _generate_weights(A):
+    B = []
+    for row in A:
+        unique_values = np.unique(row)  # ascending, whatever its comment says
+        B_row = np.zeros_like(row, dtype=float)
+        for i, value in enumerate(unique_values):
+            indices = np.where(row == value)[0]
+            if i == 0:
+                next_value = 0.0
+            elif i < len(unique_values) - 1:
+                next_value = unique_values[i - 1]
+            else:
+                next_value = 1.0
+            decay_values = _generate_linear_decay(value, next_value, len(indices) + 1)[:-1]
+            B_row[indices] = decay_values
+        B.append(B_row)
+    return np.array(B)
+
+
+def hops_reference(
+    logits: np.ndarray, target: np.ndarray, lca_similarity: np.ndarray, k: int | None
+) -> float:
+    """Hier-COS's HOPS@k ("Code for Analysis (HOPS, FPA, Tree).ipynb": the class-wise ranking
+    of cell 16, ``generate_weights`` of cell 23, the loop of cells 26/31/35; k None: HOPS),
+    the mean over the samples, in one batch."""
+    gt_class_wise_ranking = np.zeros_like(lca_similarity)
+    for _class in range(lca_similarity.shape[0]):
+        unique_values, inverse_indices = np.unique(lca_similarity[_class], return_inverse=True)
+        n_unique = len(unique_values)
+        gt_class_wise_ranking[_class] = n_unique - inverse_indices - 1
+    labels = target.reshape(-1, 1)
+    score = []
+    expected_ranks = np.sort(gt_class_wise_ranking[labels]).squeeze()
+    obtained_ranks = gt_class_wise_ranking[labels, np.argsort(logits, axis=1)[:, ::-1]]
+    worst_rank = expected_ranks.copy()
+    if k == 1:
+        metric = np.where(obtained_ranks[:, 0] == 0, 1, 0)
+        score.extend(metric)
+        return float(np.array(score).mean())
+    if k is not None:
+        worst_rank[:, :k] = expected_ranks[:, :k][:, ::-1]
+    else:
+        worst_rank = expected_ranks[:, ::-1]
+    exp = 1 / np.power(2, expected_ranks)
+    worst_diff = np.abs(expected_ranks - worst_rank)
+    diff = np.abs(expected_ranks - obtained_ranks)
+    weights = _generate_weights(exp)
+    worst_metric = np.sum(weights * worst_diff, axis=1)
+    if k is not None:
+        weights[:, k:] = 0
+    metric = np.sum(weights * diff, axis=1) / worst_metric
+    metric = np.clip(1 - metric, 0, 1)
+    score.extend(metric)
+    return float(np.array(score).mean())
+
+
+def full_path_accuracy_reference(
+    probabilities: np.ndarray, targets: np.ndarray, bottom_up_hierarchy: np.ndarray
+) -> float:
+    """Hier-COS's full-path accuracy "using HAFeat's approach" (the notebook's cell 43):
+    ``bottom_up_hierarchy[c]`` holds class c, then its concept at each level upwards (their
+    CIFAR-100 table has 5 columns; here any number); each coarser level predicted by the
+    argmax of its concepts' summed probabilities."""
+    levels = bottom_up_hierarchy.shape[1]
+    level_targets = bottom_up_hierarchy[targets]
+    all_out = [probabilities]
+    all_targets = [targets]
+    for level in range(1, levels):
+        classes = np.unique(bottom_up_hierarchy[:, level])
+        level_pred = np.zeros((level_targets.shape[0], classes.shape[0]))
+        for c in classes:
+            level_pred[:, c] = (
+                probabilities[:, np.argwhere(bottom_up_hierarchy[:, level] == c)].squeeze().sum(1)
+            )
+        all_out.append(level_pred)
+        all_targets.append(level_targets[:, level])
+    fpa = None
+    for i in range(1, levels):
+        if fpa is None:
+            fpa = (all_out[i - 1].argmax(1) == all_targets[i - 1]) & (
+                all_out[i].argmax(1) == all_targets[i]
+            )
+        else:
+            fpa = fpa & (all_out[i].argmax(1) == all_targets[i])
+    return float(fpa.sum() / fpa.shape[0])
+
+
+def post_hoc_adjustment(y: torch.Tensor, a: torch.Tensor, parent_child_mapping) -> torch.Tensor:
+    """Hierarchical-Ensembles ``post_hoc_adjustment`` (util/misc.py): every class's
+    probability times its parent's, in place."""
+    bs = y.shape[0]
+    for i in range(a.shape[1]):
+        indices = torch.tensor(parent_child_mapping[i]).view(1, -1)
+        y[torch.arange(bs)[:, None], indices] = (
+            y[torch.arange(bs)[:, None], indices] * a[torch.arange(bs), i][:, None]
+        )
+    return y
+
+
+def hie_reference(logits: torch.Tensor, parent_child_mapping) -> torch.Tensor:
+    """Hierarchical-Ensembles evaluate.py with ``--post_hoc 1``: ``post_hoc_adjustment`` of the
+    softmax, then ``F.normalize(p=1)``; the parents' probabilities (their second model's
+    softmax over the coarse classes) are here the summed probabilities of each parent's
+    classes under the same model."""
+    probs = torch.softmax(logits, dim=-1)
+    parents = torch.stack([probs[:, children].sum(1) for children in parent_child_mapping], 1)
+    output = post_hoc_adjustment(probs.clone(), parents, parent_child_mapping)
+    return torch.nn.functional.normalize(output, p=1, dim=-1)

@@ -1,7 +1,7 @@
 """Reading printed reports back: ``hierot.report.format_report``'s tables as keys."""
 
 
-def read_report(text: str, columns: tuple[str, ...] = ("crm",)) -> dict[str, tuple[str, str]]:
+def read_report(text: str, columns: tuple[str, ...] = ("crm", "hie")) -> dict[str, tuple[str, str]]:
     """``{key: (family, cell)}`` read back from ``format_report``'s tables: a cell of column
     ``value`` is its row's key, of a decoding column ``<split>/<column>/<name>``, of any other
     column ``<row>/<column>``. A key printed twice fails."""
