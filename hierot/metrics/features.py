@@ -131,6 +131,66 @@ def feature_space_metrics(
     return {prefix + name: float(value) for name, value in out.items()}
 
 
+def level_metrics(
+    z: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    hierarchy: Hierarchy,
+    level_names: Mapping[int, str],
+    level_logits: Mapping[int, torch.Tensor] | None,
+    memory_mb: float,
+) -> dict[str, torch.Tensor]:
+    """Accuracy at every level (by the fine argmax, by summed probabilities, by a level's own
+    head), retrieval mAP at every level and the full-path accuracies (``evaluate_features``)."""
+    out: dict[str, torch.Tensor] = {}
+    finest = max(hierarchy.levels)
+    argmax = logits.argmax(dim=1)
+    mapped: dict[int, torch.Tensor] = {finest: argmax}  # each level's prediction
+    marginal: dict[int, torch.Tensor] = {finest: argmax}
+    for level in hierarchy.levels:
+        fine_to_level = hierarchy.level_map(level)[1].to(z.device)
+        name = level_names[level]
+        accuracy = LevelAccuracy(fine_to_level).to(z.device)
+        out[f"acc_{name}"] = accuracy(logits, target)
+        if level != finest:
+            summed = marginal_predictions(logits, fine_to_level, memory_mb)
+            out[f"acc_{name}_marginal"] = (summed == fine_to_level[target]).double().mean()
+            marginal[level] = summed
+            mapped[level] = fine_to_level[argmax]
+            if level_logits is not None and level in level_logits:
+                mapped[level] = level_logits[level].to(z.device).argmax(dim=1)
+                truth = fine_to_level[target]
+                out[f"acc_{name}_head"] = (mapped[level] == truth).double().mean()
+        out[f"map_{name}"] = retrieval_map(z, fine_to_level[target])
+    out["acc_path"] = full_path_accuracy(mapped, target, hierarchy)
+    out["acc_path_marginal"] = full_path_accuracy(marginal, target, hierarchy)
+    return out
+
+
+def decoded_metrics(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    hierarchy: Hierarchy,
+    way: str,
+    depth: int,
+    ks: Sequence[int],
+    ahd_k: Sequence[int],
+    costs: Mapping[str, torch.Tensor],
+    crm_cost: str,
+    memory_mb: float,
+) -> dict[str, torch.Tensor]:
+    """Top-k accuracy, the making-better-mistakes table under both costs and HOPS of the
+    classes ranked by the decoding ``way`` (keys prefixed ``<way>/`` but for ``argmax``)."""
+    parent = hierarchy.parent_map().to(logits.device)
+    top = ranked_classes(logits, depth, way, costs[crm_cost], memory_mb, parent)
+    out = dict(top_k_accuracy(top, target, ks))
+    for convention, cost in costs.items():
+        out.update(mistake_metrics(top, target, cost, convention, ahd_k, memory_mb))
+    out.update(hops(logits, target, costs["lca"], ahd_k, way, costs[crm_cost], parent, memory_mb))
+    head = "" if way == "argmax" else f"{way}/"
+    return {head + key: value for key, value in out.items()}
+
+
 def evaluate_features(
     z: torch.Tensor,
     logits: torch.Tensor,
@@ -195,43 +255,15 @@ def evaluate_features(
             out[f"cpcc_{method}"] = value
             if why is not None and undefined is not None:
                 undefined[f"{prefix}cpcc_{method}"] = why
-        finest = max(hierarchy.levels)
-        argmax = logits.argmax(dim=1)
-        mapped: dict[int, torch.Tensor] = {finest: argmax}  # each level's prediction
-        marginal: dict[int, torch.Tensor] = {finest: argmax}
-        for level in hierarchy.levels:
-            fine_to_level = hierarchy.level_map(level)[1].to(z.device)
-            name = level_names[level]
-            accuracy = LevelAccuracy(fine_to_level).to(z.device)
-            out[f"acc_{name}"] = accuracy(logits, target)
-            if level != finest:
-                summed = marginal_predictions(logits, fine_to_level, memory_mb)
-                out[f"acc_{name}_marginal"] = (summed == fine_to_level[target]).double().mean()
-                marginal[level] = summed
-                mapped[level] = fine_to_level[argmax]
-                if level_logits is not None and level in level_logits:
-                    mapped[level] = level_logits[level].to(z.device).argmax(dim=1)
-                    truth = fine_to_level[target]
-                    out[f"acc_{name}_head"] = (mapped[level] == truth).double().mean()
-            out[f"map_{name}"] = retrieval_map(z, fine_to_level[target])
-        out["acc_path"] = full_path_accuracy(mapped, target, hierarchy)
-        out["acc_path_marginal"] = full_path_accuracy(marginal, target, hierarchy)
+        out.update(level_metrics(z, logits, target, hierarchy, level_names, level_logits,
+                                 memory_mb))  # fmt: skip
         out["mistake_severity"] = MistakeSeverity(tree_dist).to(z.device)(logits, target)
         for k in ahd_k:
             out[f"ahd@{k}"] = average_hierarchical_distance(logits, target, tree_dist, k)
         depth = max([*ks, *ahd_k])
-        parent = hierarchy.parent_map().to(z.device)
         for way in decode:
-            top = ranked_classes(logits, depth, way, costs[crm_cost], memory_mb, parent)
-            head = "" if way == "argmax" else f"{way}/"
-            out.update({head + key: v for key, v in top_k_accuracy(top, target, ks).items()})
-            for convention, cost in costs.items():
-                table = mistake_metrics(top, target, cost, convention, ahd_k, memory_mb)
-                out.update({head + key: value for key, value in table.items()})
-            table = hops(
-                logits, target, costs["lca"], ahd_k, way, costs[crm_cost], parent, memory_mb
-            )
-            out.update({head + key: value for key, value in table.items()})
+            out.update(decoded_metrics(logits, target, hierarchy, way, depth, ks, ahd_k, costs,
+                                       crm_cost, memory_mb))  # fmt: skip
         out.update(calibration_errors(logits, target, memory_mb=memory_mb))
     return {prefix + name: float(value) for name, value in out.items()}
 

@@ -103,7 +103,8 @@ class HierCOS(Objective):
             p = a[:, self.nodes.level_ids(level)]
             label = getattr(self, f"labels{level}")[y]
             reached = label >= 0
-            onehot = F.one_hot(label.clamp_min(0), p.shape[1]).to(p.dtype)
+            # scatter, not F.one_hot, which reads the labels' range on the host
+            onehot = torch.zeros_like(p).scatter_(1, label.clamp_min(0)[:, None], 1.0)
             miss = (onehot - F.normalize(p, dim=1)).abs().sum(1)
             aux = aux + (miss * reached).sum() / reached.sum().clamp_min(1)
             below = ~reached
