@@ -146,6 +146,16 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     # the config-group table is generated from hierot/conf at every build
     table = (ROOT / "docs" / "generated" / "config_groups.md").read_text()
     assert "| `logger` | `mlflow` |" in table and "| `dist` | `fastft` (default) |" in table
+    # the pages that define objectives, distances and metrics write them as math: MathJax
+    # nodes, and no "$" left in the text outside code (a formula MyST did not parse)
+    for page in ("objectives", "evaluation", "design"):
+        html = (tmp_path / "html" / f"{page}.html").read_text()
+        body = html.split('role="main"', 1)[1]
+        formulas = re.findall(r'<(?:span|div) class="math notranslate nohighlight">', body)
+        assert len(formulas) >= 5, (page, len(formulas))
+        text = re.sub(r"<pre\b.*?</pre>|<code\b.*?</code>", "", body, flags=re.S)
+        text = re.sub(r'<(span|div) class="math[^"]*">.*?</\1>', "", text, flags=re.S)
+        assert "$" not in re.sub(r"<[^>]+>", "", text), page
 
 
 def test_the_results_pages_are_the_rendering_of_their_csvs():
