@@ -26,6 +26,7 @@ from hierot.errors import ConfigError, user_message
 from hierot.figures import save_summary_figure
 from hierot.overrides import parse_overrides
 from hierot.report import UNDEFINED, finite_float, write_metrics
+from hierot.tradeoff import save_tradeoff_figure
 from hierot.writes import write_rows
 
 log = logging.getLogger(__name__)
@@ -203,12 +204,14 @@ def format_seed_summary(rows: Sequence[Mapping[str, object]], limit: int = 6) ->
 
 def write_summary(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[dict[str, object]]:
     """Write ``summary.csv`` (one row per job), ``summary_seeds.csv`` (the mean and spread
-    over ``over`` of each setting) and ``summary.png`` (when a job completed and TestCPCC is
-    there to plot) into ``sweep_dir``."""
+    over ``over`` of each setting), ``summary.png`` (when a job completed and TestCPCC is
+    there to plot) and ``tradeoff.png`` (top-1 error against mistake severity, when a job
+    completed with both) into ``sweep_dir``."""
     rows = collect(sweep_dir)
     write_csv(sweep_dir / "summary.csv", rows)
     write_seed_summary(sweep_dir / "summary_seeds.csv", seed_summary(rows, over))
     save_summary_figure(sweep_dir / "summary.png", rows, title=f"sweep {sweep_dir.name}")
+    save_tradeoff_figure(sweep_dir / "tradeoff.png", rows, title=f"sweep {sweep_dir.name}")
     return rows
 
 
@@ -229,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     prog = script if script.startswith("hierot-") else "python -m hierot.sweep"
     usage = f"usage: {prog} SWEEP_DIR"
     if args in (["-h"], ["--help"]):
-        print(f"{usage}\n\nWrite summary.csv, summary_seeds.csv and summary.png of a sweep "
+        print(f"{usage}\n\nWrite summary.csv, summary_seeds.csv, summary.png and tradeoff.png "
+              "of a sweep "
               "from its jobs' metrics.json.")  # fmt: skip
         return
     if len(args) != 1:
