@@ -860,7 +860,8 @@ def test_cifar_downloads_through_torchvision_from_a_local_server(tmp_path, monke
         data_module("data=cifar100", f"data.root={tmp_path / 'other2'}")  # download=false
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder", "inat", "breeds"])
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder", "inat", "breeds",
+                                     "tiered_imagenet_h", "inat19", "aircraft", "cub"])  # fmt: skip
 def test_building_a_data_module_opens_no_file(tmp_path, dataset):
     # a root that does not exist: building succeeds, the first use of the tree names it
     extra = {"imagefolder": ["data.hierarchy=tree.json"], "breeds": ["data.info_dir=info"]}
@@ -880,9 +881,11 @@ def test_building_a_data_module_opens_no_file(tmp_path, dataset):
 def test_every_objective_runs_on_every_dataset(tmp_path, monkeypatch):
     # debug=fast (one batch of each split) in this process, each objective with CPCC on top
     from hierot.config import CONFIG_DIR
-    from hierot.data import breeds
+    from hierot.data import breeds, haf
     from hierot.objectives import get_objective
     from hierot.train import train
+
+    from helpers import benchmarks as b
 
     write_cifar100(tmp_path / "c100", FINE, COARSE, PARENT)
     write_cifar10(tmp_path / "c10", CIFAR10)
@@ -891,6 +894,12 @@ def test_every_objective_runs_on_every_dataset(tmp_path, monkeypatch):
     (tmp_path / "breeds").mkdir()
     info, imagenet = write_breeds(tmp_path / "breeds")
     monkeypatch.setitem(breeds.SUBSETS, "living17", (3, "n00004258", 2))
+    benchmarks = tmp_path / "benchmarks"
+    b.write_tiered(benchmarks / "tiered", b.TIERED_EDGES, b.TIERED)
+    b.write_inat19(benchmarks / "inat19", b.INAT_EDGES, b.INAT)
+    b.write_aircraft(benchmarks / "aircraft", b.AIRCRAFT)
+    b.write_cub(benchmarks / "cub", b.CUB)
+    b.write_haf(tmp_path / "c100" / haf.HAF_TREE.name, b.HAF_ROWS)  # over FINE's 6 classes
     datasets = {
         "synthetic": [],
         "cifar100": ["data=cifar100", f"data.root={tmp_path / 'c100'}"],
@@ -900,6 +909,10 @@ def test_every_objective_runs_on_every_dataset(tmp_path, monkeypatch):
         "inat": ["data=inat", f"data.root={tmp_path / 'inat'}", "data.image_size=16"],
         "breeds": ["data=breeds", f"data.root={imagenet}", f"data.info_dir={info}",
                    "data.classes=subclass", "data.image_size=16"],
+        "cifar100-haf5": ["data=cifar100", f"data.root={tmp_path / 'c100'}", "data.tree=haf5"],
+        **{name: [f"data={name}", f"data.root={benchmarks / folder}", "data.image_size=16"]
+           for name, folder in (("tiered_imagenet_h", "tiered"), ("inat19", "inat19"),
+                                ("aircraft", "aircraft"), ("cub", "cub"))},
     }  # fmt: skip
     objectives = sorted(p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml"))
     assert {"ce", "mtl", "marginal", "soft_labels", "hxe", "quadruplet", "curriculum",

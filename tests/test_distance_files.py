@@ -79,3 +79,36 @@ def test_the_data_module_reads_the_file_instead_of_the_tree(tmp_path):
     )
     assert torch.equal(data.lca_heights(), shipped)
     assert balanced([2]).lca_heights().tolist() == [[0, 1], [1, 0]]
+
+
+def test_a_file_that_disagrees_with_the_tree_is_one_warning_with_the_count(tmp_path, caplog):
+    # making-better-mistakes issue #3: its tieredImageNet file differs from its own tree for
+    # 50383 of the 184528 class pairs; the run follows the file and says so, once
+    tree = SyntheticDataModule(train_per_class=2, val_per_class=2, test_per_class=2).hierarchy
+    leaves, heights = tree.leaves, tree.lca_heights()
+
+    def run(shipped):
+        path = tmp_path / f"d{len(list(tmp_path.iterdir()))}.pkl.xz"
+        pairs = {(leaves[i], leaves[j]): int(shipped[i, j]) for i in range(len(leaves))
+                 for j in range(i)}  # fmt: skip
+        write_mbm(path, pairs)
+        data = SyntheticDataModule(
+            train_per_class=2, val_per_class=2, test_per_class=2, distances=str(path)
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hierot.data.module"):
+            assert torch.equal(data.lca_heights(), shipped)
+            data.lca_heights()
+        return path, [r.getMessage() for r in caplog.records]
+
+    assert run(heights)[1] == []  # a file that agrees: no warning
+    shipped = heights.clone()
+    shipped[2, 5] = shipped[5, 2] = 9
+    shipped[3, 4] = shipped[4, 3] = 7
+    path, warnings = run(shipped)
+    pairs = len(leaves) * (len(leaves) - 1) // 2
+    assert warnings == [
+        f"data.distances: {path}: 2 of {pairs} class pairs differ from the tree's LCA heights "
+        f"(first: '{leaves[2]}' and '{leaves[5]}', 9 in the file, {int(heights[2, 5])} in the "
+        "tree)"
+    ]

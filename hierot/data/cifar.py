@@ -20,6 +20,9 @@ import torchvision
 from torchvision.datasets.utils import download_and_extract_archive
 
 from hierot.data.device_augment import crop_flip
+from hierot.data.downloads import authors_file
+from hierot.data.haf import HAF_TREE, haf_paths
+from hierot.data.haf import LEVEL_NAMES as HAF_LEVEL_NAMES
 from hierot.data.images import (
     TensorImages,
     carve_validation,
@@ -205,6 +208,9 @@ class CifarDataModule(HierarchyDataModule):
 
 
 HEIGHTS = (2, 3, 4)
+# The CIFAR-100 trees data.tree names: the dataset's superclasses (with data.height's mid
+# levels), or HAF's 5 levels (hierot.data.haf).
+CIFAR100_TREES = ("superclass", "haf5")
 # In every superclass the two lowest-id classes are the target classes (OT-CPCC protocol).
 TARGET_PER_SUPERCLASS = 2
 
@@ -265,13 +271,25 @@ class Cifar100DataModule(CifarDataModule):
     folder_name = CIFAR100_FOLDER
 
     def __init__(
-        self, root: str | None = None, split: str = "all", height: int = 2, **kwargs: Any
+        self,
+        root: str | None = None,
+        split: str = "all",
+        height: int = 2,
+        tree: str = "superclass",
+        info_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(root=root, **kwargs)
         self.split = check_split(split)
         self.height = check_height(height, HEIGHTS, "CIFAR-100")
         if height != 2 and self.hierarchy_file is not None:
             raise DataError("data.height: a data.hierarchy file brings its own tree; drop one")
+        if tree not in CIFAR100_TREES:
+            raise DataError(f"data.tree: unknown '{tree}'; available: {', '.join(CIFAR100_TREES)}")
+        if tree != "superclass" and (height != 2 or self.hierarchy_file is not None):
+            option = "data.height" if height != 2 else "data.hierarchy"
+            raise DataError(f"{option}: data.tree={tree} brings its own tree; drop one")
+        self.tree, self.info_dir = tree, info_dir
 
     def read_metadata(self) -> Hierarchy:
         """The class names (``meta``) and each class's superclass, read off the training
@@ -301,6 +319,8 @@ class Cifar100DataModule(CifarDataModule):
         self._renumber[torch.tensor(kept, dtype=torch.long)] = torch.arange(len(kept))
         if self.hierarchy_file is not None:
             return self._tree(self.classes, None, all_classes)  # type: ignore[arg-type]
+        if self.tree == "haf5":
+            return self._haf_tree(all_classes, coarse_names, superclass, kept)
         superclasses = [parent[i] for i in kept]
         paths, names = paper_paths(
             self.classes, coarse_names, superclasses, [i in target for i in kept], self.height
@@ -311,6 +331,22 @@ class Cifar100DataModule(CifarDataModule):
             raise DataError(str(e)) from None
         if self._level_names is None:
             self._level_names = names
+        return tree
+
+    def _haf_tree(
+        self, classes: list[str], coarse: list[str], superclass: list[int], kept: list[int]
+    ) -> Hierarchy:
+        """HAF's 5-level tree over the ``kept`` classes, its file in ``info_dir`` (default
+        ``root``), downloaded with ``download``."""
+        folder = Path(str(self.info_dir or self.root)).expanduser()
+        file = authors_file(folder, HAF_TREE, self.download, "data.info_dir")
+        paths = haf_paths(file, classes, coarse, superclass)
+        try:
+            tree = Hierarchy.from_paths([paths[i] for i in kept], source=str(file))
+        except HierarchyError as e:
+            raise DataError(str(e)) from None
+        if self._level_names is None:
+            self._level_names = list(HAF_LEVEL_NAMES)
         return tree
 
     def _superclasses(

@@ -20,7 +20,7 @@ from hierot.data.images import Transform, Views, eval_transform
 from hierot.data.sampling import ResumableSampler
 from hierot.errors import ConfigError, DataError, require_integer
 from hierot.hierarchy import Hierarchy
-from hierot.hierarchy.distance_files import read_class_distances
+from hierot.hierarchy.distance_files import disagreement, read_class_distances
 
 log = logging.getLogger(__name__)
 
@@ -367,9 +367,21 @@ class HierarchyDataModule(L.LightningDataModule):
     def lca_heights(self) -> torch.Tensor:
         """(K, K) heights of the classes' lowest common ancestors: ``data.distances``'s file
         when given, else ``hierarchy.lca_heights()``."""
+        tree = self.hierarchy  # its metadata may name the file
         if self.distances is None:
-            return self.hierarchy.lca_heights()
-        return read_class_distances(self.distances, self.hierarchy.leaves)
+            return tree.lca_heights()
+        leaves = tree.leaves
+        shipped = read_class_distances(self.distances, leaves)
+        if self._distances_checked != self.distances:
+            # once per file: a shipped file may disagree with its own tree (making-better-
+            # mistakes issue #3), and the metrics then follow the file
+            self._distances_checked = self.distances
+            differ = disagreement(shipped, tree.lca_heights(), leaves)
+            if differ:
+                log.warning("data.distances: %s: %s", self.distances, differ)
+        return shipped
+
+    _distances_checked: str | None = None
 
     def description(self) -> dict[str, object]:
         """What a run trained on, for its ``data.json``: the data module, its split, the

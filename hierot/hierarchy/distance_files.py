@@ -114,3 +114,20 @@ def read_class_distances(path: str | PathLike, classes: Sequence[str]) -> torch.
             f"({missing.shape[0] // 2} pairs of the {k} classes missing)"
         )
     return out
+
+
+def disagreement(shipped: torch.Tensor, tree: torch.Tensor, classes: Sequence[str]) -> str | None:
+    """How ``shipped`` distances differ from the ``tree``'s (both (K, K), symmetric): the
+    number of class pairs that differ and the first of them (in class-id order), as one
+    line; None where they agree."""
+    upper = torch.triu(torch.ones_like(shipped, dtype=torch.bool), diagonal=1)
+    differ = (shipped != tree) & upper
+    n = int(differ.sum())
+    if not n:
+        return None
+    a, b = (int(i) for i in differ.nonzero()[0])
+    return (
+        f"{n} of {int(upper.sum())} class pairs differ from the tree's LCA heights (first: "
+        f"'{classes[a]}' and '{classes[b]}', {float(shipped[a, b]):g} in the file, "
+        f"{float(tree[a, b]):g} in the tree)"
+    )
