@@ -19,6 +19,7 @@ from hierot.distances import (
 )
 from hierot.errors import ConfigError, require_number
 from hierot.hierarchy import Hierarchy
+from hierot.hierarchy.labels import label_ancestors
 from hierot.shared import SharedTensor, attach
 
 if TYPE_CHECKING:
@@ -133,12 +134,14 @@ def _streamed(
     method: str,
     memory_mb: float,
     options: dict[str, object],
+    labels_below: int | None = None,
 ) -> tuple[_Moments, torch.dtype]:
     """The Pearson sums of the class and tree distances of ``(z, y)``, chunk by chunk, and
     the class distances' dtype."""
     moments, dtype = _Moments(), torch.float32
     tree = None
-    for chunk, dist in class_distance_chunks(z, y, method, memory_mb, **options):
+    chunks = class_distance_chunks(z, y, method, memory_mb, labels_below=labels_below, **options)
+    for chunk, dist in chunks:
         if tree is None:
             _check_labels(chunk.classes, tree_dist)
             tree, dtype = tree_dist.to(chunk.classes.device), dist.dtype
@@ -153,18 +156,23 @@ def cpcc_with_validity(
     tree_dist: torch.Tensor,
     method: str = "l2",
     memory_mb: float = DEFAULT_MEMORY_MB,
+    *,
+    labels_below: int | None = None,
     **options: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cpcc, valid)``; see ``cpcc``. ``valid`` is a bool 0-dim tensor."""
+    """``(cpcc, valid)``; see ``cpcc``. ``valid`` is a bool 0-dim tensor. With
+    ``labels_below`` only the samples labelled below it count (``group_by_class``)."""
     if tree_dist.dim() != 2 or tree_dist.shape[0] != tree_dist.shape[1]:
         raise ValueError(f"tree distances must be (K, K), got shape {tuple(tree_dist.shape)}")
     if torch.is_grad_enabled() and z.requires_grad:
-        classes, dist = class_distances(z, y, method, memory_mb, **options)
+        classes, dist = class_distances(
+            z, y, method, memory_mb, labels_below=labels_below, **options
+        )
         t = present_tree_distances(classes, tree_dist, dist.numel())
         return pearson(dist, t)
     # Without a gradient nothing needs the (P,) vectors at once: a test split of 10 000
     # classes has 5e7 pairs.
-    moments, dtype = _streamed(z, y, tree_dist, method, memory_mb, options)
+    moments, dtype = _streamed(z, y, tree_dist, method, memory_mb, options, labels_below)
     r, valid = moments.pearson(dtype)
     return r.to(z.device), valid.to(z.device)
 
@@ -261,6 +269,12 @@ class CPCCLoss(nn.Module):
             the mean of those samples), against path lengths between nodes.
         tree_dist: the run's ``SharedTensor`` of the class tree distances, read instead of
             a copy of its own (``nodes=leaves``).
+
+    Labels at inner nodes (``use_inner_labels``): a sample known only to lie under a node
+    has no class, so with ``nodes=leaves`` it is left out of the class means (the samples
+    to keep are counted in the batch's one read: no other wait); with ``nodes=all`` it
+    joins its node's point and every ancestor's, as a class's sample joins its class's
+    and its ancestors'.
     """
 
     def __init__(
@@ -280,6 +294,7 @@ class CPCCLoss(nn.Module):
         self.memory_mb = memory_mb
         self.nodes = nodes
         self.options = dict(options)
+        self.labels_below: int | None = None  # all labels are classes until told otherwise
         # Derived from the hierarchy, so none of these is saved in checkpoints.
         if nodes == "all":
             attach(self, "_tree", hierarchy.node_distances())
@@ -301,10 +316,18 @@ class CPCCLoss(nn.Module):
         keep = ids >= 0
         return z.expand(ids.shape[0], *z.shape)[keep], ids[keep]
 
+    def use_inner_labels(self, hierarchy: Hierarchy) -> None:
+        """Take labels at inner nodes too (``hierot.hierarchy.labels``); see the class."""
+        if self.nodes == "all":
+            self.class_nodes = label_ancestors(hierarchy).to(self.class_nodes.device)
+        else:
+            self.labels_below = hierarchy.num_classes
+
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r, valid = cpcc_with_validity(
-            *self.points(z, y), self.tree_dist, self.method, self.memory_mb, **self.options
-        )
+            *self.points(z, y), self.tree_dist, self.method, self.memory_mb,
+            labels_below=self.labels_below, **self.options,
+        )  # fmt: skip
         return torch.where(valid, 1 - r, r * 0)
 
     def extra_repr(self) -> str:

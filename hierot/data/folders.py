@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import make_dataset
 
 from hierot.data.images import (
@@ -26,6 +27,7 @@ from hierot.data.module import (
 )
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy
+from hierot.hierarchy.labels import label_index
 
 INAT_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -137,20 +139,49 @@ class FolderDataModule(HierarchyDataModule):
         classes = self.folders if self.folders is not None else leaves
 
         def scan(split: Path) -> tuple[list[str], list[int]]:
+            refuse_inner_folders(split, self._inner_labels)
             return scan_split(split, classes, self.only_classes)
 
-        paths, labels = scan(self.root / self.splits["train"])
+        train = self.root / self.splits["train"]
+        paths, labels = scan_split(train, self.train_labels(classes), self.only_classes)
         val_dir = self.root / self.splits["val"] if self.splits["val"] else None
         if val_dir is not None and val_dir.is_dir():
             self.train_set = FileImages(paths, labels, self.train_tf)
             self.val_set = FileImages(*scan(val_dir), self.eval_tf)
         else:
-            tr, va = carve_validation(len(paths), self.val_fraction, self.split_seed)
-            self.train_set = FileImages(
-                [paths[i] for i in tr], [labels[i] for i in tr], self.train_tf
-            )
-            self.val_set = FileImages([paths[i] for i in va], [labels[i] for i in va], self.eval_tf)
+            # held out from the images of a class only: validation is scored on the classes
+            k = len(leaves)
+            at_class = [i for i, label in enumerate(labels) if label < k]
+            tr, va = carve_validation(len(at_class), self.val_fraction, self.split_seed)
+            kept = [at_class[i] for i in tr] + [i for i, label in enumerate(labels) if label >= k]
+            held = [at_class[i] for i in va]
+            self.train_set = FileImages([paths[i] for i in kept], [labels[i] for i in kept],
+                                        self.train_tf)  # fmt: skip
+            self.val_set = FileImages([paths[i] for i in held], [labels[i] for i in held],
+                                      self.eval_tf)  # fmt: skip
         self.test_set = FileImages(*scan(self.root / self.splits["test"]), self.eval_tf)
+
+    def plain_train_set(self) -> Dataset:
+        """The base class's, less the images labelled only to an inner node: what reads
+        it (``hierot.evaluate``'s kNN bank and prototypes, linear probes) needs classes."""
+        train = super().plain_train_set()
+        if not self._inner_labels:
+            return train
+        k = self.hierarchy.num_classes
+        return Subset(train, [i for i, label in enumerate(train.labels.tolist()) if label < k])
+
+    def train_labels(self, classes: Sequence[str] | Mapping[str, int]) -> Mapping[str, int]:
+        """Folder -> label of the training split: the classes' (``classes``: their names
+        in label order, or a folder mapping), and the inner nodes' folders' own labels
+        (``hierot.hierarchy.labels``)."""
+        if isinstance(classes, Mapping):
+            index = dict(classes)
+        else:
+            index = {c: i for i, c in enumerate(classes)}
+        if not self._inner_labels:
+            return index
+        nodes = label_index(self.hierarchy)
+        return index | {node: nodes[node] for node in self._inner_labels}
 
 
 def read_split_file(path: str | Path, classes: Sequence[str]) -> dict[str, str]:
@@ -176,6 +207,48 @@ def read_split_file(path: str | Path, classes: Sequence[str]) -> dict[str, str]:
     if missing:
         raise DataError(f"{file}: class folder '{missing[0]}' is neither source nor target")
     return marks
+
+
+def refuse_inner_folders(split: Path, inner: Mapping[str, int]) -> None:
+    """A one-line ``DataError`` for a folder of an evaluation ``split`` named after one of
+    the ``inner`` nodes the training split labels images at: validation and test are
+    scored on the classes."""
+    if not inner or not split.is_dir():
+        return
+    for name in sorted(p.name for p in split.iterdir() if p.is_dir()):
+        if name in inner:
+            raise DataError(
+                f"{split / name}: images labelled at inner node '{name}': only the training "
+                "split may hold such labels (validation and test are scored on the classes)"
+            )
+
+
+def inner_folders(tree: Hierarchy, folders: Sequence[str], split: Path) -> list[str]:
+    """The ``folders`` of a training ``split`` named after an inner node of ``tree`` (their
+    images are labelled only to that node); the root is refused in one line."""
+    leaves = set(tree.leaves)
+    inner = [f for f in folders if f in tree.nodes and f not in leaves]
+    if tree.root in inner:
+        raise DataError(
+            f"{split / tree.root}: '{tree.root}' is the root of {tree.source or 'the hierarchy'}:"
+            " a label there says nothing; move the images into the folder of a class or a "
+            "node below it"
+        )
+    return inner
+
+
+def count_inner_images(tree: Hierarchy, inner: Sequence[str], split: Path) -> dict[str, int]:
+    """``{node: images}`` of the ``inner`` node folders of ``split`` (files listed, none
+    opened); a node with no class of ``tree`` below it is an error naming its folder."""
+    counts = {}
+    for node in inner:
+        if node not in tree.nodes:
+            raise DataError(
+                f"{split / node}: inner node '{node}' has no class folder below it in {split}"
+            )
+        found = make_dataset(str(split), {node: 0}, IMAGE_EXTENSIONS, allow_empty=True)
+        counts[node] = len(found)
+    return counts
 
 
 class ImageFolderDataModule(FolderDataModule):
@@ -206,8 +279,11 @@ class ImageFolderDataModule(FolderDataModule):
         self.split_file = split_file
 
     def read_tree(self) -> Hierarchy:
-        classes = class_folders(self.root / self.splits["train"])
+        train = self.root / self.splits["train"]
+        classes = class_folders(train)
         tree = Hierarchy.from_file(self.hierarchy_file)
+        inner = inner_folders(tree, classes, train)
+        classes = [c for c in classes if c not in inner]
         tree.check_classes(classes)
         warn_leaves_without_data(tree, classes)
         if self.split != "all":
@@ -216,7 +292,11 @@ class ImageFolderDataModule(FolderDataModule):
             if not classes:
                 raise DataError(f"{self.split_file}: no class folder is marked {self.split}")
             self.only_classes = True  # the other half's folders are skipped
-        return tree.with_classes(classes)
+        tree = tree.with_classes(classes)
+        if self.split != "all":  # an inner node's folder goes with its node's classes
+            inner = [node for node in inner if node in tree.nodes]
+        self._inner_labels = count_inner_images(tree, inner, train)
+        return tree
 
 
 # The OT-CPCC paper's iNaturalist split: in every parent with more than SMALL_PARENT classes

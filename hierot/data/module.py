@@ -216,6 +216,9 @@ class HierarchyDataModule(L.LightningDataModule):
         self.resnet_stem = resnet_stem
         self.vit_stem = vit_stem
         self.distances = distances
+        # {inner node: training images labelled at it} (``hierot.hierarchy.labels``), set
+        # by the readers whose data may label images only to a node of the tree
+        self._inner_labels: dict[str, int] = {}
         self._mean = torch.tensor(mean).view(1, -1, 1, 1)
         self._std = torch.tensor(std).view(1, -1, 1, 1)
 
@@ -235,6 +238,14 @@ class HierarchyDataModule(L.LightningDataModule):
     @hierarchy.setter
     def hierarchy(self, tree: Hierarchy) -> None:
         self._hierarchy = tree
+
+    @property
+    def inner_labels(self) -> dict[str, int]:
+        """``{inner node: images}``: the training images labelled only to a node of the
+        tree above the classes (labels K and above, ``hierot.hierarchy.labels``); empty
+        for most data. Read with the metadata."""
+        self.hierarchy  # noqa: B018 -- the metadata finds them
+        return dict(self._inner_labels)
 
     @property
     def level_names(self) -> list[str] | None:
@@ -392,12 +403,15 @@ class HierarchyDataModule(L.LightningDataModule):
             dataset = getattr(self, f"{split}_set", None)
             if dataset is not None:
                 images[split] = len(dataset)
-        return {
+        out: dict[str, object] = {
             "dataset": type(self).__name__,
             "split": getattr(self, "split", "all"),
             "images": images,
             "classes": list(self.hierarchy.leaves),
         }
+        if self._inner_labels:  # training images per inner node they are labelled at
+            out["inner_labels"] = dict(self._inner_labels)
+        return out
 
     # A batched augmentation of the training images on their device (``data.device_augment``,
     # ``hierot.data.device_augment``), run on the uint8 images before the normalization; the

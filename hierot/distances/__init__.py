@@ -38,6 +38,8 @@ def class_distance_chunks(
     y: torch.Tensor,
     method: str = "l2",
     memory_mb: float = DEFAULT_MEMORY_MB,
+    *,
+    labels_below: int | None = None,
     **options: object,
 ) -> Iterator[tuple[ClassBatch, torch.Tensor]]:
     """``class_distances`` one chunk of class pairs at a time: ``(chunk, dist)`` with
@@ -48,7 +50,7 @@ def class_distance_chunks(
     # Autocast would run cdist/matmul in half precision; distances need float32. (Entered
     # around each call, not around the yields: autocast state is per thread.)
     with torch.autocast(z.device.type, enabled=False):
-        batch = group_by_class(z, y, memory_mb)
+        batch = group_by_class(z, y, memory_mb, labels_below)
     model = memory_model(method, batch.z.shape[1], batch.z.element_size(), options)
     for chunk in batch.chunks(model):
         if chunk.num_pairs == 0:
@@ -65,6 +67,8 @@ def class_distances(
     y: torch.Tensor,
     method: str = "l2",
     memory_mb: float = DEFAULT_MEMORY_MB,
+    *,
+    labels_below: int | None = None,
     **options: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances between the classes present in a batch.
@@ -77,13 +81,15 @@ def class_distances(
         memory_mb: budget for the work in flight: class pairs are processed in chunks that
             fit it (the result is the same for any budget, up to rounding), and no (B, B)
             matrix is built beyond it. The (P,) result itself is not counted.
+        labels_below: group only the samples labelled below it (``group_by_class``).
         options: the method's keyword options (e.g. ``reg`` for ``sinkhorn``).
     Returns:
         ``(classes, dist)``: (k,) sorted labels present and (k (k - 1) / 2,) distances of the
         pairs ``(classes[a], classes[b])``, ``a < b``, in ``torch.triu_indices(k, k, 1)`` order.
     """
     classes, parts, out, filled = None, [], None, 0
-    for chunk, dist in class_distance_chunks(z, y, method, memory_mb, **options):
+    chunks = class_distance_chunks(z, y, method, memory_mb, labels_below=labels_below, **options)
+    for chunk, dist in chunks:
         classes = chunk.classes
         if dist.requires_grad or chunk.num_pairs == chunk.total_pairs:
             parts.append(dist)

@@ -224,10 +224,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def group_by_class(
-    z: torch.Tensor, y: torch.Tensor, memory_mb: float = DEFAULT_MEMORY_MB
+    z: torch.Tensor,
+    y: torch.Tensor,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    labels_below: int | None = None,
 ) -> ClassBatch:
     """Group the rows of ``z`` (B, d) by the integer labels ``y`` (B,); the distance
-    functions then keep to ``memory_mb`` megabytes (see ``ClassBatch.chunks``)."""
+    functions then keep to ``memory_mb`` megabytes (see ``ClassBatch.chunks``). With
+    ``labels_below`` only the samples labelled below it are grouped (the classes; labels
+    at the tree's inner nodes, ``hierot.hierarchy.labels``, are left out), in the same one
+    read of the batch."""
     if z.dim() != 2:
         raise ValueError(f"features must be (batch, dim), got shape {tuple(z.shape)}")
     if y.dim() != 1 or y.shape[0] != z.shape[0]:
@@ -252,8 +258,14 @@ def group_by_class(
     counts_all = torch.searchsorted(group, ids, right=True) - torch.searchsorted(group, ids)
     # The one value read of a batch: which classes it holds and how many samples each, the
     # sizes of everything after (a GPU waits here once per batch).
-    sizes = counts_all.cpu().numpy()
-    k = int(np.count_nonzero(sizes))
+    if labels_below is None:
+        sizes = counts_all.cpu().numpy()
+        k = int(np.count_nonzero(sizes))
+    else:
+        z, sorted_y, order, group, sizes, k = _kept_runs(
+            z, sorted_y, order, group, counts_all, labels_below
+        )
+        ids = ids[: sorted_y.numel()]
     sizes, counts = sizes[:k], counts_all[:k]
     n_max = int(sizes.max()) if k else 0
     starts = torch.cumsum(counts, 0) - counts
@@ -269,6 +281,27 @@ def group_by_class(
     return ClassBatch(
         z, inverse, classes, counts, members, mask, empty, empty, memory_bytes, sizes=sizes
     )
+
+
+def _kept_runs(
+    z: torch.Tensor,
+    sorted_y: torch.Tensor,
+    order: torch.Tensor,
+    group: torch.Tensor,
+    counts_all: torch.Tensor,
+    below: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, int]:
+    """``group_by_class``'s sorted batch cut to its samples labelled below ``below``: the
+    sorted labels put them first, and their number is read with the class sizes. Returns
+    the kept features in sorted order (so ``order`` becomes the identity), their labels,
+    ``order``, ``group``, the sizes read and the number of kept classes."""
+    kept = (sorted_y < below).sum()
+    read = torch.cat([counts_all, kept[None]]).cpu().numpy()
+    sizes, n = read[:-1], int(read[-1])
+    k = int(np.searchsorted(np.cumsum(sizes), n, side="right"))  # the runs within the n
+    order = order[:n]
+    ids = torch.arange(n, device=z.device)
+    return z[order], sorted_y[:n], ids, group[:n], sizes, min(k, int(np.count_nonzero(sizes)))
 
 
 def host_triu_pairs(k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,9 @@ class LevelAccuracy(Metric):
 
     Args:
         fine_to_level: (K,) long tensor, the concept index at this level of every class
-            (``Hierarchy.level_map(level)[1]``).
+            (``Hierarchy.level_map(level)[1]``); or (N,) for every training label
+            (``hierot.hierarchy.labels.label_level_maps``), where a label at an inner node
+            above this level is -1: such a sample is not counted at this level.
     """
 
     is_differentiable = False
@@ -36,6 +38,7 @@ class LevelAccuracy(Metric):
     def __init__(self, fine_to_level: torch.Tensor, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.register_buffer("fine_to_level", fine_to_level.long().clone(), persistent=False)
+        self.partial = bool((fine_to_level < 0).any())
         self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
 
@@ -44,6 +47,11 @@ class LevelAccuracy(Metric):
         if preds.dim() == 2:
             preds = preds.argmax(dim=1)
         m = self.fine_to_level
+        if self.partial:  # labels above this level say nothing here
+            known = m[target] >= 0
+            self.correct += ((m[preds] == m[target]) & known).sum()
+            self.total += known.sum()
+            return
         self.correct += (m[preds] == m[target]).sum()
         self.total += target.numel()
 

@@ -19,6 +19,7 @@ from hierot.correlation import NO_DISTANCE, CPCCLoss, undefined_lines
 from hierot.distances import DEFAULT_MEMORY_MB, batch_centre
 from hierot.errors import ConfigError, Diverged, require_integer, require_number
 from hierot.hierarchy import Hierarchy
+from hierot.hierarchy.labels import label_level_maps
 from hierot.metrics import (
     LevelAccuracy,
     MeanCrossEntropy,
@@ -28,7 +29,7 @@ from hierot.metrics import (
     class_subsample,
 )
 from hierot.objectives import DEFAULT_OBJECTIVE, build_objective
-from hierot.objectives.registry import check_stages
+from hierot.objectives.registry import check_inner_labels, check_stages
 from hierot.shared import SharedTensor
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -53,13 +54,21 @@ def level_keys(hierarchy: Hierarchy, level_names: Sequence[str] | None = None) -
 
 
 def split_metrics(
-    split: str, hierarchy: Hierarchy, keys: Mapping[int, str], k: int, tree_dist: SharedTensor
+    split: str,
+    hierarchy: Hierarchy,
+    keys: Mapping[int, str],
+    k: int,
+    tree_dist: SharedTensor,
+    inner_labels: bool = False,
 ) -> MetricCollection:
     """A split's metrics: accuracy at every level, and outside training the top-``k``
     accuracy, the mistake severity (on the run's shared tree distances) and the loss (the
-    cross-entropy, a mean over the split's samples on any number of processes)."""
+    cross-entropy, a mean over the split's samples on any number of processes). With
+    ``inner_labels`` (training only) a sample labelled at an inner node counts at the
+    levels at and above its node."""
+    maps = label_level_maps(hierarchy) if inner_labels else hierarchy.label_maps()
     metrics: dict[str, nn.Module] = {
-        f"acc_{keys[lvl]}": LevelAccuracy(hierarchy.level_map(lvl)[1]) for lvl in hierarchy.levels
+        f"acc_{keys[lvl]}": LevelAccuracy(maps[lvl]) for lvl in hierarchy.levels
     }
     if split != "train":
         metrics[f"acc_top{k}"] = MulticlassAccuracy(hierarchy.num_classes, top_k=k, average="micro")
@@ -144,6 +153,7 @@ class HierarchyModule(L.LightningModule):
         self.lam, self.center, self.head_weight_decay = lam, center, head_weight_decay
         self.dist, self.dist_options, self.val_cpcc_every = dist, dist_options, val_cpcc_every
         self.check_every_n_steps = check_every_n_steps
+        self.level_names = level_names
         # images in channels-last memory format (hierot.speed sets it with the backbone's)
         self.channels_last = False
         # The first non-finite step, recorded on the device (``_check_finite``): its global
@@ -198,6 +208,30 @@ class HierarchyModule(L.LightningModule):
         # reason this process has logged: once each.
         self.undefined: dict[str, str] = {}
         self._undefined_logged: set[str] = set()
+
+    def use_inner_labels(self, hierarchy: Hierarchy, nodes: Sequence[str]) -> None:
+        """Train on labels at inner nodes too: the training data label some images only to
+        ``nodes`` (labels K and above, ``hierot.hierarchy.labels``; validation and test
+        hold classes only). The objective must take them (``Objective.inner_labels``; a
+        one-line error naming it and a node otherwise); CPCC leaves them out of the class
+        means, or with ``cpcc.nodes=all`` counts them at their node (``CPCCLoss``); the
+        training accuracies count them at the levels at and above their node. Called
+        before training, with the tree the model was built on; without ``nodes`` nothing
+        changes."""
+        if not nodes:
+            return
+        try:
+            check_inner_labels(self.objective_name, nodes)
+        except ValueError as e:
+            raise ConfigError(f"objective.name: {e}") from None
+        self.objective.use_inner_labels(hierarchy)
+        if self.regularizer is not None:
+            self.regularizer.use_inner_labels(hierarchy)
+        keys = level_keys(hierarchy, self.level_names)
+        self.train_metrics = split_metrics(
+            "train", hierarchy, keys, 1, self.tree_dist, inner_labels=True
+        )
+        self.to(self.device)  # the tables just built, where the rest of the model is
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:

@@ -49,6 +49,8 @@ class HierarchicalCrossEntropy(Objective):
             al.'s default; HierarchyCPCC sets false, the default here).
     """
 
+    inner_labels = True
+
     def __init__(
         self, hierarchy: Hierarchy, num_features: int, alpha: float = 0.4, normalize: bool = False
     ) -> None:
@@ -58,6 +60,11 @@ class HierarchicalCrossEntropy(Objective):
             "weights", hxe_level_weights(hierarchy, alpha, normalize), persistent=False
         )
         self.log_probs = AncestorLogProbs(hierarchy)
+
+    def use_inner_labels(self, hierarchy: Hierarchy) -> None:
+        """A label at an inner node of level d: the terms of the path from it up to the
+        root (levels 1 .. d); below d there is no term (each ratio is 1)."""
+        self.log_probs = AncestorLogProbs(hierarchy, inner_labels=True).to(self.weights.device)
 
     def forward(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         log_p = self.log_probs(logits, y)  # (B, L), level 1 first

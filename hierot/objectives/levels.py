@@ -11,6 +11,7 @@ from torch import nn
 
 from hierot.errors import is_number
 from hierot.hierarchy import Hierarchy
+from hierot.hierarchy.labels import label_depths, label_level_maps
 
 
 def level_weights(
@@ -42,12 +43,23 @@ class AncestorLogProbs(nn.Module):
     the log of a sum that underflowed. The classes of every concept are a padded row of a
     table built once, so a sample gathers only its own ancestor's logits: O(B (K + sum_l
     S_l)) work for S_l the largest concept of level l, not O(D B K).
+
+    With ``inner_labels`` ``y`` may be any label (``hierot.hierarchy.labels``): a label at
+    an inner node of level d has its ancestors at the levels ``1 .. d`` (itself at d), and
+    below d the node itself (``log P`` of level d repeated), as a class shallower than the
+    deepest level is its own concept below its depth.
     """
 
-    def __init__(self, hierarchy: Hierarchy) -> None:
+    def __init__(self, hierarchy: Hierarchy, inner_labels: bool = False) -> None:
         super().__init__()
         self.levels = len(hierarchy.levels)
-        for i, fine_to_level in enumerate(hierarchy.label_maps().values()):
+        self.inner_labels = inner_labels
+        maps = hierarchy.label_maps()
+        if inner_labels:  # a label above a level: any concept, replaced in forward
+            maps = {lvl: m.clamp_min(0) for lvl, m in label_level_maps(hierarchy).items()}
+            self.register_buffer("depth", label_depths(hierarchy), persistent=False)
+        for i, label_to_level in enumerate(maps.values()):
+            fine_to_level = label_to_level[: hierarchy.num_classes]
             groups = int(fine_to_level.max()) + 1
             counts = torch.bincount(fine_to_level, minlength=groups)
             order = torch.argsort(fine_to_level, stable=True)  # classes grouped by concept
@@ -56,7 +68,7 @@ class AncestorLogProbs(nn.Module):
             members = torch.zeros(groups, int(counts.max()), dtype=torch.long)
             members[fine_to_level[order], slot] = order
             mask = torch.arange(members.shape[1])[None, :] < counts[:, None]
-            self.register_buffer(f"map{i}", fine_to_level, persistent=False)
+            self.register_buffer(f"map{i}", label_to_level, persistent=False)
             self.register_buffer(f"members{i}", members, persistent=False)
             self.register_buffer(f"mask{i}", mask, persistent=False)
 
@@ -69,4 +81,10 @@ class AncestorLogProbs(nn.Module):
             inside = getattr(self, f"mask{i}")[mine]
             picked = logits.gather(1, columns).masked_fill(~inside, float("-inf"))
             out.append(torch.logsumexp(picked, dim=1) - total)
-        return torch.stack(out, dim=1)
+        log_p = torch.stack(out, dim=1)
+        if not self.inner_labels:
+            return log_p
+        # below a label's own level, its own level's value
+        levels = torch.arange(self.levels, device=y.device)
+        below = torch.minimum(levels[None, :], self.depth[y][:, None] - 1)
+        return log_p.gather(1, below)

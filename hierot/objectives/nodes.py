@@ -3,7 +3,7 @@
 
 The coordinates are the classes first, in class order (the model's head gives them), then
 the inner nodes below the root, level by level (a head of the objective's own gives
-those): ``NodeSpace.names``.
+those): ``NodeSpace.names``, the order of the labels (``hierot.hierarchy.labels``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hierot.hierarchy import Hierarchy
+from hierot.hierarchy.labels import label_names
 
 
 class NodeSpace(nn.Module):
@@ -30,11 +31,8 @@ class NodeSpace(nn.Module):
         super().__init__()
         root, leaves = hierarchy.root, hierarchy.leaves
         leaf_set = set(leaves)
-        inner = sorted(
-            (n for n in hierarchy.nodes if n != root and n not in leaf_set),
-            key=hierarchy.node_depth,
-        )  # a stable sort: the tree's node order within a level
-        self.names: list[str] = [*leaves, *inner]
+        self.names: list[str] = label_names(hierarchy)  # the labels' order
+        inner = self.names[len(leaves) :]
         self.num_classes, self.num_inner = len(leaves), len(inner)
         position = {n: i for i, n in enumerate(self.names)}
         depth = [hierarchy.node_depth(n) for n in self.names]

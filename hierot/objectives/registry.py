@@ -8,7 +8,7 @@ top of any of them by ``HierarchyModule``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -78,6 +78,9 @@ class Objective(nn.Module):
     trains_backbone: bool = True
     # Augmented views of each training image the objective needs (data.views).
     views: int = 1
+    # Whether the loss can take training labels at the tree's inner nodes (labels K and
+    # above, ``hierot.hierarchy.labels``); such an objective overrides ``use_inner_labels``.
+    inner_labels: bool = False
 
     # The names of the training's stages, in order (one unless overridden).
     stage_names: tuple[str, ...] = ("training",)
@@ -110,6 +113,13 @@ class Objective(nn.Module):
     def lr_scale(self, stage: int) -> float:
         """The factor on the configured learning rate in ``stage`` (1 unless overridden)."""
         return 1.0
+
+    def use_inner_labels(self, hierarchy: Hierarchy) -> None:
+        """Take labels at inner nodes from now on (the training data hold some): build what
+        the loss needs for them, on the device of the objective's other tensors. Called
+        once, before training, on an objective whose class sets ``inner_labels``; with
+        class labels alone the loss is never switched and stays as it was."""
+        raise NotImplementedError(f"objective {type(self).__name__} takes no inner labels")
 
 
 ObjectiveCheck = Callable[..., None]
@@ -172,11 +182,16 @@ def check_objective(
 
 @config_check
 def check_objective_config(
-    cfg: DictConfig, hierarchy: Hierarchy | None = None, views: int | None = None
+    cfg: DictConfig,
+    hierarchy: Hierarchy | None = None,
+    views: int | None = None,
+    inner_nodes: Sequence[str] = (),
 ) -> None:
     """``objective.name`` and ``objective.options`` judged by the objective's own check;
-    with the data's ``hierarchy`` also what depends on the tree (one weight per level), and
-    with its ``views`` whether the data gives the objective the views it needs."""
+    with the data's ``hierarchy`` also what depends on the tree (one weight per level),
+    with its ``views`` whether the data gives the objective the views it needs, and with
+    the ``inner_nodes`` its training images are labelled at whether the objective takes
+    such labels."""
     from omegaconf import DictConfig, OmegaConf  # the application's (the core has no omegaconf)
 
     name = cfg.objective.get("name")
@@ -203,6 +218,10 @@ def check_objective_config(
             f"data.views: objective {name} needs {needed} augmented views of every training "
             f"image, got data.views={views}"
         )
+    try:
+        check_inner_labels(name, inner_nodes)
+    except ValueError as e:
+        raise ConfigError(f"objective.name: {e}") from None
 
 
 def build_objective(
@@ -214,6 +233,20 @@ def build_objective(
     objective = get_objective(name)(hierarchy, num_features, **options)
     objective._options = {**objective_options(name), **options}
     return objective
+
+
+def check_inner_labels(name: str, nodes: Sequence[str]) -> None:
+    """Refuse, in one line naming the objective and a node, training data with labels at
+    the inner ``nodes`` for an objective that cannot take them (``Objective.inner_labels``)."""
+    if not nodes or get_objective(name).inner_labels:
+        return
+    able = ", ".join(n for n in list_objectives() if get_objective(n).inner_labels)
+    more = f" (and {len(nodes) - 1} more nodes)" if len(nodes) > 1 else ""
+    raise ValueError(
+        f"objective {name} cannot take labels at inner nodes, and the training data label "
+        f"images only to '{nodes[0]}'{more}: choose an objective that can ({able}) or move "
+        f"those images into class folders"
+    )
 
 
 def check_stages(
