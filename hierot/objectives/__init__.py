@@ -6,6 +6,7 @@ from hierot.objectives import (  # noqa: F401
     ce,
     curriculum,
     embedding,
+    flamingo,
     hiercos,
     hxe,
     marginal,
