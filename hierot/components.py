@@ -16,4 +16,4 @@ from hierot import (  # noqa: F401
     speed,
     stopping,
 )
-from hierot.metrics import epoch, features  # noqa: F401
+from hierot.metrics import epoch, features, node_eval  # noqa: F401

@@ -58,6 +58,7 @@ from hierot.metrics.features import (
     feature_space_metrics,
     require_integers,
 )
+from hierot.metrics.node_eval import node_metrics, write_operating_curve
 from hierot.metrics.ood import ood_metrics
 from hierot.models import HierarchyModule
 from hierot.models.module import level_keys
@@ -70,9 +71,10 @@ log = logging.getLogger(__name__)
 FIGURE_CLASSES = 200
 
 
-def check_run_classes(ckpt: Path, classes: list[str]) -> None:
+def check_run_classes(ckpt: Path, classes: list[str], key: str = "ckpt") -> None:
     """The classes about to be evaluated are those the checkpoint's run trained on, in the
-    same order (its ``data.json``; a checkpoint moved out of its run is not checked)."""
+    same order (its ``data.json``; a checkpoint moved out of its run is not checked); the
+    error names config key ``key``."""
     trained = (run_data(ckpt) or {}).get("classes")
     if not isinstance(trained, list) or trained == classes:
         return
@@ -83,7 +85,7 @@ def check_run_classes(ckpt: Path, classes: list[str]) -> None:
         i = next(i for i, (a, b) in enumerate(zip(trained, classes, strict=True)) if a != b)
         detail = f"class {i} is '{trained[i]}' there and '{classes[i]}' here"
     raise ConfigError(
-        f"ckpt: the data differs from what its run trained on ({path}: {detail}); "
+        f"{key}: the data differs from what its run trained on ({path}: {detail}); "
         f"evaluate with the run's data (drop data overrides such as data.split)"
     )
 
@@ -104,6 +106,8 @@ def check_evaluate(cfg: DictConfig) -> Path:
     point's settings."""
     ckpt = check_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt, "ckpt")
     run_checks(cfg, "evaluate")
+    if cfg.get("decode_parent_ckpt") is not None:
+        check_checkpoint(cfg.decode_parent_ckpt, "decode_parent_ckpt")
     require_integers(cfg.ood_knn_k, "ood_knn_k", "[50, 200]")
     if cfg.get("ood") is not None:
         check_target_arguments(cfg.ood, "ood")
@@ -174,18 +178,18 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     ood = build_ood(cfg, datamodule)
     model = load_model(ckpt, cfg, datamodule)
     trainer = evaluation_trainer(cfg, out)
-    batches = trainer.predict(model, datamodule=datamodule)
-    z = torch.cat([b["z"] for b in batches])  # type: ignore[index]
-    logits = torch.cat([b["logits"] for b in batches])  # type: ignore[index]
-    y = torch.cat([b["y"] for b in batches])  # type: ignore[index]
+    z, logits, y = stacked(trainer.predict(model, datamodule=datamodule), ("z", "logits", "y"))
 
     hierarchy = datamodule.hierarchy
     names = level_keys(hierarchy, datamodule.level_names)
     distances = OmegaConf.to_container(cfg.distances, resolve=True)
     undefined: dict[str, str] = {}  # each undefined CPCC's key and why
     heads = level_logits(model, z)
-    metrics = split_metrics(cfg, z, logits, y, hierarchy, names, distances, lca, undefined, heads)  # type: ignore[arg-type]
+    other = parent_model_logits(cfg, trainer, datamodule, y)
+    metrics = split_metrics(cfg, z, logits, y, hierarchy, names, distances, lca, undefined,  # type: ignore[arg-type]
+                            heads, other)  # fmt: skip
     metrics.update(extra_metrics(cfg, trainer, model, datamodule, ood, z, y, names))
+    metrics.update(node_family(cfg, logits, y, hierarchy, out))
     method, options = run_distance(model)
     if distances.get(method) == options:  # type: ignore[union-attr]
         metrics["test/cpcc"] = metrics[f"test/cpcc_{method}"]
@@ -217,6 +221,11 @@ def evaluate(cfg: DictConfig) -> dict[str, object]:
     return metrics
 
 
+def stacked(batches: object, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """Each of ``names`` of ``trainer.predict``'s batches, concatenated in order."""
+    return tuple(torch.cat([b[name] for b in batches]) for name in names)  # type: ignore[attr-defined, index]
+
+
 def split_metrics(
     cfg: DictConfig,
     z: torch.Tensor,
@@ -228,11 +237,13 @@ def split_metrics(
     lca: torch.Tensor,
     undefined: dict[str, str] | None = None,
     heads: Mapping[int, torch.Tensor] | None = None,
+    parent_logits: torch.Tensor | None = None,
 ) -> dict[str, object]:
     """The metrics every evaluation reports (``evaluate_features`` with the config's
     settings): accuracies and mistakes per level, CPCC per distance (NaN where undefined,
     the key and why added to ``undefined``), retrieval; ``heads`` the level heads' logits
-    (``level_logits``). A k of ``ahd_k`` above the number of classes ranks them all, which
+    (``level_logits``), ``parent_logits`` the ``decode_parent_ckpt`` model's
+    (``parent_model_logits``). A k of ``ahd_k`` above the number of classes ranks them all, which
     one log line says."""
     top_k = OmegaConf.to_container(cfg.top_k) if OmegaConf.is_list(cfg.top_k) else cfg.top_k
     classes = hierarchy.num_classes
@@ -257,7 +268,49 @@ def split_metrics(
         lca=lca,
         undefined=undefined,
         level_logits=heads,
+        parent_logits=parent_logits,
     )
+
+
+def parent_model_logits(
+    cfg: DictConfig, trainer: L.Trainer, datamodule: HierarchyDataModule, y: torch.Tensor
+) -> torch.Tensor | None:
+    """The test logits of the ``decode_parent_ckpt`` model (None without one), whose summed
+    softmax gives ``hie`` the parents' probabilities: its run's backbone (``config.yaml``;
+    this evaluation's without one), checked to have trained on these classes in this order
+    (its ``data.json``, and its head's size)."""
+    if cfg.get("decode_parent_ckpt") is None:
+        return None
+    key, hierarchy = "decode_parent_ckpt", datamodule.hierarchy
+    path = check_checkpoint(cfg.decode_parent_ckpt, key)
+    check_run_classes(path, list(hierarchy.leaves), key)
+    saved = run_config(path)
+    node = saved.backbone if saved is not None and "backbone" in saved else cfg.backbone
+    unloaded = {"pretrained": False, "weights": None}  # the checkpoint's weights replace them
+    node = OmegaConf.merge(node, {k: v for k, v in unloaded.items() if k in node})
+    fits = f"backbone={node.get('name')} with {hierarchy.num_classes} classes of data"
+    model = load_module(path, key, build(node, f"{key} backbone"), hierarchy, fits=fits,
+                        level_names=datamodule.level_names)  # fmt: skip
+    logits, labels = stacked(trainer.predict(model, datamodule=datamodule), ("logits", "y"))
+    if not torch.equal(labels, y):
+        raise ConfigError(f"{key}: its test labels came in another order than ckpt's")
+    return logits
+
+
+def node_family(
+    cfg: DictConfig, logits: torch.Tensor, y: torch.Tensor, hierarchy: Hierarchy, out: Path
+) -> dict[str, float]:
+    """The ``nodes`` family when ``metrics=`` asks for it (``node_metrics``, keys
+    ``test/nodes/...``), its operating curve written to ``out/operating_curve.csv``;
+    nothing otherwise."""
+    if "nodes" not in chosen_families(cfg.metrics):
+        return {}
+    found, curve = node_metrics(
+        logits, y, hierarchy, cfg.node_curve_points, cfg.top_down_threshold, cfg.memory_mb
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_operating_curve(out / "operating_curve.csv", curve)
+    return {f"test/{key}": value for key, value in found.items()}
 
 
 def level_logits(model: HierarchyModule, z: torch.Tensor) -> dict[int, torch.Tensor] | None:

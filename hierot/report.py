@@ -89,6 +89,7 @@ FAMILY_TITLES = {
     **dict.fromkeys(("ece", "mce"), "calibration"),
     "knn": "kNN",
     "proto": "prototype retrieval",
+    "nodes": "node predictions",
     "ood": "OOD detection",
 }
 

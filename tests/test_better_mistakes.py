@@ -130,6 +130,29 @@ def test_hie_equals_hierarchical_ensembles_post_hoc_adjustment(name):
     assert torch.equal(ranked, expected.topk(min(5, tree.num_classes), dim=1).indices)
 
 
+@pytest.mark.parametrize("name", ["3 levels", "unbalanced"])
+def test_hie_reads_the_parents_from_a_second_model(name):
+    # decode_parent_ckpt: the parents' probabilities are another model's summed softmax
+    tree = TREES[name]
+    logits, target = scores(40, tree.num_classes, seed=7)
+    other, _ = scores(40, tree.num_classes, seed=8)
+    mapping = children_of(tree)
+    coarse = torch.stack([other.softmax(1)[:, c].sum(1) for c in mapping], 1)
+    expected = hie_reference(logits, mapping, coarse)
+    parent = tree.parent_map()
+    got = hie_probabilities(logits.softmax(dim=1), parent, other.softmax(dim=1))
+    assert torch.allclose(got, expected, rtol=0, atol=1e-15)
+    assert not torch.allclose(got, hie_reference(logits, mapping), atol=1e-3)
+    ranked = ranked_classes(logits, 5, "hie", parent=parent, memory_mb=1e-3, parent_logits=other)
+    assert torch.equal(ranked, expected.topk(5, dim=1).indices)
+    lca = tree.lca_heights(torch.float64)
+    own = hops(logits, target, lca, (1, 5), "hie", parent=parent)
+    theirs = hops(logits, target, lca, (1, 5), "hie", parent=parent, parent_logits=other)
+    # the same model as its own second model changes nothing
+    assert hops(logits, target, lca, (1, 5), "hie", parent=parent, parent_logits=logits) == own
+    assert theirs != own
+
+
 def test_hie_moves_the_prediction_into_the_heaviest_parent():
     tree = balanced([2, 3])  # parents: classes 0-2 and 3-5
     probs = torch.tensor([[0.25, 0.25, 0.0, 0.3, 0.1, 0.1]]) + 1e-9

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from hierot.errors import ConfigError
 from hierot.evaluate import precheck
 from hierot.figures import embedding_2d
 from hierot.metrics import average_hierarchical_distance, retrieval_map
+from hierot.metrics.node_scores import NODE_METRICS
 from hierot.report import shown
 from hierot.train import train
 
@@ -159,6 +161,8 @@ def test_evaluate_reports_the_fields_tables_and_reads_shipped_distances(trained_
     }
     assert printed["ood/ssd_norm/aupr"][0] == "OOD detection"
     assert printed["test/crm/hdist_lca@5"][0] == "mistakes"
+    assert printed["test/nodes/plurality/wup"][0] == "node predictions"  # all: nodes too
+    assert len((tmp_path / "eval" / "operating_curve.csv").read_text().splitlines()) == 1 + 1001
     (tmp_path / "k").mkdir()
     too_many = evaluate(tmp_path / "k", f"ckpt={trained['best_checkpoint']}", "metrics=knn",
                         "figures=false", "knn_k=100000")  # fmt: skip
@@ -203,8 +207,9 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
     assert prechecked(f"ckpt={last},{missing}") == f"ckpt: no such checkpoint: {missing}"
     assert prechecked(f"ckpt={last}", "+figure=false") == (
         "unknown key 'figure' (did you mean 'figures'?): nothing reads +figure=...; top-level "
-        "keys: accelerator, ahd_k, ckpt, crm_cost, decode, distances, enable_progress_bar, "
-        "figures, knn_k, memory_mb, metrics, ood_knn_k, output_dir, precision, top_k"
+        "keys: accelerator, ahd_k, ckpt, crm_cost, decode, decode_parent_ckpt, distances, "
+        "enable_progress_bar, figures, knn_k, memory_mb, metrics, node_curve_points, ood_knn_k, "
+        "output_dir, precision, top_down_threshold, top_k"
     )
     for args, message in [
         (["top_k=0"], "top_k must be an integer >= 1, got 0"),
@@ -217,6 +222,13 @@ def test_evaluate_errors_are_one_line(trained_run, tmp_path):
         (["crm_cost=height"], "crm_cost: unknown cost 'height'; available: lca, path"),
         (["metrics=[knn,umap]"], "metrics[1]: unknown metric family 'umap'; available: "),
         (["knn_k=0"], "knn_k must be an integer >= 1, got 0"),
+        ([f"decode_parent_ckpt={last}"], "decode_parent_ckpt: only the hie decoding reads it; "),
+        (
+            ["decode=[argmax,hie]", f"decode_parent_ckpt={missing}"],
+            f"decode_parent_ckpt: no such checkpoint: {missing}",
+        ),
+        (["node_curve_points=1"], "node_curve_points must be an integer >= 2, got 1"),
+        (["top_down_threshold=1.5"], "top_down_threshold must be a number in [0, 1), got 1.5"),
         (["ood_knn_k=[50,0]"], "ood_knn_k[1] must be an integer >= 1, got 0"),
         (["ood=synthetic_ood", "ood.colours=3"], "Could not override 'ood.colours'"),
         (["figures=maybe"], "figures must be true or false, got 'maybe'"),
@@ -300,6 +312,8 @@ def test_evaluate_checks_the_classes_against_the_runs_data_json(tmp_path):
         check_run_classes(ckpt, ["a", "x", "c"])
     with pytest.raises(ConfigError, match="3 classes there, 2 here"):
         check_run_classes(ckpt, ["a", "b"])
+    with pytest.raises(ConfigError, match=r"^decode_parent_ckpt: the data differs from what its"):
+        check_run_classes(ckpt, ["a", "x", "c"], "decode_parent_ckpt")
 
 
 @pytest.mark.slow
@@ -318,3 +332,34 @@ def test_figures_of_many_classes_show_a_seeded_sample(tmp_path):
     write_figures(tmp_path, z, y, tree, "l2", {}, names, scores="acc 0.5")
     assert (tmp_path / "dendrograms.png").stat().st_size > 10_000
     assert (tmp_path / "embedding.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_hie_reads_a_second_checkpoint_and_the_node_family_writes_its_curve(trained_run, tmp_path):
+    # a second run whose head scores every class alike: its summed softmax gives every parent
+    # of the balanced synthetic tree the same probability, so hie ranks as argmax does (with
+    # the model's own parents it does not: hie/acc_top1 0.042 against acc_top1 0.056 here)
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    flat = tmp_path / "flat"
+    shutil.copytree(trained_run, flat)
+    saved = torch.load(flat / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("head.weight", "head.bias"):
+        saved["state_dict"][key].zero_()
+    torch.save(saved, flat / "checkpoints" / "last.ckpt")
+    run = evaluate(
+        tmp_path, f"ckpt={ckpt}", "decode=[argmax,hie]", "figures=false", "distances={l2:{}}",
+        f"decode_parent_ckpt={flat / 'checkpoints' / 'last.ckpt'}", "metrics=[nodes]",
+        "node_curve_points=11",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("acc_top1", "acc_top5", "hdist_lca@5", "hops", "severity_path"):
+        assert got[f"test/hie/{key}"] == pytest.approx(got[f"test/{key}"], abs=1e-9), key
+    assert got["test/nodes/leaf/exact"] == pytest.approx(got["test/acc_fine"], abs=1e-6)
+    assert got["test/nodes/majority/correct"] >= got["test/nodes/leaf/correct"]
+    curve = (tmp_path / "eval" / "operating_curve.csv").read_text().splitlines()
+    assert curve[0] == "threshold," + ",".join(NODE_METRICS)
+    rows = [[float(v) for v in line.split(",")] for line in curve[1:]]
+    assert [r[0] for r in rows] == pytest.approx([i / 10 for i in range(11)])
+    assert rows[-1][1:3] == [1, 0] and rows[0][2] == pytest.approx(got["test/acc_fine"], abs=1e-5)
+    assert 0 < got["test/nodes/curve/ac_info"] <= 1

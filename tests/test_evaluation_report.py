@@ -7,6 +7,7 @@ import math
 import torch
 
 from hierot.metrics.features import EXTRA_FAMILIES, evaluate_features, feature_space_metrics
+from hierot.metrics.node_eval import node_metrics
 from hierot.metrics.ood import ood_metrics
 from hierot.models.module import level_keys
 from hierot.report import format_report, shown
@@ -30,6 +31,8 @@ def evaluation_metrics() -> dict[str, object]:
         evaluate_features(z, logits, y, tree, names, {"l2": {}, "fastft": {}}, (1, 5), (1, 5))
     )
     metrics.update(feature_space_metrics(z, y, tree, names, EXTRA_FAMILIES, train, knn_k=3))
+    nodes, _ = node_metrics(logits, y, tree, curve_points=11)
+    metrics.update({f"test/{key}": value for key, value in nodes.items()})
     outside = torch.randn(20, 6, generator=g) * 3
     scores = ood_metrics(train[0], train[1], z, outside, [3])
     metrics.update({f"ood/{key}": float(value) for key, value in scores.items()})
@@ -41,8 +44,9 @@ def evaluation_metrics() -> dict[str, object]:
 
 def test_every_key_is_printed_once_under_its_family():
     metrics = evaluation_metrics()
-    # 100, and acc_path, acc_path_marginal, hops, hops@1, hops@5 (and crm/hops ...)
-    assert len(metrics) == 108 and sum(k.startswith("ood/") for k in metrics) == 24
+    # 100, and acc_path, acc_path_marginal, hops, hops@1, hops@5 (and crm/hops ...), and
+    # 4 node rules x 11 scores and 3 areas of the operating curve
+    assert len(metrics) == 108 + 47 and sum(k.startswith("ood/") for k in metrics) == 24
     report = format_report(metrics)
     printed = read_report(report)
     assert set(printed) == set(metrics)  # every key, nothing else
@@ -60,11 +64,18 @@ def test_every_key_is_printed_once_under_its_family():
         "test/mce": "calibration", "test/silhouette_level1": "silhouette",
         "test/knn_acc@3": "kNN", "test/proto_recall_fine": "prototype retrieval",
         "ood/gaussian_raw/auroc": "OOD detection", "ood/knn@3_norm/fpr95": "OOD detection",
+        "test/nodes/plurality/hf0.5": "node predictions",
+        "test/nodes/curve/ac_info": "node predictions",
     }  # fmt: skip
     assert {key: families[key] for key in expected} == expected
     titles = [table.splitlines()[0].split("  ")[0] for table in report.split("\n\n")]
     assert titles == ["run", "CPCC", "accuracy", "retrieval mAP", "mistakes", "calibration",
-                      "silhouette", "prototype retrieval", "kNN", "OOD detection"]  # fmt: skip
+                      "silhouette", "prototype retrieval", "kNN", "node predictions",
+                      "OOD detection"]  # fmt: skip
+    # node predictions: one row per rule and one for the curve, one column per score
+    (nodes,) = [t for t in report.split("\n\n") if t.startswith("node predictions")]
+    assert nodes.splitlines()[0].split()[2:5] == ["correct", "exact", "hprec"]
+    assert len(nodes.splitlines()) == 2 + 5
     # OOD is one row per score and features, one column per number: 8 rows, not 24
     (ood,) = [t for t in report.split("\n\n") if t.startswith("OOD detection")]
     assert ood.splitlines()[0].split() == ["OOD", "detection", "auroc", "aupr", "fpr95"]

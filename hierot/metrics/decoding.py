@@ -5,8 +5,8 @@
   expected tree cost ``sum_j p_j C[j, k]`` under the softmax probabilities, lowest first.
 - ``hie``: the post-hoc adjustment of hierarchical ensembles (Jain et al., NeurIPS 2023,
   ``post_hoc_adjustment``): ``p'(y) ~ p(y) p(parent(y))``, the parent's probability the summed
-  softmax probability of its classes under the same model (the paper's second, coarse-class
-  model is not used).
+  softmax probability of its classes under the same model, or under a second model
+  (``parent_logits``: the paper's setting, a coarse model beside the fine one).
 - ``marginal_predictions``: a coarse level's prediction as the argmax of the summed fine
   probabilities under each of its concepts (HierarchyCPCC, OTCPCC).
 
@@ -49,16 +49,21 @@ def crm_scores(probs: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
     return -(probs @ cost.to(probs))
 
 
-def hie_probabilities(probs: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+def hie_probabilities(
+    probs: torch.Tensor, parent: torch.Tensor, parent_probs: torch.Tensor | None = None
+) -> torch.Tensor:
     """Hierarchical ensembles' adjusted probabilities ``p(y) p(parent(y))``, normalised to sum
-    1 over the classes, the parent's probability the summed ``probs`` of its classes.
+    1 over the classes, the parent's probability the summed ``parent_probs`` of its classes
+    (default ``probs``: the same model's).
 
     Args:
         probs: (N, K) class probabilities; parent: (K,) index of every class's parent
-            (``Hierarchy.parent_map``).
+            (``Hierarchy.parent_map``); parent_probs: (N, K) another model's class
+            probabilities for the same samples, or None.
     """
     parent = parent.to(probs.device)
-    parents = probs.new_zeros(probs.shape[0], int(parent.max()) + 1).index_add_(1, parent, probs)
+    marginal = probs if parent_probs is None else parent_probs.to(probs)
+    parents = probs.new_zeros(probs.shape[0], int(parent.max()) + 1).index_add_(1, parent, marginal)
     adjusted = probs * parents[:, parent]
     return adjusted / adjusted.sum(dim=1, keepdim=True)
 
@@ -80,14 +85,18 @@ def decoded_scores(
     decode: str,
     cost: torch.Tensor | None = None,
     parent: torch.Tensor | None = None,
+    parent_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, K) scores whose descending order is ``decode``'s ranking of the classes: the logits
-    (``argmax``), minus the expected cost (``crm``) or the adjusted probabilities (``hie``).
-    Whole rows at once: callers pass a block of rows (``row_blocks``)."""
+    (``argmax``), minus the expected cost (``crm``) or the adjusted probabilities (``hie``;
+    the parents' probabilities from ``parent_logits``' softmax where given, another model's
+    scores of the same rows). Whole rows at once: callers pass a block of rows
+    (``row_blocks``)."""
     if decode == "crm":
         return crm_scores(logits.softmax(dim=1), cost)  # type: ignore[arg-type]
     if decode == "hie":
-        return hie_probabilities(logits.softmax(dim=1), parent)  # type: ignore[arg-type]
+        other = None if parent_logits is None else parent_logits.softmax(dim=1)
+        return hie_probabilities(logits.softmax(dim=1), parent, other)  # type: ignore[arg-type]
     return logits
 
 
@@ -98,6 +107,7 @@ def ranked_classes(
     cost: torch.Tensor | None = None,
     memory_mb: float = DEFAULT_MEMORY_MB,
     parent: torch.Tensor | None = None,
+    parent_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, k) long tensor: the k best classes of every sample, best first.
 
@@ -105,6 +115,8 @@ def ranked_classes(
         logits: (N, K) scores (``crm`` and ``hie`` take their softmax).
         decode: ``argmax``, ``crm`` or ``hie``; ``crm`` needs ``cost`` (K, K), ``hie`` the
             ``parent`` (K,) of every class (``Hierarchy.parent_map``).
+        parent_logits: (N, K) another model's scores of the same samples, whose summed
+            softmax gives ``hie`` the parents' probabilities (default: ``logits``').
     """
     check_decoding_inputs(decode, cost, parent)
     n, classes = logits.shape
@@ -114,10 +126,11 @@ def ranked_classes(
         cost = cost.to(device=logits.device, dtype=logits.dtype)
     if parent is not None:
         parent = parent.to(logits.device)
-    # A block holds its probabilities, its scores and (hie) its parents' probabilities: at
-    # most three (rows, K) tensors.
-    for rows in row_blocks(n, 3 * classes * logits.element_size(), memory_mb):
-        scores = decoded_scores(logits[rows], decode, cost, parent)
+    # A block holds its probabilities, its scores and (hie) its parents' probabilities and
+    # the other model's: at most four (rows, K) tensors.
+    for rows in row_blocks(n, 4 * classes * logits.element_size(), memory_mb):
+        other = None if parent_logits is None else parent_logits[rows].to(logits.device)
+        scores = decoded_scores(logits[rows], decode, cost, parent, other)
         out[rows] = scores.topk(k, dim=1).indices
     return out
 

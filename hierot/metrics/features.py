@@ -82,8 +82,9 @@ def retrieval_map(z: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> to
 
 
 # Metric families beyond the default ones, each chosen by name (``metrics=[...]``); the
-# ones that need the training split's features say so.
-EXTRA_FAMILIES = ("silhouette", "knn", "prototypes")
+# ones that need the training split's features say so. ``nodes`` (predictions that may stop
+# at an inner node, ``hierot.metrics.node_eval``) reads the logits, not the features.
+EXTRA_FAMILIES = ("silhouette", "knn", "prototypes", "nodes")
 NEEDS_TRAIN_FEATURES = ("knn", "prototypes")
 
 
@@ -178,15 +179,18 @@ def decoded_metrics(
     costs: Mapping[str, torch.Tensor],
     crm_cost: str,
     memory_mb: float,
+    parent_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Top-k accuracy, the making-better-mistakes table under both costs and HOPS of the
-    classes ranked by the decoding ``way`` (keys prefixed ``<way>/`` but for ``argmax``)."""
+    classes ranked by the decoding ``way`` (keys prefixed ``<way>/`` but for ``argmax``);
+    ``parent_logits``: the second model ``hie`` reads the parents' probabilities from."""
     parent = hierarchy.parent_map().to(logits.device)
-    top = ranked_classes(logits, depth, way, costs[crm_cost], memory_mb, parent)
+    top = ranked_classes(logits, depth, way, costs[crm_cost], memory_mb, parent, parent_logits)
     out = dict(top_k_accuracy(top, target, ks))
     for convention, cost in costs.items():
         out.update(mistake_metrics(top, target, cost, convention, ahd_k, memory_mb))
-    out.update(hops(logits, target, costs["lca"], ahd_k, way, costs[crm_cost], parent, memory_mb))
+    out.update(hops(logits, target, costs["lca"], ahd_k, way, costs[crm_cost], parent, memory_mb,
+                    parent_logits))  # fmt: skip
     head = "" if way == "argmax" else f"{way}/"
     return {head + key: value for key, value in out.items()}
 
@@ -207,6 +211,7 @@ def evaluate_features(
     lca: torch.Tensor | None = None,
     undefined: dict[str, str] | None = None,
     level_logits: Mapping[int, torch.Tensor] | None = None,
+    parent_logits: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Every metric of one split, as ``{prefix + name: value}``; an undefined CPCC is NaN
     (``hierot.correlation.reported_cpcc``).
@@ -232,6 +237,8 @@ def evaluate_features(
             added to it (why completes "the split ...").
         level_logits: ``{level: (N, concepts) logits}`` of an objective's own head for each
             level above the classes (``mtl``'s ``level_logits``), or None.
+        parent_logits: (N, K) a second model's scores of the same samples: ``hie`` reads
+            the parents' probabilities from their softmax (``decode_parent_ckpt``), or None.
 
     Full-path accuracy: ``acc_path`` is the share of samples right at every level, each
     coarse level read from its own head where ``level_logits`` has one and otherwise mapped
@@ -263,7 +270,7 @@ def evaluate_features(
         depth = max([*ks, *ahd_k])
         for way in decode:
             out.update(decoded_metrics(logits, target, hierarchy, way, depth, ks, ahd_k, costs,
-                                       crm_cost, memory_mb))  # fmt: skip
+                                       crm_cost, memory_mb, parent_logits))  # fmt: skip
         out.update(calibration_errors(logits, target, memory_mb=memory_mb))
     return {prefix + name: float(value) for name, value in out.items()}
 
@@ -314,7 +321,9 @@ def check_feature_metrics_config(cfg: DictConfig) -> None:
 
 @config_check(config="evaluate")
 def check_decode_config(cfg: DictConfig) -> None:
-    """``decode``: a decoding (``DECODINGS``) or a non-empty list of them."""
+    """``decode``: a decoding (``DECODINGS``) or a non-empty list of them;
+    ``decode_parent_ckpt`` only beside ``hie`` (the file itself is checked by
+    ``hierot.evaluate``)."""
     if isinstance(cfg.decode, str):
         decodings, keys = [cfg.decode], ["decode"]
     elif OmegaConf.is_list(cfg.decode) and cfg.decode:
@@ -328,3 +337,8 @@ def check_decode_config(cfg: DictConfig) -> None:
             check_decode(way, key)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if cfg.get("decode_parent_ckpt") is not None and "hie" not in decodings:
+        raise ConfigError(
+            "decode_parent_ckpt: only the hie decoding reads it; add hie to decode "
+            "(decode=[argmax,hie])"
+        )

@@ -73,6 +73,7 @@ def hops(
     decode_cost: torch.Tensor | None = None,
     parent: torch.Tensor | None = None,
     memory_mb: float = DEFAULT_MEMORY_MB,
+    parent_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"hops": ..., "hops@<k>": ...}``: the mean HOPS of the samples over all the classes
     and over the first k of each of ``ks``, the classes ranked by ``decode``
@@ -82,7 +83,8 @@ def hops(
     Args:
         logits: (N, K) scores; target: (N,) true classes.
         cost: (K, K) the costs whose order the ranking should follow (LCA heights).
-        decode_cost, parent: what ``crm`` and ``hie`` decode with.
+        decode_cost, parent, parent_logits: what ``crm`` and ``hie`` decode with
+            (``decoded_scores``).
     """
     check_decoding_inputs(decode, decode_cost, parent)
     n, classes = logits.shape
@@ -99,7 +101,8 @@ def hops(
     for rows in row_blocks(n, 96 * classes, memory_mb):
         ranks, expected = preference_ranks(cost[target[rows]])
         weights = hops_weights(expected)
-        scores = decoded_scores(logits[rows], decode, decode_cost, parent)
+        other = None if parent_logits is None else parent_logits[rows].to(device)
+        scores = decoded_scores(logits[rows], decode, decode_cost, parent, other)
         obtained = ranks.gather(1, scores.argsort(dim=1, descending=True, stable=True))
         done = (weights * (expected - obtained).abs()).cumsum(dim=1)
         for key, k in chosen.items():

@@ -482,12 +482,16 @@ def post_hoc_adjustment(y: torch.Tensor, a: torch.Tensor, parent_child_mapping) 
     return y
 
 
-def hie_reference(logits: torch.Tensor, parent_child_mapping) -> torch.Tensor:
+def hie_reference(
+    logits: torch.Tensor, parent_child_mapping, coarse: torch.Tensor | None = None
+) -> torch.Tensor:
     """Hierarchical-Ensembles evaluate.py with ``--post_hoc 1``: ``post_hoc_adjustment`` of the
-    softmax, then ``F.normalize(p=1)``; the parents' probabilities (their second model's
-    softmax over the coarse classes) are here the summed probabilities of each parent's
-    classes under the same model."""
+    softmax, then ``F.normalize(p=1)``; the parents' probabilities are ``coarse`` (their
+    second model's softmax over the coarse classes, (N, P)) or, without it, the summed
+    probabilities of each parent's classes under the same model."""
     probs = torch.softmax(logits, dim=-1)
     parents = torch.stack([probs[:, children].sum(1) for children in parent_child_mapping], 1)
+    if coarse is not None:
+        parents = coarse
     output = post_hoc_adjustment(probs.clone(), parents, parent_child_mapping)
     return torch.nn.functional.normalize(output, p=1, dim=-1)
