@@ -106,19 +106,24 @@ def curve_sums(
     every sample predicting ``threshold_nodes`` at each of the ascending ``thresholds``.
 
     The nodes' ``pareto_intervals``, as ranges of threshold indices, split the thresholds
-    among the nodes: the node predicted at a threshold is the one whose non-empty range
-    starts last at or before it (a sort and a batched ``searchsorted``, no pass per
-    threshold)."""
+    among a few nodes per sample: the node predicted at a threshold is the one whose
+    non-empty range starts last at or before it (a sort and a batched ``searchsorted``, no
+    pass per threshold). Only those few nodes are scored."""
     device = node_probs.device
     thresholds = thresholds.to(device=device, dtype=torch.float64)
     size = thresholds.numel()
     low, high = pareto_intervals(node_probs, tree)
     start = torch.searchsorted(thresholds, low.contiguous())  # first t >= low
     stop = torch.searchsorted(thresholds, high.contiguous())  # first t >= high
-    first, order = torch.where(start < stop, start, size).sort(dim=1)
+    used = start < stop
+    first, order = torch.where(used, start, size).sort(dim=1)
+    # every threshold belongs to one range, so each row has at least one
+    width = int(used.sum(dim=1).max())
+    first, order = first[:, :width].contiguous(), order[:, :width]
     at = torch.arange(size, device=device).expand(node_probs.shape[0], size).contiguous()
-    nodes = order.gather(1, torch.searchsorted(first, at, right=True) - 1)
-    return {name: value.sum(0) for name, value in node_scores(nodes, target, tree).items()}
+    position = torch.searchsorted(first, at, right=True) - 1
+    scores = node_scores(order, target, tree)
+    return {name: value.gather(1, position).sum(0) for name, value in scores.items()}
 
 
 def pareto_integrate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
