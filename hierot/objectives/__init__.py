@@ -7,6 +7,7 @@ from hierot.objectives import (  # noqa: F401
     curriculum,
     embedding,
     flamingo,
+    haf,
     haframe,
     hiercos,
     hxe,
