@@ -909,16 +909,25 @@ def test_every_objective_runs_on_every_dataset(tmp_path, monkeypatch):
         "inat": ["data=inat", f"data.root={tmp_path / 'inat'}", "data.image_size=16"],
         "breeds": ["data=breeds", f"data.root={imagenet}", f"data.info_dir={info}",
                    "data.classes=subclass", "data.image_size=16"],
+        "tiered_imagenet_h": ["data=tiered_imagenet_h", f"data.root={benchmarks / 'tiered'}",
+                              "data.image_size=16"],
         "cifar100-haf5": ["data=cifar100", f"data.root={tmp_path / 'c100'}", "data.tree=haf5"],
-        **{name: [f"data={name}", f"data.root={benchmarks / folder}", "data.image_size=16"]
-           for name, folder in (("tiered_imagenet_h", "tiered"), ("inat19", "inat19"),
-                                ("aircraft", "aircraft"), ("cub", "cub"))},
+        **{name: [f"data={name}", f"data.root={benchmarks / name}", "data.image_size=16"]
+           for name in ("aircraft", "cub", "inat19")},
     }  # fmt: skip
+    # The last four read mistake-severity benchmarks whose trees are balanced, as the ones
+    # above (3 to 5 levels): each objective runs on one of them, in turn (one run per
+    # objective instead of four; each run costs what one of the datasets above costs).
+    # tieredImageNet-H's tree is unbalanced (leaves 2 and 3 edges down), a shape no other
+    # dataset here has: every objective runs on it.
+    rotated = list(datasets)[-4:]
     objectives = sorted(p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml"))
     assert {"ce", "mtl", "marginal", "soft_labels", "hxe", "quadruplet", "curriculum",
             "supcon"} <= set(objectives)  # fmt: skip
     for data, overrides in datasets.items():
-        for objective in objectives:
+        for i, objective in enumerate(objectives):
+            if data in rotated and i % len(rotated) != rotated.index(data):
+                continue
             out = tmp_path / "runs" / f"{data}-{objective}"
             # a staged objective (curriculum, supcon) needs an epoch for each of its stages
             staged = len(get_objective(objective).stage_names) > 1
