@@ -252,19 +252,19 @@ def test_the_level_heads_give_acc_path_and_the_fine_head_the_scores():
 
     tree = TREES["unbalanced"]
     m = module(tree).eval()
-    x = torch.randn(400, 5, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(200, 5, generator=torch.Generator().manual_seed(3))
+    o = m.objective
     with torch.no_grad():
+        # each coarse head the sum of its children's unit weights, the cosine term's optimum
+        for level in range(tree.depth - 1, 0, -1):
+            children = F.normalize(o.heads[level].weight, dim=1)
+            parent = getattr(o, f"parent{level + 1}")
+            o.heads[level - 1].weight.zero_().index_add_(0, parent, children)
+            o.heads[level - 1].bias.zero_()
+        assert float(o.weight_cosines().sum()) == pytest.approx(tree.depth - 1)
         z, scores = m(x)
-    y = scores.argmax(1)
-    # 20 steps of the loss on fixed features bring the heads to agree on about half the paths
-    sgd = torch.optim.SGD(m.objective.parameters(), lr=0.5)
-    for _ in range(20):
-        sgd.zero_grad()
-        m.objective(z, None, y).backward()
-        sgd.step()
-    with torch.no_grad():
-        z, scores = m(x)
-    fine = m.objective.heads[-1]
+    y = scores.argmax(1)  # the classes all right: the path is right where the heads agree
+    fine = o.heads[-1]
     torch.testing.assert_close(scores, z @ F.normalize(fine.weight, dim=1).T + fine.bias)
     heads = level_logits(m, z)
     assert sorted(heads) == [1, 2, 3]
@@ -274,7 +274,7 @@ def test_the_level_heads_give_acc_path_and_the_fine_head_the_scores():
         right &= out.argmax(1) == tree.level_map(level)[1][y]
     out = level_metrics(z, scores, y, tree, level_keys(tree), heads, 64.0)
     assert float(out["acc_path"]) == pytest.approx(float(right.double().mean()))
-    assert 0.2 < float(out["acc_path"]) < float(out["acc_fine"]) < 1
+    assert 0.2 < float(out["acc_path"]) < float(out["acc_fine"]) == 1
     assert 0.2 < float(out["acc_level1_head"]) < 1
 
 
