@@ -277,3 +277,34 @@ def test_the_model_predicts_and_measures_with_the_frame_scores():
     assert float(metrics["test/loss"]) == pytest.approx(float(F.cross_entropy(scores, y)), rel=1e-5)
     saved = {k for k in m.state_dict() if k.startswith("objective.")}
     assert {"objective.frame", "objective.similarity", "objective.head.bn.running_mean"} <= saved
+
+
+@pytest.mark.slow
+def test_a_run_with_cpcc_tests_with_the_scores_its_checkpoint_gives(tmp_path):
+    # the embedded data with CPCC (l2) on top; the checkpoint loads weights-only with the
+    # frame it was trained against, and the run's test metrics are the frame's scores'
+    import json
+
+    from hierot.checkpoints import load_trained, run_datamodule
+    from hierot.config import compose_config
+    from hierot.train import train
+
+    out = tmp_path / "run"
+    train(compose_config(["debug=tiny", "trainer.limit_val_batches=1", "objective=haframe",
+                          "dist=l2", f"output_dir={out}"]))  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == "haframe" and np.isfinite(metrics["test/cpcc"])
+    ckpt = out / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert {"objective.frame", "objective.similarity", "objective.head.bn.weight"} <= set(saved)
+    module, data = load_trained(ckpt), run_datamodule(ckpt)
+    assert torch.equal(module.objective.frame, saved["objective.frame"])
+    data.setup("test")
+    scores, labels = [], []
+    with torch.no_grad():
+        for x, y in data.test_dataloader():
+            scores.append(module(data.normalize(x))[1]), labels.append(y)
+    scores, y = torch.cat(scores), torch.cat(labels)
+    acc = float((scores.argmax(1) == y).double().mean())
+    assert metrics["test/acc_fine"] == pytest.approx(acc, abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(float(F.cross_entropy(scores, y)), rel=1e-4)
