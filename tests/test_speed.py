@@ -35,6 +35,7 @@ def module(**speed: object) -> L.LightningModule:
     return model
 
 
+@pytest.mark.slow
 def test_channels_last_trains_the_same_step():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 3, 32, 32, generator=g), torch.arange(16) % 4

@@ -496,6 +496,7 @@ def test_a_trained_run_loads_in_python_and_reproduces_its_test_accuracy(make_cfg
     assert correct / total == pytest.approx(metrics["test/acc_fine"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_one_way_to_load_a_trained_module(make_cfg, tmp_path):
     """evaluate and transfer load through checkpoints.load_module: Lightning's
     load_from_checkpoint with the saved hyper-parameters, the run's own tree, no optimizer."""
