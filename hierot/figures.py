@@ -195,9 +195,9 @@ def _lines(
     return lines
 
 
-def save_summary_figure(path: Path, rows: Sequence[Mapping[str, object]], title: str = "") -> bool:
-    """Write ``summary_figure`` to ``path`` (whole or not at all); False if nothing to plot."""
-    fig = summary_figure(rows, title)
+def save_whole(fig, path: Path) -> bool:
+    """Write ``fig`` to ``path`` whole or not at all (a sweep's jobs may finish together) and
+    close it; False, writing nothing, if ``fig`` is None (nothing to plot)."""
     if fig is None:
         return False
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
@@ -205,6 +205,11 @@ def save_summary_figure(path: Path, rows: Sequence[Mapping[str, object]], title:
     os.replace(tmp, path)
     _pyplot().close(fig)
     return True
+
+
+def save_summary_figure(path: Path, rows: Sequence[Mapping[str, object]], title: str = "") -> bool:
+    """Write ``summary_figure`` to ``path`` (whole or not at all); False if nothing to plot."""
+    return save_whole(summary_figure(rows, title), path)
 
 
 def summary_figure(rows: Sequence[Mapping[str, object]], title: str = ""):

@@ -9,7 +9,6 @@ panel. The runs of one method (every swept setting but the seed) share a colour.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -96,13 +95,6 @@ def tradeoff_figure(rows: Sequence[Mapping[str, object]], title: str = ""):
 
 def save_tradeoff_figure(path: Path, rows: Sequence[Mapping[str, object]], title: str = "") -> bool:
     """Write ``tradeoff_figure`` to ``path`` (whole or not at all); False if nothing to plot."""
-    from hierot.figures import _pyplot
+    from hierot.figures import save_whole
 
-    fig = tradeoff_figure(rows, title)
-    if fig is None:
-        return False
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    _pyplot().close(fig)
-    return True
+    return save_whole(tradeoff_figure(rows, title), path)

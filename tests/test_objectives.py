@@ -13,6 +13,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.objectives import build_objective, check_objective, list_objectives
 from hierot.objectives.hxe import hxe_level_weights
 
+from helpers.batches import objective_batch as batch
 from helpers.loss_references import (
     group_lasso_reference,
     hxe_reference,
@@ -27,15 +28,6 @@ from helpers.trees import TREES
 @pytest.fixture(params=list(TREES))
 def tree(request) -> Hierarchy:
     return TREES[request.param]
-
-
-def batch(tree: Hierarchy, size: int = 40, dim: int = 6, seed: int = 0, scale: float = 2.0):
-    g = torch.Generator().manual_seed(seed)
-    k = tree.num_classes
-    y = torch.cat([torch.arange(k), torch.randint(0, k, (size - k,), generator=g)])
-    z = torch.randn(size, dim, generator=g, dtype=torch.float64).requires_grad_()
-    logits = (scale * torch.randn(size, k, generator=g, dtype=torch.float64)).requires_grad_()
-    return z, logits, y
 
 
 def assert_same_loss_and_gradient(ours, reference, inputs):

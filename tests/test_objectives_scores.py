@@ -15,6 +15,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.objectives import build_objective, check_objective
 from hierot.objectives.embedding import class_embeddings
 
+from helpers.batches import objective_batch as batch
 from helpers.score_references import (
     HierCOSReference,
     all_node_classes,
@@ -29,16 +30,6 @@ from helpers.trees import TREES
 @pytest.fixture(params=list(TREES))
 def tree(request) -> Hierarchy:
     return TREES[request.param]
-
-
-def batch(tree: Hierarchy, size: int = 40, dim: int = 6, seed: int = 0, scale: float = 2.0):
-    """Every class once, then random ones; float64 features and logits with gradients."""
-    g = torch.Generator().manual_seed(seed)
-    k = tree.num_classes
-    y = torch.cat([torch.arange(k), torch.randint(0, k, (size - k,), generator=g)])
-    z = torch.randn(size, dim, generator=g, dtype=torch.float64).requires_grad_()
-    logits = (scale * torch.randn(size, k, generator=g, dtype=torch.float64)).requires_grad_()
-    return z, logits, y
 
 
 def objective(name: str, tree: Hierarchy, **options):

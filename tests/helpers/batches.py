@@ -1,4 +1,4 @@
-"""Feature batches for the distance and CPCC tests."""
+"""Feature batches for the distance, CPCC and objective tests."""
 
 from __future__ import annotations
 
@@ -34,3 +34,16 @@ def class_pairs(z: torch.Tensor, y: torch.Tensor):
     k = len(classes)
     for a, b in zip(*torch.triu_indices(k, k, 1).tolist()):
         yield a, b, z[y == classes[a]], z[y == classes[b]]
+
+
+def objective_batch(
+    tree, size: int = 40, dim: int = 6, seed: int = 0, scale: float = 2.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(z, logits, y)`` for an objective on ``tree``: every class once, then random ones;
+    float64 features and logits with gradients."""
+    g = torch.Generator().manual_seed(seed)
+    k = tree.num_classes
+    y = torch.cat([torch.arange(k), torch.randint(0, k, (size - k,), generator=g)])
+    z = torch.randn(size, dim, generator=g, dtype=torch.float64).requires_grad_()
+    logits = (scale * torch.randn(size, k, generator=g, dtype=torch.float64)).requires_grad_()
+    return z, logits, y
