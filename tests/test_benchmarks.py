@@ -38,6 +38,7 @@ from helpers.benchmarks import (
     write_haf,
     write_inat19,
     write_isa,
+    write_split_zip,
     write_tiered,
 )
 from helpers.files import write_cifar100
@@ -75,12 +76,51 @@ def test_tiered_reads_the_split_lists_over_imagenet_folders(tmp_path):
     assert x.shape == (3, 8, 8) and x.dtype == torch.uint8 and y == 0
 
 
-def test_inat19_list_lines_are_paths_under_the_inaturalist_folder(tmp_path):
+def test_inat19_list_lines_are_image_names_in_their_category_folder(tmp_path):
     write_inat19(tmp_path, INAT_EDGES, INAT)
     dm = data_module("data=inat19", f"data.root={tmp_path}", "data.image_size=8")
     assert dm.hierarchy.leaves == INAT and dm.hierarchy.depth == 3
-    assert dm.train_set.paths[0] == str(tmp_path / "train_val2019/Plants/0/train0.jpg")
-    assert len(dm.test_set) == 6
+    # nat0000's first training image, and nat0002's first test image (under another group)
+    first = hashlib.md5(b"nat0000train0").hexdigest() + ".jpg"
+    assert dm.train_set.paths[0] == str(tmp_path / "train_val2019" / "Plants" / "0" / first)
+    assert dm.test_set.paths[-2].startswith(str(tmp_path / "train_val2019" / "Birds" / "2" / ""))
+    assert dm.test_set.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # data.root may also be the train_val2019 folder itself
+    dm = BetterMistakesDataModule(dataset="inat19", root=str(tmp_path / "train_val2019"),
+                                  info_dir=str(tmp_path), image_size=8)  # fmt: skip
+    dm.setup()
+    assert dm.train_set.paths[0] == str(tmp_path / "train_val2019" / "Plants" / "0" / first)
+
+
+def test_inat19_problems_are_one_line(tmp_path):
+    write_inat19(tmp_path, INAT_EDGES, INAT)
+    root = {"dataset": "inat19", "root": str(tmp_path)}
+    birds = tmp_path / "train_val2019" / "Birds"
+    birds.rename(tmp_path / "Birds")
+    assert one_line_error(BetterMistakesDataModule, **root) == (
+        "data.root: no folder train_val2019/<supercategory>/2/ for class 'nat0002' under "
+        f"{tmp_path}"
+    )
+    (tmp_path / "Birds").rename(birds)
+    (tmp_path / "train_val2019" / "Plants" / "2").mkdir()
+    assert one_line_error(BetterMistakesDataModule, **root) == (
+        f"data.root: category 2 is in both {birds / '2'} and {tmp_path / 'train_val2019/Plants/2'}"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    kwargs = {**root, "root": str(empty), "info_dir": str(tmp_path)}
+    assert one_line_error(BetterMistakesDataModule, **kwargs) == (
+        "data.root: no iNaturalist 2019 category folders (train_val2019/<supercategory>/<id>/) "
+        f"under {empty}"
+    )
+    # a class list not named nat<category id>
+    lists = mbm.read_split_lists(tmp_path / "splits_inat19.zip")
+    for split in lists:
+        lists[split]["oak"] = lists[split].pop("nat0000")
+    write_split_zip(tmp_path / "splits_inat19.zip", "splits_inat19", lists)
+    assert one_line_error(BetterMistakesDataModule, **root) == (
+        f"{tmp_path / 'splits_inat19.zip'}: class 'oak' is not nat<category id>"
+    )
 
 
 def test_split_archive_and_tree_problems_are_one_line(tmp_path):

@@ -5,7 +5,11 @@ ImageNet or iNaturalist 2019 images, and its tree read from ``<dataset>_isa.txt`
 ``nltk.Tree``, which hierot never unpickles (unpickling runs the code a pickle names).
 
 The split archive ``splits_<name>.zip`` holds ``<top>/<split>/<class>.txt`` files, one image
-file name per line, read in place (nothing is extracted).
+file name per line, read in place (nothing is extracted). tieredImageNet-H's classes are
+WordNet ids and its lines ImageNet's file names (checked on the archive itself);
+iNaturalist-19's classes are ``nat<category id, 4 digits>`` and its lines the images' base
+names, found in ``train_val2019/<supercategory>/<category id>/`` (as the code that consumes
+it reads it: that archive's content was not readable, see docs/data.md).
 """
 
 from __future__ import annotations
@@ -91,10 +95,41 @@ def imagenet_path(root: Path, wnid: str, name: str) -> Path:
     return root / "val" / wnid / name
 
 
-def inat19_path(root: Path, wnid: str, name: str) -> Path:
-    """An iNaturalist-19 list entry: a path relative to the iNaturalist 2019 folder
-    (``train_val2019/<Supercategory>/<id>/<file>.jpg``, as its annotation files name it)."""
-    return root / name
+def inat19_folders(root: Path) -> dict[int, Path]:
+    """``{category id: folder}`` of an iNaturalist 2019 image folder,
+    ``train_val2019/<supercategory>/<category id>/`` (``root`` is the folder holding
+    ``train_val2019`` or that folder itself); no such folder, or an id under two
+    supercategories, is a one-line ``DataError``."""
+    base = root / "train_val2019" if (root / "train_val2019").is_dir() else root
+    folders: dict[int, Path] = {}
+    try:
+        for group in sorted(base.iterdir()):
+            if not group.is_dir():
+                continue
+            for folder in group.iterdir():
+                if not (folder.name.isdigit() and folder.is_dir()):
+                    continue
+                seen = folders.setdefault(int(folder.name), folder)
+                if seen != folder:
+                    raise DataError(
+                        f"data.root: category {folder.name} is in both {seen} and {folder}"
+                    )
+    except OSError as e:
+        raise DataError(f"data.root: {base} is not readable ({e})") from None
+    if not folders:
+        raise DataError(
+            f"data.root: no iNaturalist 2019 category folders "
+            f"(train_val2019/<supercategory>/<id>/) under {root}"
+        )
+    return folders
+
+
+def inat19_class_id(archive: Path, name: str) -> int:
+    """The iNaturalist 2019 category id of an iNaturalist-19 class, ``nat<id>``
+    (making-better-mistakes' ``compute_inaturalist19_hierarchy.py`` names them so)."""
+    if not (name.startswith("nat") and name[3:].isdigit()):
+        raise DataError(f"{archive}: class '{name}' is not nat<category id>")
+    return int(name[3:])
 
 
 class BetterMistakesDataModule(FileListDataModule):
@@ -139,6 +174,9 @@ class BetterMistakesDataModule(FileListDataModule):
             extra = sorted(set(self.lists[split]) - set(classes))
             if extra:
                 raise DataError(f"{archive}: class '{extra[0]}' of {split} has no training list")
+        if self.dataset == "inat19":
+            for c in classes:
+                inat19_class_id(archive, c)
         try:
             tree = Hierarchy.from_file(tree_file)
             tree.check_classes(classes)
@@ -148,12 +186,31 @@ class BetterMistakesDataModule(FileListDataModule):
 
     def read_lists(self) -> Lists:
         index = {c: i for i, c in enumerate(self.hierarchy.leaves)}
-        locate = imagenet_path if self.dataset == "tiered_imagenet_h" else inat19_path
+        folder = self._class_folders()
         out: Lists = {}
         for split in SPLITS:
             paths, labels = [], []
             for c, names in sorted(self.lists[split].items()):
-                paths += [str(locate(self.root, c, n)) for n in names]
+                if self.dataset == "tiered_imagenet_h":
+                    paths += [str(imagenet_path(self.root, c, n)) for n in names]
+                else:
+                    paths += [str(folder[c] / n) for n in names]
                 labels += [index[c]] * len(names)
             out[split] = (paths, labels)
+        return out
+
+    def _class_folders(self) -> dict[str, Path]:
+        """iNaturalist-19: every class's category folder (its list lines are base names)."""
+        if self.dataset != "inat19":
+            return {}
+        folders = inat19_folders(self.root)
+        out = {}
+        for c in self.hierarchy.leaves:
+            category = int(c[3:])  # nat<id>, checked in read_metadata
+            if category not in folders:
+                raise DataError(
+                    f"data.root: no folder train_val2019/<supercategory>/{category}/ for class "
+                    f"'{c}' under {self.root}"
+                )
+            out[c] = folders[category]
         return out

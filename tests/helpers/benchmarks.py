@@ -5,6 +5,7 @@ list, and HAF's CIFAR-100 tree file."""
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -84,14 +85,18 @@ def write_tiered(root: Path, edges: list[tuple[str, str]], leaves: list[str], n:
 
 
 def write_inat19(root: Path, edges: list[tuple[str, str]], leaves: list[str], n: int = 2) -> Path:
-    """An iNaturalist 2019 folder (``train_val2019/Plants/<id>/<file>.jpg``) with the
-    iNaturalist-19 files; list lines are paths relative to it."""
+    """An iNaturalist 2019 folder (``train_val2019/<supercategory>/<category id>/<md5>.jpg``,
+    the last class under ``Birds``, the others under ``Plants``) with the iNaturalist-19
+    files: ``natNNNN.txt`` lists of the images' base names, as the code that consumes the
+    authors' archive reads it (docs/data.md)."""
     lists: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}, "test": {}}
     for c, name in enumerate(leaves):
+        group = "Birds" if c == len(leaves) - 1 else "Plants"
         for s, split in enumerate(lists):
-            files = [f"train_val2019/Plants/{int(name[3:])}/{split}{i}.jpg" for i in range(n)]
+            files = [hashlib.md5(f"{name}{split}{i}".encode()).hexdigest() + ".jpg"
+                     for i in range(n)]  # fmt: skip
             for i, f in enumerate(files):
-                _image(root / f, 40 * c + 3 * s + i)
+                _image(root / "train_val2019" / group / str(int(name[3:])) / f, 40 * c + 3 * s + i)
             lists[split][name] = files
     write_isa(root / "inaturalist19_isa.txt", edges)
     write_split_zip(root / "splits_inat19.zip", "splits_inat19", lists)
