@@ -18,6 +18,7 @@ from torch import nn
 
 from hierot.errors import require_integer, require_number
 from hierot.hierarchy import Hierarchy
+from hierot.objectives.neck import build_neck, check_neck
 from hierot.objectives.registry import Objective, register_objective
 
 
@@ -29,6 +30,7 @@ def check_haf(
     margin: float,
     pair_slots: int,
     margin_from: int,
+    neck: int | None = None,
 ) -> None:
     for key, value in (("jsd", jsd), ("geometric", geometric), ("dissimilar", dissimilar),
                        ("margin", margin)):  # fmt: skip
@@ -36,6 +38,7 @@ def check_haf(
             raise ValueError(f"haf: {key} must be finite, got {value!r}")
     require_integer(pair_slots, "haf: pair_slots", 1)
     require_integer(margin_from, "haf: margin_from", 1)
+    check_neck(neck, "haf")
     if hierarchy is not None and hierarchy.depth > 1 and margin_from > hierarchy.depth - 1:
         raise ValueError(
             f"haf: margin_from must be a level above the classes, 1 .. {hierarchy.depth - 1} "
@@ -129,6 +132,11 @@ class HierarchyAwareFeatures(Objective):
         margin_from: the first level whose head gets the margin term, down to the level
             above the classes (reference: 1 on CIFAR-100's 5 levels, 2 on iNat-19's 7, 5 on
             tieredImageNet's 12).
+        neck: the hidden units of the references' ResNet-18 neck between the features and
+            the heads, ``BatchNorm1d``, ``Linear(d, neck)``, ``BatchNorm1d``, ELU
+            (``hierot.objectives.neck``; the iNat-19 and tieredImageNet models: 600, the
+            CIFAR-100 WideResNet none); None or 0: the heads read the features. CPCC
+            regularises the backbone's features, before the neck.
     """
 
     # the model's own head is never read: its parameters get no gradient
@@ -144,37 +152,48 @@ class HierarchyAwareFeatures(Objective):
         margin: float = 3.0,
         pair_slots: int = 256,
         margin_from: int = 1,
+        neck: int | None = None,
     ) -> None:
         super().__init__()
-        check_haf(hierarchy, jsd, geometric, dissimilar, margin, pair_slots, margin_from)
+        check_haf(hierarchy, jsd, geometric, dissimilar, margin, pair_slots, margin_from, neck)
         self.jsd, self.geometric, self.dissimilar = float(jsd), float(geometric), float(dissimilar)
         self.margin, self.pair_slots = float(margin), int(pair_slots)
         maps = torch.stack(list(hierarchy.label_maps().values()))  # (D, K), the classes last
         self.register_buffer("maps", maps, persistent=False)
         for level, parent in enumerate(level_parents(hierarchy), start=2):
             self.register_buffer(f"parent{level}", parent, persistent=False)
-        self.heads = nn.ModuleList(nn.Linear(num_features, int(m.max()) + 1) for m in maps)
+        self.neck = build_neck(num_features, neck)
+        width = self.neck.hidden if self.neck is not None else num_features
+        self.heads = nn.ModuleList(nn.Linear(width, int(m.max()) + 1) for m in maps)
         # the levels of the margin term, 1-based: margin_from .. depth - 1
         self.margin_levels = list(range(margin_from, hierarchy.depth))
         self.batch_wide = self.dissimilar > 0 and bool(self.margin_levels)
 
-    def head_logits(self, z: torch.Tensor, level: int) -> torch.Tensor:
+    def neck_output(self, z: torch.Tensor, update: bool = False) -> torch.Tensor:
+        """What the heads read: the neck's output on ``z``, or ``z`` without a neck. Only
+        the loss's per-sample pass (``update``) moves the neck's running statistics."""
+        return z if self.neck is None else self.neck(z, update)
+
+    def head_logits(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """``(B, n_level)``: the logits of level ``level``'s head (1 the top level, depth
-        the classes), whose weight rows are normalised to unit length."""
+        the classes) on the heads' input ``x`` (``neck_output``), its weight rows
+        normalised to unit length."""
         h = self.heads[level - 1]
-        return F.linear(z, F.normalize(h.weight, dim=1), h.bias)
+        return F.linear(x, F.normalize(h.weight, dim=1), h.bias)
 
     def level_logits(self, z: torch.Tensor) -> dict[int, torch.Tensor]:
         """``{level: (B, concepts) logits}`` of the heads above the classes, levels
         ``1 .. depth - 1`` (concept indices as ``Hierarchy.level_map``): what
         ``hierot.evaluate``'s ``acc_<level>_head`` and ``acc_path`` read."""
-        return {level: self.head_logits(z, level) for level in range(1, len(self.heads))}
+        x = self.neck_output(z)
+        return {level: self.head_logits(x, level) for level in range(1, len(self.heads))}
 
     def class_scores(self, z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return self.head_logits(z, len(self.heads))
+        return self.head_logits(self.neck_output(z), len(self.heads))
 
     def sample_loss(self, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        outs = [self.head_logits(z, level) for level in range(1, len(self.heads) + 1)]
+        x = self.neck_output(z, update=True)
+        outs = [self.head_logits(x, level) for level in range(1, len(self.heads) + 1)]
         loss = F.cross_entropy(outs[-1], y)
         probs = [F.softmax(o, dim=1) for o in outs]
         for level in range(2, len(outs) + 1):
@@ -207,9 +226,11 @@ class HierarchyAwareFeatures(Objective):
         labels = self.maps[levels[0] - 1 : levels[-1]][:, y]  # (L, B)
         order = self.pair_orders(len(levels), y.shape[0], z.device)
         first, second, counts, filled = adjacent_pair_counts(labels, order, self.pair_slots)
+        # the neck again, on the global batch: its statistics, the running ones left alone
+        x = self.neck_output(z)
         loss = z.new_zeros(())
         for i, level in enumerate(levels):
-            p = F.softmax(self.head_logits(z, level), dim=1)
+            p = F.softmax(self.head_logits(x, level), dim=1)
             hinge = margin_hinges(p[first[i]], p[second[i]], self.margin)
             empty = (self.pair_slots - filled[i]) * self.margin
             loss = loss + ((counts[i] * hinge).sum() + empty) / self.pair_slots
