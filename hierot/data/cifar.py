@@ -20,7 +20,7 @@ import torchvision
 from torchvision.datasets.utils import download_and_extract_archive
 
 from hierot.data.device_augment import crop_flip
-from hierot.data.downloads import authors_file
+from hierot.data.downloads import authors_file, download_lock, lock_file
 from hierot.data.haf import HAF_TREE, haf_paths
 from hierot.data.haf import LEVEL_NAMES as HAF_LEVEL_NAMES
 from hierot.data.images import (
@@ -152,18 +152,25 @@ class CifarDataModule(HierarchyDataModule):
     def prepare_data(self) -> None:
         """With ``download``: the official archive, downloaded, checked and extracted into
         ``root`` unless its folder is there. Lightning calls it on one process per node;
-        the metadata read calls it first, as the model is built from the tree before."""
+        the metadata read calls it first, as the model is built from the tree before, so
+        every process of a distributed run comes here: one downloads and extracts under
+        ``download_lock``, the others wait for it (a folder being extracted is there before
+        it is whole: it counts only with no lock file beside it, or under the lock)."""
         if not self.download:
             return
         root = Path(str(self.root)).expanduser()
-        if (root / self.folder_name).is_dir() or root.name == self.folder_name:
-            return
         release = self.release
-        log.info("downloading %s into %s", release.url, root)
+        folder, archive = root / self.folder_name, root / release.filename
+        if root.name == self.folder_name or (folder.is_dir() and not lock_file(archive).exists()):
+            return
         try:
-            download_and_extract_archive(
-                release.url, root, filename=release.filename, md5=release.tgz_md5
-            )
+            with download_lock(archive):
+                if folder.is_dir():  # another process extracted it while this one waited
+                    return
+                log.info("downloading %s into %s", release.url, root)
+                download_and_extract_archive(
+                    release.url, root, filename=release.filename, md5=release.tgz_md5
+                )
         except (OSError, RuntimeError) as e:
             reason = " ".join(str(e).split()) or type(e).__name__
             raise DataError(f"data.download: {release.url} into {root} failed ({reason})") from None
