@@ -14,6 +14,7 @@ from hierot.hierarchy import Hierarchy
 from hierot.objectives import build_objective, check_objective
 
 from helpers.flamingo_references import HAFrameFlamingo, PrisCVFlamingo
+from helpers.necks import randomize_neck
 from helpers.trees import TREES
 
 
@@ -45,12 +46,15 @@ def copy_heads(ours, reference) -> None:
 
 
 def assert_same(ours, reference, z, y, probabilities: bool):
-    """Loss, gradients (features and every head) and each level's predictions (the
-    reference's outputs: ``probabilities`` or logits)."""
+    """Loss, gradients (features, the neck if any and every head) and each level's
+    predictions (the reference's outputs: ``probabilities`` or logits)."""
     ours_loss = ours(z, None, y)
     ref_loss, ref_outs = reference(z, y)
     params = [p for h in ours.heads for p in (h.weight, h.bias)]
     ref_params = [p for c in reference.classifiers for p in (c[0].weight, c[0].bias)]
+    if ours.neck is not None:
+        params, ref_params = [*ours.neck.parameters(), *params], [
+            *reference.features_1.parameters(), *ref_params]  # fmt: skip
     g_ours = torch.autograd.grad(ours_loss, [z, *params])
     g_ref = torch.autograd.grad(ref_loss, [z, *ref_params])
     assert float(ours_loss.detach()) == pytest.approx(float(ref_loss.detach()), rel=1e-6, abs=1e-9)
@@ -136,6 +140,27 @@ def test_pris_cv_quirk_the_log_of_an_underflowed_softmax():
         assert bool(torch.isfinite(ref_loss)) is loss_finite, gap
         if loss_finite:
             assert float(ref_loss.detach()) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_flamingo_with_the_neck_equals_both_references(tree, mode):
+    # their features_1 before the slices, on 5 features: a 12-unit neck for PRIS-CV (2, 3
+    # and 4 levels divide it), 14 for HAFrame; in training mode the batch's statistics and
+    # the running ones moved once (the loss's pass; the predictions' pass leaves them)
+    for reference, hidden, probabilities in ((PrisCVFlamingo, 12, True),
+                                             (HAFrameFlamingo, 14, False)):  # fmt: skip
+        z, y = batch(tree, 5, seed=hidden)
+        ours = flamingo(tree, 5, neck=hidden)
+        theirs = reference(tree, hidden, num_ftrs=5)
+        randomize_neck(ours.neck, hidden)
+        theirs.features_1.load_state_dict(ours.neck.state_dict())
+        copy_heads(ours, theirs)
+        ours.train(mode == "train"), theirs.train(mode == "train")
+        assert_same(ours, theirs, z, y, probabilities)
+        for (key, a), b in zip(ours.neck.state_dict().items(),
+                               theirs.features_1.state_dict().values()):  # fmt: skip
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0, msg=key)
+        assert [h.in_features for h in ours.heads] == [c[0].in_features for c in theirs.classifiers]
 
 
 # -- the detach -----------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ from helpers.haf_references import (
     JSDDissimilarLoss,
     JSDSimilarLoss,
     create_dissimilar_pairs,
+    features_1,
     haf_reference_terms,
     shuffles,
 )
+from helpers.necks import randomize_neck
 from helpers.trees import TREES
 
 
@@ -92,6 +94,39 @@ def test_haf_equals_the_reference(tree, size, seed, options):
     assert_same_loss_and_gradient(ours(z, None, y), ref, [z, *ours.parameters()])
     terms = torch.stack([dissim, jsd, cosines.abs()]).detach()
     assert bool((terms > 0).all())  # every term counts
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_haf_with_the_neck_equals_the_reference(tree, mode):
+    # the ResNet-18 models' features_1 before the heads: loss, gradients (features, neck,
+    # heads), the class scores, and in training mode the running statistics moved once (the
+    # neck runs on the batch for the loss's terms, for the margin term's pairs and for the
+    # scores; only the first moves them)
+    size, seed, slots = 12, 4, 20  # 20 of the reference's 256 slots: its loops are slow
+    z, y = batch(tree, size, seed=seed)
+    ours = with_orders(haf(tree, neck=10, pair_slots=slots), shuffles(seed, tree.depth - 1, size))
+    randomize_neck(ours.neck, seed)
+    neck = features_1(6, 10)
+    neck.load_state_dict(ours.neck.state_dict())
+    ours.train(mode == "train"), neck.train(mode == "train")
+    loss = ours(z, None, y)
+    random.seed(seed)
+    x = neck(z)  # the reference's forward: x = self.features_1(x), then the loss on x
+    ce, jsd, cosines, dissim = haf_reference_terms(tree, x, list(ours.heads), y, limit=slots)
+    ref = ce + jsd - cosines + dissim
+    heads = list(ours.heads.parameters())
+    g_ours = torch.autograd.grad(loss, [z, *ours.neck.parameters(), *heads])
+    g_ref = torch.autograd.grad(ref, [z, *neck.parameters(), *heads])
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-6, abs=1e-9)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    assert all(bool(g.abs().sum() > 0) for g in g_ours)
+    with torch.no_grad():
+        scores = ours.class_scores(z, None)
+        fine = ours.heads[-1]
+        torch.testing.assert_close(scores, x @ F.normalize(fine.weight, dim=1).T + fine.bias)
+    for (key, a), b in zip(ours.neck.state_dict().items(), neck.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0, msg=key)
 
 
 # -- the pair sampler ------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Flamingo's heads and loss as its repositories write them, in float64, the tree taken from a
 ``Hierarchy`` (the datasets' ``get_order_family_target`` tables replaced by its level maps) and
-the backbone and its BatchNorm-Linear-BatchNorm-ELU neck (``features_2``, ``features_1``) left
-out: ``forward`` takes the neck's output ``x``.
+the backbone (``features_2``, ``self.max``) left out. Built with ``num_ftrs``, ``forward``
+takes the pooled features and runs the neck first, ``x = self.features_1(x)`` (``features_1``:
+PRIS-CV's ``model_bn.__init__`` as written; HAFrame's ``ResNet50_flamingo_l3.__init__`` the
+same without the commented-out dropouts); without, it takes the neck's output ``x``.
 
 - ``PrisCVFlamingo``: PRIS-CV/Fine-Grained-or-Not ``birds/Birds_ours_resnet.py``
   (``model_bn.__init__`` and ``forward``; ``air/Airs_ours_resnet.py`` is the same on 3 levels,
@@ -34,11 +36,25 @@ def level_targets(hierarchy: Hierarchy, targets: torch.Tensor) -> list[torch.Ten
     return [maps[level][targets] for level in hierarchy.levels[:-1]]
 
 
+def features_1(num_ftrs: int, feature_size: int) -> nn.Sequential:
+    """``self.features_1`` (``num_ftrs = 2048``, ``feature_size = Hiden_Number = 600``)."""
+    return nn.Sequential(
+        nn.BatchNorm1d(num_ftrs),
+        # nn.Dropout(0.5),
+        nn.Linear(num_ftrs, feature_size),
+        nn.BatchNorm1d(feature_size),
+        nn.ELU(inplace=True),
+        # nn.Dropout(0.5),
+        # nn.Linear(feature_size, classes_num),
+    )
+
+
 class PrisCVFlamingo(nn.Module):
-    def __init__(self, hierarchy: Hierarchy, feature_size: int):
+    def __init__(self, hierarchy: Hierarchy, feature_size: int, num_ftrs: int | None = None):
         super().__init__()
         self.hierarchy = hierarchy
         self.Hiden_Number = feature_size
+        self.features_1 = features_1(num_ftrs, feature_size) if num_ftrs else None
         levels = hierarchy.depth
         counts = [int(m.max()) + 1 for m in hierarchy.label_maps().values()]
         self.classifiers = nn.ModuleList()
@@ -50,6 +66,8 @@ class PrisCVFlamingo(nn.Module):
         self.double()
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor):
+        if self.features_1 is not None:
+            x = self.features_1(x)  # N * 512
         L, H = self.hierarchy.depth, self.Hiden_Number
         xs = [x[:, H // L * (i - 1) : H // L * i] for i in range(1, L)]
         xs.append(x[:, H // L * (L - 1) : H])
@@ -64,10 +82,11 @@ class PrisCVFlamingo(nn.Module):
 
 
 class HAFrameFlamingo(nn.Module):
-    def __init__(self, hierarchy: Hierarchy, feature_size: int):
+    def __init__(self, hierarchy: Hierarchy, feature_size: int, num_ftrs: int | None = None):
         super().__init__()
         self.hierarchy = hierarchy
         self.feature_size = feature_size
+        self.features_1 = features_1(num_ftrs, feature_size) if num_ftrs else None
         levels = hierarchy.depth
         counts = [int(m.max()) + 1 for m in hierarchy.label_maps().values()]
         feature_diff = feature_size // levels
@@ -78,6 +97,8 @@ class HAFrameFlamingo(nn.Module):
         self.double()
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor):
+        if self.features_1 is not None:
+            x = self.features_1(x)  # N * 512
         L, H = self.hierarchy.depth, self.feature_size
         xs = [x[:, H // L * (i - 1) : H // L * i] for i in range(1, L)]
         xs.append(x[:, H // L * (L - 1) : H])

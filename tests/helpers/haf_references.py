@@ -10,6 +10,9 @@ in float64:
   hand-unrolled levels as a loop over the tree's levels; the backbone is left out (it takes
   the features ``x``), and so are the accuracies and the ``.item()`` logging. The
   ``l{i}_to_l{i+1}`` maps (a parent's list of children) come from a hierot ``Hierarchy``.
+- ``features_1``: the neck of util/arch/custom_resnet18.py's ResNet-18 models (e.g.
+  ``ResNet18_ours_l7_cejsd_wtconst_dissim.__init__``), as written; their ``forward`` runs
+  ``x = self.features_1(x)`` on the max-pooled features, then the loss above on ``x``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,16 @@ def create_dissimilar_pairs(targets, probabs, device, limit=256):
                 dissimilar_pairs[count][1] = probabs[j + 1]
                 count = count + 1
     return dissimilar_pairs
+
+
+def features_1(num_ftrs: int, feature_size: int) -> nn.Sequential:
+    """``self.features_1`` (``num_ftrs = 512``, ``feature_size = 600``), in float64."""
+    return nn.Sequential(
+        nn.BatchNorm1d(num_ftrs),
+        nn.Linear(num_ftrs, feature_size),
+        nn.BatchNorm1d(feature_size),
+        nn.ELU(inplace=True),
+    ).double()
 
 
 def children_maps(hierarchy: Hierarchy) -> list[list[list[int]]]:
