@@ -5,6 +5,7 @@ on the features before it, and a checkpoint that loads it weights-only. Equality
 references: tests/test_haf.py and tests/test_flamingo.py."""
 
 import io
+import math
 from functools import partial
 
 import pytest
@@ -122,3 +123,41 @@ def test_the_model_trains_the_neck_regularises_before_it_and_saves_it(objective)
     m.eval(), fresh.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh(x)[1], m(x)[1], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_neck_and_cpcc_tests_with_the_scores_its_checkpoint_gives(tmp_path):
+    # the command line's overrides on the embedded data: haf (its margin term's second pass
+    # over the batch) on a 16-unit neck with CPCC (l2) on the backbone's features; the
+    # checkpoint holds the neck, loads weights-only, and gives the run's test metrics
+    import json
+
+    import torch.nn.functional as F
+
+    from hierot.checkpoints import load_trained, run_datamodule
+    from hierot.config import compose_config
+    from hierot.train import train
+
+    out = tmp_path / "run"
+    overrides = ["debug=tiny", "trainer.limit_val_batches=1", "objective=haf",
+                 "objective.options.neck=16", "dist=l2", f"output_dir={out}"]  # fmt: skip
+    train(compose_config(overrides))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == "haf"
+    assert all(math.isfinite(metrics[k]) for k in ("test/cpcc", "test/loss", "test/acc_fine"))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert saved["objective.neck.1.weight"].shape[0] == 16
+    assert int(saved["objective.neck.0.num_batches_tracked"]) > 0
+    module, data = load_trained(ckpt), run_datamodule(ckpt)
+    assert torch.equal(module.objective.neck[2].running_var, saved["objective.neck.2.running_var"])
+    assert module.objective.heads[0].in_features == 16 and not module.training
+    data.setup("test")
+    scores, labels = [], []
+    with torch.no_grad():
+        for x, y in data.test_dataloader():
+            scores.append(module(data.normalize(x))[1]), labels.append(y)
+    scores, y = torch.cat(scores), torch.cat(labels)
+    acc = float((scores.argmax(1) == y).double().mean())
+    assert metrics["test/acc_fine"] == pytest.approx(acc, abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(float(F.cross_entropy(scores, y)), rel=1e-4)
