@@ -142,6 +142,16 @@ def format_metrics(metrics: Mapping[str, object]) -> str:
     return "  ".join(parts)
 
 
+def inner_labels_line(counts: Mapping[str, int]) -> str:
+    """The log's line on the training images labelled only to an inner node:
+    ``N images labelled at inner nodes (genus_a 12, genus_b 3)``."""
+    total = sum(counts.values())
+    shown = ", ".join(f"{node} {n}" for node, n in list(counts.items())[:5])
+    more = f" and {len(counts) - 5} more nodes" if len(counts) > 5 else ""
+    images = "image" if total == 1 else "images"
+    return f"{total} {images} labelled at inner nodes ({shown}{more})"
+
+
 class EpochLog(L.Callback):
     """One log line per training epoch with its metrics, and the data sizes when fitting
     starts. ``train/*`` are means over the epoch's batches (the module logs them per step);
@@ -175,6 +185,8 @@ class EpochLog(L.Callback):
             data.hierarchy.num_classes,
             len(data.hierarchy.levels),
         )
+        if data.inner_labels:  # counted once setup has made the training set
+            log.info("%s", inner_labels_line(data.inner_labels))
         rates = any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks)
         log.info(
             "each epoch's line: train/* are means over its batches, val/* its validation%s",

@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -78,7 +77,7 @@ def build_run(cfg: DictConfig) -> tuple[HierarchyDataModule, HierarchyModule, L.
         scheduler=build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
         level_names=datamodule.level_names,
     )
-    model.use_inner_labels(datamodule.hierarchy, list(datamodule.inner_labels))
+    model.use_inner_labels(datamodule.hierarchy, datamodule.inner_nodes)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     logger = build(cfg.logger, "logger") if cfg.get("logger") else False
     validates = trainer_kwargs.get("limit_val_batches", 1) != 0  # type: ignore[union-attr]
@@ -173,16 +172,6 @@ def run_summary(cfg: DictConfig) -> str:
     )
 
 
-def inner_labels_line(counts: Mapping[str, int]) -> str:
-    """The run header's line on the training images labelled only to an inner node:
-    ``N images labelled at inner nodes (genus_a 12, genus_b 3)``."""
-    total = sum(counts.values())
-    shown = ", ".join(f"{node} {n}" for node, n in list(counts.items())[:5])
-    more = f" and {len(counts) - 5} more nodes" if len(counts) > 5 else ""
-    images = "image" if total == 1 else "images"
-    return f"{total} {images} labelled at inner nodes ({shown}{more})"
-
-
 def run_record(cfg: DictConfig, trainer: L.Trainer) -> dict[str, object]:
     """The settings a sweep summary groups runs by, and how far the run got."""
     return {
@@ -256,8 +245,6 @@ def train(cfg: DictConfig) -> float:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
         write_hierarchy(out, datamodule.hierarchy)
         log.info("%s (config: %s)", run_summary(cfg), out / "config.yaml")
-        if datamodule.inner_labels:
-            log.info("%s", inner_labels_line(datamodule.inner_labels))
 
     results = fit_and_test(cfg, datamodule, model, trainer)
     metrics = {k: v for k, v in results.items() if k not in ("fit_seconds", "best_checkpoint")}
@@ -353,9 +340,7 @@ def precheck(overrides: list[str]) -> None:
         check_added_keys(job, cfg)
         check_config(cfg)
         datamodule = build_data(cfg.data)
-        check_objective_config(
-            cfg, datamodule.hierarchy, datamodule.views, list(datamodule.inner_labels)
-        )
+        check_objective_config(cfg, datamodule.hierarchy, datamodule.views, datamodule.inner_nodes)
 
 
 def rank_overrides(overrides: list[str]) -> list[str]:

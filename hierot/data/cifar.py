@@ -209,9 +209,8 @@ class CifarDataModule(HierarchyDataModule):
         self.val_set = TensorImages(x[va], y[va], resize)
         self.test_set = TensorImages(xt, yt, resize)
 
-    def plain_train_set(self) -> TensorImages:
-        train = self.train_set
-        return TensorImages(train.images, train.labels, self._eval_tf)  # type: ignore[attr-defined]
+    def unaugmented(self, train: TensorImages) -> TensorImages:  # type: ignore[override]
+        return TensorImages(train.images, train.labels, self._eval_tf)
 
 
 HEIGHTS = (2, 3, 4)

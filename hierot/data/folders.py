@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import make_dataset
 
 from hierot.data.images import (
@@ -160,15 +159,6 @@ class FolderDataModule(HierarchyDataModule):
             self.val_set = FileImages([paths[i] for i in held], [labels[i] for i in held],
                                       self.eval_tf)  # fmt: skip
         self.test_set = FileImages(*scan(self.root / self.splits["test"]), self.eval_tf)
-
-    def plain_train_set(self) -> Dataset:
-        """The base class's, less the images labelled only to an inner node: what reads
-        it (``hierot.evaluate``'s kNN bank and prototypes, linear probes) needs classes."""
-        train = super().plain_train_set()
-        if not self._inner_labels:
-            return train
-        k = self.hierarchy.num_classes
-        return Subset(train, [i for i, label in enumerate(train.labels.tolist()) if label < k])
 
     def train_labels(self, classes: Sequence[str] | Mapping[str, int]) -> Mapping[str, int]:
         """Folder -> label of the training split: the classes' (``classes``: their names

@@ -92,6 +92,5 @@ class FileListDataModule(HierarchyDataModule):
         self.train_set = FileImages(paths, labels, self.train_tf)
         self.test_set = FileImages(*lists["test"], self.eval_tf)
 
-    def plain_train_set(self) -> FileImages:
-        train = self.train_set
-        return FileImages(train.paths, train.labels.tolist(), self.eval_tf)  # type: ignore[attr-defined]
+    def unaugmented(self, train: FileImages) -> FileImages:  # type: ignore[override]
+        return FileImages(train.paths, train.labels.tolist(), self.eval_tf)

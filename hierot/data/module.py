@@ -13,14 +13,23 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from hierot.checks import config_check
+from hierot.data.coarse import (
+    CoarseLabels,
+    check_coarse,
+    coarse_labels,
+    coarse_nodes,
+    coarse_targets,
+    dataset_labels,
+)
 from hierot.data.images import Transform, Views, eval_transform
 from hierot.data.sampling import ResumableSampler
 from hierot.errors import ConfigError, DataError, require_integer
 from hierot.hierarchy import Hierarchy
 from hierot.hierarchy.distance_files import disagreement, read_class_distances
+from hierot.hierarchy.labels import label_names
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +130,16 @@ def check_batch_config(cfg: DictConfig) -> None:
         device_batch(batch, devices * nodes)
 
 
+@config_check
+def check_coarse_config(cfg: DictConfig) -> None:
+    """``data.coarse_fraction``, ``data.coarse_level`` and ``data.coarse_seed`` (the data
+    module checks the same); absent keys are their defaults (0, null, 0)."""
+    data = cfg.data
+    check_coarse(
+        data.get("coarse_fraction", 0), data.get("coarse_level"), data.get("coarse_seed", 0)
+    )
+
+
 def training_progress(trainer: L.Trainer) -> tuple[int, bool]:
     """(batches trained in the current epoch, whether the epoch is done), from the loop's
     counters."""
@@ -182,9 +201,18 @@ class HierarchyDataModule(L.LightningDataModule):
         distances: a file of LCA heights between the classes that the dataset ships
             (``hierot.hierarchy.distance_files``), read by ``lca_heights`` instead of the
             heights recomputed from the tree; None: recomputed.
+        coarse_fraction: the fraction of the class-labelled training images relabelled to
+            an ancestor of their class (``hierot.data.coarse``), coarsely-labelled data
+            simulated; 0: none (the training set as the subclass made it).
+        coarse_level: the level those labels move to (1: the top level); None: each
+            class's parent. A class no deeper than it keeps its label.
+        coarse_seed: the seed of the draw of the relabelled images.
+
+    A subclass's ``setup`` assigns ``train_set`` the training images it made (after any
+    validation split is carved out of them); with ``coarse_fraction`` reading it gives them
+    with the drawn labels moved (``CoarseLabels``).
     """
 
-    train_set: Dataset
     val_set: Dataset
     test_set: Dataset
 
@@ -200,9 +228,15 @@ class HierarchyDataModule(L.LightningDataModule):
         vit_stem: str | None = None,
         views: int = 1,
         distances: str | None = None,
+        coarse_fraction: float = 0.0,
+        coarse_level: int | None = None,
+        coarse_seed: int = 0,
     ) -> None:
         super().__init__()
         require_integer(batch_size, "data.batch_size", 1)  # the config check calls the same
+        check_coarse(coarse_fraction, coarse_level, coarse_seed)  # and this
+        self.coarse_fraction = float(coarse_fraction)
+        self.coarse_level, self.coarse_seed = coarse_level, coarse_seed
         self.views = require_integer(views, "data.views", 1)
         if num_workers is None:
             num_workers = default_workers()
@@ -240,12 +274,61 @@ class HierarchyDataModule(L.LightningDataModule):
         self._hierarchy = tree
 
     @property
+    def inner_nodes(self) -> list[str]:
+        """The inner nodes of the tree that training images may be labelled at (labels K and
+        above, ``hierot.hierarchy.labels``), from the metadata and the options alone (no
+        image is read): those of the reader's data (``_inner_labels``), then those
+        ``coarse_fraction`` moves labels to. Empty for most data; what the config check
+        and the model (``HierarchyModule.use_inner_labels``) judge."""
+        self.hierarchy  # noqa: B018 -- the metadata finds the reader's
+        nodes = list(self._inner_labels)
+        if self.coarse_fraction > 0:
+            nodes += [n for n in coarse_nodes(self.hierarchy, self.coarse_level) if n not in nodes]
+        return nodes
+
+    @property
     def inner_labels(self) -> dict[str, int]:
         """``{inner node: images}``: the training images labelled only to a node of the
-        tree above the classes (labels K and above, ``hierot.hierarchy.labels``); empty
-        for most data. Read with the metadata."""
-        self.hierarchy  # noqa: B018 -- the metadata finds them
-        return dict(self._inner_labels)
+        tree above the classes, nodes without any left out: the reader's (known with the
+        metadata), plus those ``coarse_fraction`` moved (known once ``setup`` has made the
+        training set). What the run's log and its ``data.json`` report."""
+        self.hierarchy  # noqa: B018 -- the metadata finds the reader's
+        counts = dict(self._inner_labels)
+        for node, n in self._coarse_counts.items():
+            counts[node] = counts.get(node, 0) + n
+        return {node: n for node, n in counts.items() if n}
+
+    # The training set as the subclass made it, and as read (``CoarseLabels`` over it with
+    # ``coarse_fraction``, else the same object), with the images moved per node.
+    _train_made: Dataset | None = None
+    _train_read: Dataset | None = None
+    _coarse_counts: dict[str, int] = {}  # noqa: RUF012 -- replaced, never mutated
+
+    @property
+    def train_set(self) -> Dataset:
+        """The training images (``setup``); an ``AttributeError`` before, so that
+        ``hasattr(self, "train_set")`` says whether they were made."""
+        if self._train_read is None:
+            raise AttributeError("train_set: not set up yet (setup('fit') makes it)")
+        return self._train_read
+
+    @train_set.setter
+    def train_set(self, dataset: Dataset) -> None:
+        self._train_made = self._train_read = dataset
+        self._coarse_counts = {}
+        if self.coarse_fraction == 0:
+            return
+        tree = self.hierarchy
+        labels = dataset_labels(dataset)
+        moved = coarse_labels(
+            labels, coarse_targets(tree, self.coarse_level), self.coarse_fraction,
+            self.coarse_seed,
+        )  # fmt: skip
+        self._train_read = CoarseLabels(dataset, moved)
+        changed = moved[moved != labels] - tree.num_classes
+        names = label_names(tree)[tree.num_classes :]
+        counts = torch.bincount(changed, minlength=len(names)).tolist()
+        self._coarse_counts = {names[i]: n for i, n in enumerate(counts) if n}
 
     @property
     def level_names(self) -> list[str] | None:
@@ -371,9 +454,22 @@ class HierarchyDataModule(L.LightningDataModule):
         return eval_transform(self.image_size)
 
     def plain_train_set(self) -> Dataset:
-        """The training images as the test sees them, without augmentation (the features a
-        linear probe is fitted on); data modules that augment override it."""
-        return self.train_set
+        """The training images as the test sees them (``unaugmented``), less those labelled
+        only to an inner node: what reads them (``hierot.evaluate``'s kNN bank and
+        prototypes, linear probes) needs classes."""
+        if self._train_made is None:
+            raise AttributeError("train_set: not set up yet (setup('fit') makes it)")
+        plain = self.unaugmented(self._train_made)
+        if not self.inner_nodes:
+            return plain
+        keep = dataset_labels(self.train_set) < self.hierarchy.num_classes
+        return Subset(plain, keep.nonzero().flatten().tolist())
+
+    def unaugmented(self, train: Dataset) -> Dataset:
+        """The training set ``train`` (as ``setup`` made it) as the test sees it, without
+        augmentation (the features a linear probe is fitted on); data modules that augment
+        override it."""
+        return train
 
     def lca_heights(self) -> torch.Tensor:
         """(K, K) heights of the classes' lowest common ancestors: ``data.distances``'s file
@@ -409,8 +505,9 @@ class HierarchyDataModule(L.LightningDataModule):
             "images": images,
             "classes": list(self.hierarchy.leaves),
         }
-        if self._inner_labels:  # training images per inner node they are labelled at
-            out["inner_labels"] = dict(self._inner_labels)
+        inner = self.inner_labels
+        if inner:  # training images per inner node they are labelled at
+            out["inner_labels"] = inner
         return out
 
     # A batched augmentation of the training images on their device (``data.device_augment``,

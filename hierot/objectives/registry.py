@@ -244,8 +244,8 @@ def check_inner_labels(name: str, nodes: Sequence[str]) -> None:
     more = f" (and {len(nodes) - 1} more nodes)" if len(nodes) > 1 else ""
     raise ValueError(
         f"objective {name} cannot take labels at inner nodes, and the training data label "
-        f"images only to '{nodes[0]}'{more}: choose an objective that can ({able}) or move "
-        f"those images into class folders"
+        f"images only to '{nodes[0]}'{more}: choose an objective that can ({able}), or give "
+        f"those images class labels (class folders; data.coarse_fraction=0)"
     )
 
 
