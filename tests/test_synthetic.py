@@ -29,6 +29,27 @@ def test_same_seed_same_images_other_seed_other_images():
     assert torch.equal(torch.bincount(m1), torch.full((2,), 48))
 
 
+def test_a_split_rendered_again_is_an_equal_copy():
+    # kept in the process: the second call renders nothing, and what a caller changes in
+    # its copy never reaches the next caller's
+    from hierot.data.synthetic import _rendered
+
+    spec = SyntheticSpec(palettes=2, shapes=2, textures=2)
+    _rendered.cache_clear()
+    x1, y1, _ = make_split(spec, 2, seed=3)
+    x1[:] = 0
+    y1[:] = -1
+    x2, y2, _ = make_split(spec, 2, seed=3)
+    assert _rendered.cache_info().hits == 1 and _rendered.cache_info().misses == 1
+    assert (
+        x2.amax() > 0
+        and int(y2.min()) == 0
+        and torch.equal(torch.bincount(y2), torch.full((8,), 2))
+    )
+    x3, _, _ = make_split(spec, 2, seed=3, modes_used=[0, 1])  # the same modes, spelt out
+    assert torch.equal(x2, x3) and _rendered.cache_info().hits == 2
+
+
 def test_classes_are_multimodal():
     spec = SyntheticSpec()
     x, y, m = make_split(spec, 40, seed=0)

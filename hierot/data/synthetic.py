@@ -9,6 +9,7 @@ pictures form separate clusters, the case where class means summarise a class ba
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -207,8 +208,20 @@ def make_split(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(images uint8 (N,3,S,S), labels (N,), modes (N,))`` with ``per_class`` images of every
     class spread evenly over ``modes_used`` (default: all its modes), shuffled; the same
-    seed gives the same split."""
-    used = torch.tensor(modes_used if modes_used is not None else range(spec.modes))
+    seed gives the same split.
+
+    A split is a function of its arguments, so the last few rendered are kept in the
+    process (``_rendered``) and handed out as copies: a process that builds the same data
+    again (a sweep's jobs, a test suite) renders it once."""
+    used = tuple(modes_used) if modes_used is not None else tuple(range(spec.modes))
+    return tuple(t.clone() for t in _rendered(spec, per_class, seed, used))  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=6)  # a train, val and test split of two data settings
+def _rendered(
+    spec: SyntheticSpec, per_class: int, seed: int, modes_used: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    used = torch.tensor(modes_used)
     if per_class < len(used):
         raise ValueError(f"synthetic data: {per_class} images per class < {len(used)} modes")
     generator = torch.Generator().manual_seed(seed)
