@@ -38,12 +38,21 @@ from helpers.inner_label_references import (
     cpcc_reference,
     hxe_node_reference,
     marginal_ce_reference,
+    marginal_node_reference,
+    mtl_node_reference,
     soft_labels_node_reference,
 )
 from helpers.loss_references import lca_height_reference
 from helpers.trees import TREES
 
-# case -> (objective, its options, the reference from the definition)
+
+def ramp(tree):
+    """Per-level weights that tell the levels apart: 0.5, 1, 1.5, ... top first."""
+    return [0.5 * (level + 1) for level in range(tree.depth)]
+
+
+# case -> (objective, its options (or a function of the tree giving them), the reference
+# from the definition, a function of (tree, logits, labels[, level_logits]))
 ACCEPTING = {
     "ce": ("ce", {}, marginal_ce_reference),
     "hxe": ("hxe", {"alpha": 0.4}, partial(hxe_node_reference, alpha=0.4, normalize=False)),
@@ -57,6 +66,22 @@ ACCEPTING = {
         "soft_labels",
         {"beta": 2.0},
         partial(soft_labels_node_reference, beta=2.0),
+    ),
+    "marginal": (
+        "marginal",
+        {},
+        lambda tree, *args: marginal_node_reference(tree, *args, [1.0] * tree.depth),
+    ),
+    "marginal weighted": (
+        "marginal",
+        lambda tree: {"weights": ramp(tree)},
+        lambda tree, *args: marginal_node_reference(tree, *args, ramp(tree)),
+    ),
+    "mtl": ("mtl", {}, lambda tree, *args: mtl_node_reference(tree, *args, [1.0] * tree.depth)),
+    "mtl weighted": (
+        "mtl",
+        lambda tree: {"weights": ramp(tree)},
+        lambda tree, *args: mtl_node_reference(tree, *args, ramp(tree)),
     ),
 }
 
@@ -75,10 +100,19 @@ def mixed_batch(tree, n=24, seed=0, width=5):
 
 def objective(key, tree, inner=True):
     name, options, _ = ACCEPTING[key]
-    made = build_objective(name, tree, 5, options)
+    torch.manual_seed(0)  # the same level heads (mtl) every time
+    made = build_objective(name, tree, 5, options(tree) if callable(options) else options)
     if inner:
         made.use_inner_labels(tree)
     return made.double()
+
+
+def reference_inputs(key, ours, z, logits):
+    """What the reference reads besides the tree and the labels (mtl: its level heads on
+    ``z``), and the inputs the gradients are compared on."""
+    if ACCEPTING[key][0] == "mtl":
+        return (logits, ours.level_logits(z)), (logits, z)
+    return (logits,), (logits,)
 
 
 def check_against(ours_fn, reference_fn, *inputs):
@@ -149,7 +183,10 @@ def test_objectives_on_inner_labels_equal_their_definitions(key, tree):
     ours = objective(key, tree)
     labels = [label_names(tree)[i] for i in y.tolist()]
     reference = ACCEPTING[key][2]
-    check_against(lambda: ours(z, logits, y), lambda: reference(tree, logits, labels), logits)
+    read, inputs = reference_inputs(key, ours, z, logits)
+    check_against(
+        lambda: ours(z, logits, y), lambda: reference(tree, read[0], labels, *read[1:]), *inputs
+    )
 
 
 @pytest.mark.parametrize("tree", TREES.values(), ids=TREES.keys())
@@ -161,7 +198,8 @@ def test_class_labels_give_todays_loss(key, tree):
     logits, z, y = mixed_batch(tree, seed=1)
     y = y % tree.num_classes
     before, after = objective(key, tree, inner=False), objective(key, tree)
-    check_against(lambda: after(z, logits, y), lambda: before(z, logits, y), logits)
+    inputs = reference_inputs(key, before, z, logits)[1]
+    check_against(lambda: after(z, logits, y), lambda: before(z, logits, y), *inputs)
     if key == "ce":
         assert torch.equal(before(z, logits, y), F.cross_entropy(logits, y))
 
@@ -180,7 +218,7 @@ def test_every_objective_either_takes_inner_labels_or_refuses_them_naming_itself
     tree = TREES["3 levels"]
     node = label_names(tree)[tree.num_classes]
     takes = {name for name in list_objectives() if get_objective(name).inner_labels}
-    assert {"ce", "hxe", "soft_labels"} <= takes
+    assert {"ce", "hxe", "soft_labels", "mtl", "marginal"} <= takes
     for name in list_objectives():
         if name in takes:
             check_inner_labels(name, [node])

@@ -8,6 +8,11 @@ samples labelled only to a genus). A label is a node name; ``label_names`` order
   lambda(C) = exp(-alpha depth(C)) (divided by its sum over every node with ``normalize``).
 - ``soft_labels_node_reference``: ``KL(q || softmax(logits))`` with ``q_i`` proportional to
   ``exp(-beta h(lca(i, node)) / h_max)``, h a node's height, h_max over pairs of classes.
+- ``marginal_node_reference``: ``-sum_l w_l log P(a_l)``, P a node's summed class
+  probability, a_l the label's ancestor at level l: the levels ``1 .. d`` of a node at
+  level d (itself at d); a class's every level ``1 .. depth``, itself below its own.
+- ``mtl_node_reference``: ``sum_l w_l CE(level head l, a_l)`` over the same levels, the
+  classes' level scored by the fine logits (a class label only).
 - ``cpcc_reference``: CPCC with l2 between the mean features of the points, against path
   lengths: the classes (a sample labelled at an inner node left out), or every node with
   a sample at or below it (each sample in its label's node and every ancestor's).
@@ -84,6 +89,53 @@ def soft_labels_node_reference(
         q = torch.softmax(-beta * h / h_max, 0)
         log_p = torch.log_softmax(logits[b], 0)
         terms.append((q * torch.log(q) - q * log_p).sum())
+    return torch.stack(terms).mean()
+
+
+def _level_ancestors(hierarchy: Hierarchy, node: str) -> dict[int, str]:
+    """``{level: ancestor}`` of the levels a label has a term at: ``1 .. d`` for an inner
+    node of level d; every level for a class, the class itself below its depth."""
+    path = hierarchy.path(node)
+    depth = len(path) - 1
+    if node not in hierarchy.leaves:
+        return {level: path[level] for level in range(1, depth + 1)}
+    return {level: path[min(level, depth)] for level in range(1, hierarchy.depth + 1)}
+
+
+def marginal_node_reference(
+    hierarchy: Hierarchy, logits: torch.Tensor, labels: list[str], weights: list[float]
+) -> torch.Tensor:
+    terms = []
+    for b, node in enumerate(labels):
+        p = torch.softmax(logits[b], 0)
+        loss = logits.new_zeros(())
+        for level, a in _level_ancestors(hierarchy, node).items():
+            prob = sum(p[k] for k in _classes_under(hierarchy, a))
+            loss = loss - weights[level - 1] * torch.log(prob)
+        terms.append(loss)
+    return torch.stack(terms).mean()
+
+
+def mtl_node_reference(
+    hierarchy: Hierarchy,
+    logits: torch.Tensor,
+    labels: list[str],
+    level_logits: dict[int, torch.Tensor],
+    weights: list[float],
+) -> torch.Tensor:
+    """``level_logits[l]`` (B, concepts of level l, as ``Hierarchy.level_map(l)`` names
+    them): the heads of the levels above the classes; ``logits`` the classes'."""
+    depth = hierarchy.depth
+    terms = []
+    for b, node in enumerate(labels):
+        loss = logits.new_zeros(())
+        for level, a in _level_ancestors(hierarchy, node).items():
+            if level == depth:  # the classes' level: a class label's own class
+                scores, target = logits[b], hierarchy.leaves.index(a)
+            else:
+                scores, target = level_logits[level][b], hierarchy.level_map(level)[0].index(a)
+            loss = loss - weights[level - 1] * torch.log_softmax(scores, 0)[target]
+        terms.append(loss)
     return torch.stack(terms).mean()
 
 
