@@ -12,6 +12,8 @@ date first), which ``scripts/render_results.py`` renders into
     python scripts/bench_objectives.py --csv docs/results/objectives_benchmark_k100.csv
     python scripts/bench_objectives.py --classes 1000 --reference marginal quadruplet hxe \
         soft_labels --csv docs/results/objectives_benchmark_k1000.csv
+    python scripts/bench_objectives.py --classes 1000 --image-size 224 --batch 64 --reference \
+        --csv docs/results/objectives_benchmark_k1000_224.csv
     python scripts/bench_objectives.py --device cuda --batch 2048 --classes 1000 --reference
 """
 
@@ -78,16 +80,19 @@ def step(fn, z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
     fn(z, logits, y).backward()
 
 
-def resnet18_step_ms(batch: int, device: torch.device, repeats: int) -> float:
-    """One SGD training step of the default run's ResNet-18 on 32 x 32 images."""
+def resnet18_step_ms(
+    batch: int, classes: int, device: torch.device, repeats: int, image_size: int = 32
+) -> float:
+    """One SGD training step of the default run's ResNet-18 (ImageNet stem) with a
+    ``classes``-way head on ``image_size`` square images."""
     from hierot.models import create_backbone
 
     backbone = create_backbone("resnet18", stem="standard").to(device)
-    head = torch.nn.Linear(backbone.num_features, 100).to(device)
+    head = torch.nn.Linear(backbone.num_features, classes).to(device)
     params = [*backbone.parameters(), *head.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 100, (batch,), device=device)
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
 
     def train_step() -> None:
         optimizer.zero_grad()
@@ -103,6 +108,11 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--image-size", type=int, default=32,
+        help="the ResNet-18 step's images (32: CIFAR-sized, as the default run; 224: the "
+        "ImageNet-sized images of the benchmarks with 1000 classes)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
         "--reference", nargs="*", default=None,
@@ -121,12 +131,15 @@ def main() -> None:
     if args.reference is not None:
         loops = {k: v for k, v in loops.items() if k in args.reference}
     ce_ms = timed(step, device, args.repeats, lambda z, lg, y: F.cross_entropy(lg, y), z, logits, y)
-    resnet_ms = resnet18_step_ms(args.batch, device, max(2, args.repeats // 5))
+    resnet_ms = resnet18_step_ms(
+        args.batch, args.classes, device, max(2, args.repeats // 5), args.image_size
+    )
 
     note = (
         f"B = {args.batch}, K = {args.classes} on a 3-level tree, d = {args.dim}, "
         f"{args.device}; forward + backward, median of {args.repeats}. Cross-entropy alone: "
-        f"{ce_ms:.2f} ms; a ResNet-18 training step (32 x 32 images, SGD): {resnet_ms:.0f} ms."
+        f"{ce_ms:.2f} ms; a ResNet-18 training step ({args.image_size} x {args.image_size} "
+        f"images, SGD): {resnet_ms:.0f} ms."
     )
     rows = []
     for name in list_objectives():
