@@ -16,6 +16,11 @@ across the stages of ``OBJECTIVE``; each rank saves its parameters.
 splits (``EVAL_SIZE``), a step at learning rate 0 (the weights stay), its validation and a
 test, on ``DEVICES`` processes; rank 0 saves the logged validation and test metrics.
 
+``python tests/ddp_worker.py OUT inner CASE``: one SGD step on 2 processes of the data module
+with ``COARSE`` of its training labels moved to their parents (``data.coarse_fraction``), the
+whole training set one global batch, an objective and the CPCC taking labels at inner
+nodes (``INNER_CASES``); each rank saves its batch, loss, CPCC and parameters after the step.
+
 Lightning re-runs this script for rank 1.
 """
 
@@ -45,6 +50,13 @@ OBJECTIVE_CASES: dict[str, tuple[str, dict[str, object], float, int]] = {
 }
 # The size of the validation and test splits: odd, so 2 processes cannot split them evenly.
 EVAL_SIZE = 9
+# The fraction of the training labels moved to an inner node, and the objectives and CPCC
+# points trained on them: (objective, cpcc_nodes).
+COARSE = 0.5
+INNER_CASES: dict[str, tuple[str, str]] = {
+    "mtl all": ("mtl", "all"),
+    "hxe leaves": ("hxe", "leaves"),
+}
 
 
 class TinyBackbone(nn.Module):
@@ -66,6 +78,7 @@ def make_model(
     options: dict[str, object] | None = None,
     center: float = 0.0,
     lr: float = 1.0,
+    cpcc_nodes: str = "leaves",
 ) -> HierarchyModule:
     torch.manual_seed(0)
     return HierarchyModule(
@@ -77,6 +90,7 @@ def make_model(
         objective=objective,
         objective_options=options,
         center=center,
+        cpcc_nodes=cpcc_nodes,
     )
 
 
@@ -152,10 +166,11 @@ def stages(out: Path, objective: str) -> None:
 
 
 class TinyData(HierarchyDataModule):
-    """The tree above, 18 training images and ``EVAL_SIZE`` validation and test images."""
+    """The tree above, 18 training images and ``EVAL_SIZE`` validation and test images;
+    ``options``: ``HierarchyDataModule``'s (the batch size, ``coarse_fraction``, ...)."""
 
-    def __init__(self) -> None:
-        super().__init__(batch_size=4, num_workers=0)
+    def __init__(self, **options: object) -> None:
+        super().__init__(**{"batch_size": 4, "num_workers": 0, **options})  # type: ignore[arg-type]
 
     def read_metadata(self) -> Hierarchy:
         return Hierarchy.from_nested(TREE)
@@ -194,6 +209,20 @@ def evaluate(out: Path, devices: int) -> None:
     run.test(model, datamodule=data, verbose=False)
 
 
+def inner_model(case: str, data: HierarchyDataModule) -> HierarchyModule:
+    """The model of ``case`` switched to the inner labels ``data`` holds."""
+    objective, cpcc_nodes = INNER_CASES[case]
+    model = make_model("l2", objective, cpcc_nodes=cpcc_nodes)
+    model.use_inner_labels(data.hierarchy, data.inner_nodes)
+    return model
+
+
+def inner_step(out: Path, case: str) -> None:
+    data = TinyData(batch_size=RANKS * PER_RANK, coarse_fraction=COARSE)
+    run = trainer(RANKS, Record(out), max_steps=1, limit_val_batches=0)
+    run.fit(inner_model(case, data), datamodule=data)
+
+
 if __name__ == "__main__":
     if sys.argv[2] == "objective":
         objective_step(Path(sys.argv[1]), sys.argv[3])
@@ -201,5 +230,7 @@ if __name__ == "__main__":
         stages(Path(sys.argv[1]), sys.argv[3])
     elif sys.argv[2] == "eval":
         evaluate(Path(sys.argv[1]), int(sys.argv[3]))
+    elif sys.argv[2] == "inner":
+        inner_step(Path(sys.argv[1]), sys.argv[3])
     else:
         step(Path(sys.argv[1]), sys.argv[2])

@@ -6,7 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from ddp_worker import EVAL_SIZE, OBJECTIVE_CASES, PER_RANK, make_data, make_model
+from ddp_worker import (
+    COARSE,
+    EVAL_SIZE,
+    INNER_CASES,
+    OBJECTIVE_CASES,
+    PER_RANK,
+    TinyData,
+    inner_model,
+    make_data,
+    make_model,
+)
+
+from hierot.data.coarse import dataset_labels
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -139,3 +151,42 @@ def test_evaluation_on_two_processes_counts_each_sample_once(tmp_path):
     assert one.keys() == two.keys()
     for key, value in one.items():
         assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(INNER_CASES))
+def test_inner_labels_on_two_processes_match_one_process_on_the_global_batch(tmp_path, case):
+    """Training labels moved to inner nodes (``data.coarse_fraction``): both ranks read the
+    same relabelled set, each its half of the global batch; the CPCC over the gathered
+    features and labels (inner samples left out of the classes, or counted at their node),
+    the loss and the step are one process's on the concatenated batch."""
+    run_worker(tmp_path, "inner", case)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x = torch.cat([ranks[0]["batch"][0], ranks[1]["batch"][0]])
+    y = torch.cat([ranks[0]["batch"][1], ranks[1]["batch"][1]])
+    data = TinyData(coarse_fraction=COARSE)
+    data.setup()
+    k = data.hierarchy.num_classes
+    assert sorted(y.tolist()) == sorted(dataset_labels(data.train_set).tolist())
+    assert int((y >= k).sum()) == round(COARSE * len(y))  # a global batch with inner labels
+    assert all(int((r["batch"][1] >= k).sum()) > 0 for r in ranks)  # on each rank
+    model = inner_model(case, data)
+    z, logits = model(x)
+    local = [model.objective(z[s], logits[s], y[s]) for s in (slice(0, PER_RANK),
+                                                              slice(PER_RANK, None))]  # fmt: skip
+    reg = model.regularizer(z, y)
+    alone = model.regularizer(z[:PER_RANK], y[:PER_RANK])  # rank 0's half alone: another CPCC
+    assert abs(float(alone.detach()) - float(reg.detach())) > 1e-3
+    loss = (local[0] + local[1]) / 2 + reg
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= p.grad
+    mean_loss = (ranks[0]["loss"] + ranks[1]["loss"]) / 2
+    assert mean_loss == pytest.approx(float(loss.detach()), rel=1e-5)
+    for rank in ranks:
+        assert rank["cpcc"] == pytest.approx(1 - float(reg.detach()), abs=1e-5)
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(rank["params"][name], value, rtol=1e-5, atol=1e-6)
+    start = inner_model(case, data).state_dict()["head.weight"]
+    assert (model.state_dict()["head.weight"] - start).abs().max() > 1e-3
