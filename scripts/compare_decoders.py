@@ -54,9 +54,9 @@ CLASS_COLUMNS = {
 NODE_COLUMNS = ("correct", "exact", "hf1", "wup", "depth")
 COLUMNS = [*CLASS_COLUMNS, *NODE_COLUMNS]
 MEANS_NOTE = (
-    "Mean ± std over seeds. A row without a decoder is its method's argmax (its node columns "
-    "the leaf rule, the same prediction); node rules have no class ranking, hence no acc_fine "
-    "to hops, and crm and hie rank classes, whose node scores evaluate does not report."
+    "Mean ± std over seeds. A method's argmax row has the leaf rule's node columns (the same "
+    "prediction); a node rule predicts a node, not a ranking of the classes, so acc_fine to "
+    "hops do not apply to it; hierot.evaluate reports no node columns for crm and hie."
 )
 PAIRED_NOTE = (
     "Paired differences against each method's argmax (decoder minus argmax, same seeds; 95 % "
@@ -156,7 +156,8 @@ def means_table(rows: Sequence[Mapping[str, str]]) -> str:
         if not seeds:
             continue
         cells = [methods.mean_std([v[c] for v in seeds.values() if c in v]) for c in COLUMNS]
-        lines.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
+        shown = label if " + " in label else f"{label} (argmax)"
+        lines.append(f"| {shown} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

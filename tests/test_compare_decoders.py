@@ -97,8 +97,8 @@ def test_each_decoder_is_paired_with_its_methods_argmax(tmp_path):
     assert cells(means[0])[:5] == ["method", "runs", "acc_fine", "mistake_severity", "ahd@5"]
     column = {name: i for i, name in enumerate(cells(means[0]))}
     by_label = {cells(line)[0]: cells(line) for line in means[2:]}
-    assert by_label["ce"][column["acc_fine"]] == "0.920 ± 0.020"
-    assert by_label["ce"][column["correct"]] == "0.920 ± 0.020"  # the leaf rule
+    assert by_label["ce (argmax)"][column["acc_fine"]] == "0.920 ± 0.020"
+    assert by_label["ce (argmax)"][column["correct"]] == "0.920 ± 0.020"  # the leaf rule
     assert by_label["ce + crm"][column["mistake_severity"]] == "2.800 ± 0.265"
     assert by_label["ce + crm"][column["correct"]] == "—"  # not reported for crm
     assert by_label["ce + majority"][column["acc_fine"]] == "—"  # no class ranking
