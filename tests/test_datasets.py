@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hierot.config import build, compose_config
+from hierot.data.images import read_image
 from hierot.errors import DataError
 from hierot.hierarchy import Hierarchy, HierarchyError
 
@@ -169,6 +170,19 @@ def test_image_folder_resizes_and_trains(tmp_path):
     metrics = run_main(tmp_path, "data=imagefolder", f"data.root={root}",
                        f"data.hierarchy={tree}", "data.image_size=16")  # fmt: skip
     assert "test/acc_level1" in metrics
+
+
+def test_image_folder_plain_training_images_are_read_as_the_test_reads_them(tmp_path):
+    # the kNN bank, prototypes and linear probes read the training images without the
+    # training augmentation: the test transform, the same tensor on every read
+    root, tree = folder_tree(tmp_path)
+    dm = data_module("data=imagefolder", f"data.root={root}", f"data.hierarchy={tree}",
+                     "data.image_size=16", "data.val_fraction=0.25")  # fmt: skip
+    plain = dm.plain_train_set()
+    assert plain.transform is dm.eval_tf and dm.train_set.transform is dm.train_tf
+    assert plain.paths == dm.train_set.paths and torch.equal(plain.labels, dm.train_set.labels)
+    assert torch.equal(plain[0][0], plain[0][0])
+    assert torch.equal(plain[0][0], dm.eval_tf(read_image(plain.paths[0])))
 
 
 def test_tree_leaves_without_data_are_named_and_a_csv_header_is_suspected(tmp_path, caplog):

@@ -108,6 +108,11 @@ class FolderDataModule(HierarchyDataModule):
         """The test split's transform (``eval_resize``, then the central ``image_size``)."""
         return self.eval_tf
 
+    def unaugmented(self, train: FileImages) -> FileImages:  # type: ignore[override]
+        """The training images through the test split's transform: a kNN bank, class
+        prototypes and a linear probe read them as the test images are read."""
+        return FileImages(train.paths, train.labels.tolist(), self.eval_tf)
+
     def read_metadata(self) -> Hierarchy:
         self.root = data_root(self.root_arg, "the split folders")
         for name in ("train", "test"):
