@@ -945,8 +945,13 @@ def test_every_objective_runs_on_every_dataset(tmp_path, monkeypatch):
             out = tmp_path / "runs" / f"{data}-{objective}"
             # a staged objective (curriculum, supcon) needs an epoch for each of its stages
             staged = len(get_objective(objective).stage_names) > 1
-            epochs = f"trainer.max_epochs={5 if staged else 2}"
-            train(compose_config([*FAST, *overrides, f"objective={objective}", epochs,
+            # two epochs (an epoch's end and the next start) on the embedded data, one on
+            # the others: what differs between the datasets is their tree, read by step one
+            epochs = f"trainer.max_epochs={5 if staged else 2 if data == 'synthetic' else 1}"
+            # and the checkpoint the test reads alone, without the optimizer's state
+            lean = ["checkpoint.save_last=false", "checkpoint.weights_only=true"]
+            lean = [] if data == "synthetic" else lean
+            train(compose_config([*FAST, *overrides, f"objective={objective}", epochs, *lean,
                                   f"output_dir={out}"]))  # fmt: skip
             metrics = json.loads((out / "metrics.json").read_text())
             assert metrics["objective"] == objective, (data, objective)
