@@ -61,7 +61,8 @@ def one_run(overrides: list[str], out: Path) -> dict:
     return {
         "epochs": times.epochs,
         "fit_seconds": metrics["fit_seconds"],
-        **{k: float(metrics[k]) for k in METRICS if k in metrics},
+        # null (an undefined CPCC) as NaN, which the table prints as nan
+        **{k: float("nan" if metrics[k] is None else metrics[k]) for k in METRICS if k in metrics},
     }
 
 

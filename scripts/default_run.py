@@ -60,7 +60,11 @@ def main() -> None:
             label, overrides = RUNS[name]
             metrics, seconds = measure(overrides, Path(tmp) / name)
             row = {"run": label}
-            row.update({key: fmt.format(metrics[key]) for key, fmt in METRICS.items()})
+            # an undefined metric (a CPCC of too few classes) is null in metrics.json
+            row.update({
+                key: "n/a" if metrics.get(key) is None else fmt.format(metrics[key])
+                for key, fmt in METRICS.items()
+            })  # fmt: skip
             row["wall time (s)"] = f"{seconds:.0f}"
             rows.append(row)
             print(row, flush=True)
