@@ -205,13 +205,15 @@ def test_reference_quirk_without_a_semidefinite_floor_its_similarities_are_nan()
 
 def test_reference_quirk_its_frame_is_rotated_by_the_seed():
     # np.random draws an orthogonal Q per run: the same Gram matrix, other class vectors, so
-    # a head's features give other logits under another seed (by up to 3.989 on this draw)
+    # a head's features give other logits under another seed (by up to 3.989 on this draw
+    # on an Intel Xeon, 4.101 on an AMD EPYC: the QR's LAPACK path differs by CPU; the
+    # logits are of order 1, so a change above 1 is a change of prediction, not rounding)
     tree = TREES["3 levels"]
     w0, _, _ = reference_frame(tree, 2.0, seed=0)
     w1, _, _ = reference_frame(tree, 2.0, seed=1)
     np.testing.assert_allclose(w0 @ w0.T, w1 @ w1.T, rtol=0, atol=1e-12)
     f = np.random.default_rng(0).standard_normal((8, tree.num_classes))
-    assert np.abs(f @ w0.T - f @ w1.T).max() == pytest.approx(3.989, abs=1e-3)
+    assert np.abs(f @ w0.T - f @ w1.T).max() > 1.0
     w, _ = haf_frame(tree, 2.0)  # hierot's: no rotation, the same on every call
     assert torch.equal(w, haf_frame(tree, 2.0)[0])
 
