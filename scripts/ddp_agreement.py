@@ -9,6 +9,7 @@ whose DDP tests check one step exactly (tests/test_ddp.py). Exit 1 if they disag
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -35,6 +36,8 @@ def train(run_dir: Path, *overrides: str) -> dict:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         one = train(Path(tmp) / "one")
         two = train(Path(tmp) / "two", "trainer.devices=2", *DDP_CPU)
