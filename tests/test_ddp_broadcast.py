@@ -6,16 +6,11 @@ what a step at 24 does (issue 29). ``scripts/bench_ddp.py`` measures it; its CSV
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-
-from hierot.results import read_results
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_ddp.py"
 _spec = importlib.util.spec_from_file_location("bench_ddp", SCRIPT)
@@ -60,25 +55,6 @@ def test_a_ddp_forward_broadcasts_the_backbone_statistics_only():
     assert torch.distributed._broadcast_coalesced.__name__ != "counted"
 
 
-@pytest.mark.slow
-def test_two_ddp_processes_broadcast_no_tree_and_10000_classes_step_as_fast_as_24(tmp_path):
-    # 24, 10 000 then 24 classes again (each a pair of gloo processes, 40 steps, the first 5
-    # not timed): 1-2 minutes on 2 shared cores; a run that hangs is stopped after 150 s
-    csv = tmp_path / "ddp.csv"
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--timeout", "150", "--csv", str(csv)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    _, _, rows = read_results(csv)
-    small, large = rows
-    assert (small["classes"], large["classes"]) == ("24", "10000")
-    # exactly the backbone's statistics are broadcast, every step, at both sizes ...
-    assert small["broadcast bytes/step"] == large["broadcast bytes/step"] == str(BACKBONE_BYTES)
-    # ... while the module holds the 400 MB tree distances of 10 000 classes
-    assert float(large["buffers MB"]) > 400
-    # the gradient all-reduce grows with the head (32 x K + K), not with the tree
-    assert float(large["gradient MB/step"]) == pytest.approx(1.47, abs=0.01)
-    # and the step at 10 000 classes is within 10 % of the step at 24
-    ratio = float(large["x 24 classes"])
-    assert ratio <= 1.10, (small, large, run.stdout[-2000:])
+# The step's time at 10 000 classes against 24 (within 10 %) and the bytes broadcast at both
+# sizes on two real gloo processes: python scripts/bench_ddp.py --quick (a measurement,
+# 1-2 minutes, not a timed test).

@@ -53,7 +53,9 @@ def test_sigkill_at_random_instants_resumes_to_the_same_metrics(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["curriculum", "supcon"])
+# supcon's boundary (its probe stage, step 60): scripts/fault_injection.py's sigkill_supcon,
+# kept out of the suite for its time (80 s)
+@pytest.mark.parametrize("objective", ["curriculum"])
 def test_sigkill_on_both_sides_of_a_stage_boundary_resumes_to_the_same_metrics(out, objective):
     """Killed just before a staged objective's stage boundary (the resumed run makes the
     transition itself: a new head, a fresh optimizer) and just after it (resumed inside the
