@@ -178,13 +178,7 @@ def paired_table(rows: Sequence[Mapping[str, str]]) -> str:
         cells = []
         for c in COLUMNS:
             diffs = [mine[s][c] - base[s][c] for s in seeds if c in mine[s] and c in base[s]]
-            result = methods.paired_difference(diffs)
-            if result is None:
-                cells.append("—")
-                continue
-            mean, low, high, p = result
-            mark = " *" if low > 0 or high < 0 else ""
-            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.2f}{mark}")
+            cells.append(methods.paired_cell(diffs))
         lines.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -209,6 +209,17 @@ def paired_difference(diffs: Sequence[float]) -> tuple[float, float, float, floa
     return mean, mean - half, mean + half, float(p)
 
 
+def paired_cell(diffs: Sequence[float]) -> str:
+    """A paired table's cell: the mean difference, its 95 % t interval and p, ``*`` where
+    the interval excludes 0; ``—`` with too few pairs."""
+    result = paired_difference(diffs)
+    if result is None:
+        return "—"
+    mean, low, high, p = result
+    mark = " *" if low > 0 or high < 0 else ""
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.2f}{mark}"
+
+
 def paired_table(rows: list[dict[str, str]], baseline: str) -> str:
     """Markdown table: every method against ``baseline`` on the seeds both completed (and
     the same other settings): ``mean difference [95 % CI] p``, ``*`` where the interval
@@ -243,13 +254,7 @@ def paired_table(rows: list[dict[str, str]], baseline: str) -> str:
                 for s in seeds
                 if by_setting[group][s].get(m) and base[s].get(m)
             ]
-            result = paired_difference([a - b for a, b in pairs])
-            if result is None:
-                cells.append("—")
-                continue
-            mean, low, high, p = result
-            mark = " *" if low > 0 or high < 0 else ""
-            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] p={p:.2f}{mark}")
+            cells.append(paired_cell([a - b for a, b in pairs]))
         settings = "".join(f"{v} | " for v in group[1:])
         lines.append(f"| {group[0]} | {settings}{len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

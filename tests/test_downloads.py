@@ -69,6 +69,17 @@ def test_a_download_leaves_only_the_checked_file(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["tree.txt"]
 
 
+def race(context, target, args: tuple, results) -> list:
+    """Two processes of ``target(*args)`` started together; what each put on ``results``."""
+    workers = [context.Process(target=target, args=args) for _ in range(2)]
+    for w in workers:
+        w.start()
+    got = [results.get(timeout=30) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    return got
+
+
 def _race(folder: Path, file: AuthorsFile, barrier, results, lock: bool) -> None:
     if not lock:
         downloads.fcntl = None  # this process only (forked): a filesystem without locks
@@ -88,13 +99,7 @@ def test_two_processes_fetching_one_file_at_once(tmp_path, lock):
     barrier, results = context.Barrier(2), context.Queue()
     with slow_server(delay=0.02) as (url, requests):
         file = AuthorsFile("splits.zip", f"{url}/splits.zip", SHA)
-        workers = [context.Process(target=_race, args=(tmp_path, file, barrier, results, lock))
-                   for _ in range(2)]  # fmt: skip
-        for w in workers:
-            w.start()
-        got = [results.get(timeout=30) for _ in workers]
-        for w in workers:
-            w.join(timeout=30)
+        got = race(context, _race, (tmp_path, file, barrier, results, lock), results)
     assert got == [SHA, SHA]
     # with the lock one process downloads and the other waits, then finds the file
     assert len(requests) == (1 if lock else 2)
@@ -137,13 +142,7 @@ def test_two_processes_downloading_cifar_at_once(tmp_path, monkeypatch):
     root = tmp_path / "data"
     with slow_server(body, delay=0.02) as (url, requests):
         monkeypatch.setattr(release, "url", f"{url}/cifar-100-python.tar.gz")
-        workers = [context.Process(target=_race_cifar, args=(root, barrier, results))
-                   for _ in range(2)]  # fmt: skip
-        for w in workers:
-            w.start()
-        got = [results.get(timeout=30) for _ in workers]
-        for w in workers:
-            w.join(timeout=30)
+        got = race(context, _race_cifar, (root, barrier, results), results)
     # one process's two requests (torchvision probes for a redirect with a GET first)
     assert got == [len(FINE), len(FINE)] and len(requests) == 2
     assert sorted(p.name for p in root.iterdir()) == ["cifar-100-python", "cifar-100-python.tar.gz"]
