@@ -17,6 +17,7 @@ from hierot.objectives import build_objective, check_objective
 from hierot.objectives.haframe import haf_frame, similarities, similarity_floor
 
 from helpers import haframe_references as ref
+from helpers.runs import loaded_test_scores
 from helpers.trees import TREES, balanced
 
 # the scripts' gammas (type-II-haframe.sh): FGVC-Aircraft, CIFAR-100, tieredImageNet, iNat-19
@@ -301,12 +302,7 @@ def test_a_run_with_cpcc_tests_with_the_scores_its_checkpoint_gives(tmp_path):
     assert {"objective.frame", "objective.similarity", "objective.head.bn.weight"} <= set(saved)
     module, data = load_trained(ckpt), run_datamodule(ckpt)
     assert torch.equal(module.objective.frame, saved["objective.frame"])
-    data.setup("test")
-    scores, labels = [], []
-    with torch.no_grad():
-        for x, y in data.test_dataloader():
-            scores.append(module(data.normalize(x))[1]), labels.append(y)
-    scores, y = torch.cat(scores), torch.cat(labels)
+    scores, y = loaded_test_scores(module, data)
     acc = float((scores.argmax(1) == y).double().mean())
     assert metrics["test/acc_fine"] == pytest.approx(acc, abs=1e-6)
     assert metrics["test/loss"] == pytest.approx(float(F.cross_entropy(scores, y)), rel=1e-4)

@@ -16,6 +16,7 @@ from hierot.objectives import build_objective, check_objective
 from hierot.objectives.neck import Neck
 
 from helpers.necks import randomize_neck
+from helpers.runs import loaded_test_scores
 from helpers.trees import TREES
 
 OBJECTIVES = ["haf", "flamingo"]
@@ -152,12 +153,7 @@ def test_a_run_with_the_neck_and_cpcc_tests_with_the_scores_its_checkpoint_gives
     module, data = load_trained(ckpt), run_datamodule(ckpt)
     assert torch.equal(module.objective.neck[2].running_var, saved["objective.neck.2.running_var"])
     assert module.objective.heads[0].in_features == 16 and not module.training
-    data.setup("test")
-    scores, labels = [], []
-    with torch.no_grad():
-        for x, y in data.test_dataloader():
-            scores.append(module(data.normalize(x))[1]), labels.append(y)
-    scores, y = torch.cat(scores), torch.cat(labels)
+    scores, y = loaded_test_scores(module, data)
     acc = float((scores.argmax(1) == y).double().mean())
     assert metrics["test/acc_fine"] == pytest.approx(acc, abs=1e-6)
     assert metrics["test/loss"] == pytest.approx(float(F.cross_entropy(scores, y)), rel=1e-4)
